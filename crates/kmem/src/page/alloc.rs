@@ -1,0 +1,391 @@
+//! Allocation entry points and the slow path (Linux's `__alloc_pages`).
+//!
+//! Every entry point checks the mask and the execution context once, then
+//! tries the fast path: each allowed zone in zonelist order, above its *low*
+//! watermark, per-CPU lists for small orders. On a miss, the slow path:
+//!
+//! 1. wake kswapd (counted: kswapd itself is the kernel's business), retry at
+//!    the *min* watermark lowered by the mask's reserves;
+//! 2. `__GFP_MEMALLOC`: retry ignoring watermarks;
+//! 3. non-blocking masks stop here (after draining this CPU's lists);
+//! 4. blocking masks run direct reclaim, drain every CPU's lists, retry, and
+//!    loop under the rules described in [`super::reclaim`].
+
+use super::frame::{flags, FrameState};
+use super::pcp::{PcpAlloc, PCP_MAX_ORDER};
+use super::reclaim::MAX_RECLAIM_RETRIES;
+use super::watermark::{zone_watermark_ok, AllocFlags};
+use super::{PageAllocator, NUMA_NO_NODE};
+use crate::addr::{get_order, Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
+use crate::context::{ContextPolicy, ContextViolation};
+use crate::error::{AllocError, NoMemory};
+use crate::gfp::{Gfp, ZoneType};
+use crate::platform::Platform;
+use core::panic::Location;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// A validated request.
+#[derive(Clone, Copy)]
+struct Request {
+    gfp: Gfp,
+    order: u32,
+    node: usize,
+    zone: ZoneType,
+    mt: usize,
+}
+
+impl<P: Platform> PageAllocator<P> {
+    /// Linux's `alloc_pages`: a block of `2^order` pages.
+    #[track_caller]
+    #[inline]
+    pub fn alloc_pages(&self, gfp: Gfp, order: u32) -> Result<Pfn, AllocError> {
+        self.alloc_pages_node_at(NUMA_NO_NODE, gfp, order, Location::caller())
+    }
+
+    /// Linux's `alloc_pages_node`: prefer node `nid` (`NUMA_NO_NODE`: any);
+    /// with `__GFP_THISNODE`, only that node.
+    #[track_caller]
+    pub fn alloc_pages_node(&self, nid: i32, gfp: Gfp, order: u32) -> Result<Pfn, AllocError> {
+        self.alloc_pages_node_at(nid, gfp, order, Location::caller())
+    }
+
+    /// [`Self::alloc_pages_node`] with an explicit call site, for layers
+    /// above (slab, vmalloc) that report their own caller.
+    #[inline]
+    pub fn alloc_pages_node_at(
+        &self,
+        nid: i32,
+        gfp: Gfp,
+        order: u32,
+        caller: &'static Location<'static>,
+    ) -> Result<Pfn, AllocError> {
+        let req = self.prepare(nid, gfp, order, caller)?;
+        let pfn = match self.get_page_from_freelist(&req, AllocFlags(AllocFlags::WMARK_LOW)) {
+            Some(pfn) => pfn,
+            None => self.alloc_slowpath(&req)?,
+        };
+        self.prep_new_page(pfn, &req);
+        Ok(Pfn(pfn))
+    }
+
+    /// Linux's `__get_free_pages`: like `alloc_pages`, returning the
+    /// direct-map address.
+    #[doc(alias = "__get_free_pages")]
+    #[track_caller]
+    pub fn get_free_pages(&self, gfp: Gfp, order: u32) -> Result<VirtAddr, AllocError> {
+        let pfn = self.alloc_pages_node_at(NUMA_NO_NODE, gfp, order, Location::caller())?;
+        Ok(self.page_address(pfn))
+    }
+
+    /// Linux's `get_zeroed_page`.
+    #[track_caller]
+    pub fn get_zeroed_page(&self, gfp: Gfp) -> Result<VirtAddr, AllocError> {
+        let pfn = self.alloc_pages_node_at(NUMA_NO_NODE, gfp | Gfp::ZERO, 0, Location::caller())?;
+        Ok(self.page_address(pfn))
+    }
+
+    /// Linux's `alloc_pages_exact`: exactly `size` bytes (page-rounded) of
+    /// contiguous pages; the tail of the power-of-two block is given back.
+    #[track_caller]
+    pub fn alloc_pages_exact(&self, size: usize, gfp: Gfp) -> Result<VirtAddr, AllocError> {
+        self.alloc_pages_exact_nid(NUMA_NO_NODE, size, gfp)
+    }
+
+    /// Linux's `alloc_pages_exact_nid`.
+    #[track_caller]
+    pub fn alloc_pages_exact_nid(
+        &self,
+        nid: i32,
+        size: usize,
+        gfp: Gfp,
+    ) -> Result<VirtAddr, AllocError> {
+        let order = get_order(size);
+        if order > MAX_PAGE_ORDER {
+            self.stats.fail_order.fetch_add(1, Relaxed);
+            return Err(AllocError::SizeTooLarge {
+                size,
+                max: PAGE_SIZE << MAX_PAGE_ORDER,
+            });
+        }
+        let pfn = self.alloc_pages_node_at(nid, gfp - Gfp::COMP, order, Location::caller())?;
+        self.split_page(pfn, order)
+            .expect("fresh non-compound block splits");
+        let used = size.max(1).div_ceil(PAGE_SIZE) as u64;
+        for p in used..(1 << order) {
+            self.free_pages(pfn.add(p), 0)
+                .expect("tail of a fresh split block frees");
+        }
+        Ok(self.page_address(pfn))
+    }
+
+    /// Linux's `alloc_pages_bulk`: fills the `None` entries of `pages` with
+    /// order-0 pages; returns how many entries are filled in the end. Stops
+    /// at the first failure (what was allocated stays in the array).
+    #[track_caller]
+    pub fn alloc_pages_bulk(&self, gfp: Gfp, pages: &mut [Option<Pfn>]) -> usize {
+        let caller = Location::caller();
+        for slot in pages.iter_mut().filter(|s| s.is_none()) {
+            match self.alloc_pages_node_at(NUMA_NO_NODE, gfp, 0, caller) {
+                Ok(p) => *slot = Some(p),
+                Err(_) => break,
+            }
+        }
+        pages.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Checks mask, order and context; picks node, zone and mobility.
+    #[inline]
+    fn prepare(
+        &self,
+        nid: i32,
+        mut gfp: Gfp,
+        order: u32,
+        caller: &'static Location<'static>,
+    ) -> Result<Request, AllocError> {
+        if let Err(e) = gfp.validate() {
+            self.stats.fail_gfp.fetch_add(1, Relaxed);
+            if !gfp.contains(Gfp::NOWARN) {
+                self.platform()
+                    .warn(format_args!("WARNING: {e} (at {caller})"));
+            }
+            return Err(AllocError::InvalidGfp(e));
+        }
+        if order > MAX_PAGE_ORDER {
+            self.stats.fail_order.fetch_add(1, Relaxed);
+            if !gfp.contains(Gfp::NOWARN) {
+                self.platform().warn(format_args!(
+                    "WARNING: page allocation of order {order} > MAX_PAGE_ORDER at {caller}"
+                ));
+            }
+            return Err(AllocError::OrderTooLarge { order });
+        }
+        let ctx = self.platform().context();
+        if ctx.is_atomic() {
+            if ctx.in_nmi() {
+                self.stats.fail_nmi.fetch_add(1, Relaxed);
+                return Err(AllocError::InNmi);
+            }
+            if gfp.allows_blocking() {
+                gfp = self.context_violation(gfp, ctx, caller)?;
+            }
+        }
+        let zone = match gfp.zone_type() {
+            Ok(z) => z,
+            Err(e) => return Err(AllocError::InvalidGfp(e)),
+        };
+        let node = if nid < 0 || nid as usize >= self.nr_nodes {
+            self.default_node
+        } else {
+            nid as usize
+        };
+        Ok(Request {
+            gfp,
+            order,
+            node,
+            zone,
+            mt: gfp.migratetype().index(),
+        })
+    }
+
+    #[cold]
+    fn context_violation(
+        &self,
+        gfp: Gfp,
+        ctx: crate::context::ExecContext,
+        caller: &'static Location<'static>,
+    ) -> Result<Gfp, AllocError> {
+        self.stats.context_violation.fetch_add(1, Relaxed);
+        let v = ContextViolation {
+            context: ctx,
+            cpu: self.platform().cpu_id(),
+            caller,
+        };
+        self.platform().warn(format_args!("{v}"));
+        match self.config().context_policy {
+            ContextPolicy::Fail => Err(AllocError::SleepInAtomic(v)),
+            ContextPolicy::Warn => Ok(gfp - Gfp::DIRECT_RECLAIM),
+            ContextPolicy::Panic => panic!("{v}"),
+        }
+    }
+
+    /// Walks the zonelist; returns a block from the first zone that passes
+    /// the watermark in force.
+    #[inline]
+    fn get_page_from_freelist(&self, req: &Request, flags: AllocFlags) -> Option<u64> {
+        let zl = &self.zonelists[req.node];
+        let n = if req.gfp.contains(Gfp::THISNODE) {
+            zl.local
+        } else {
+            zl.len
+        };
+        for &slot in &zl.slots[..n as usize] {
+            let slot = slot as usize;
+            let zone = &self.zones[slot];
+            if zone.ztype > req.zone || !zone.is_populated() {
+                continue;
+            }
+            if !flags.has(AllocFlags::NO_WATERMARKS) {
+                let mark = zone.watermark(flags.mark());
+                if !zone_watermark_ok(zone, req.order, mark, req.zone, flags) {
+                    self.stats.wmark_fail.fetch_add(1, Relaxed);
+                    continue;
+                }
+            }
+            if req.order <= PCP_MAX_ORDER && self.config().pcp_lists {
+                match self.rmqueue_pcp(slot, req.order, req.mt) {
+                    PcpAlloc::Hit(pfn) => return Some(pfn),
+                    PcpAlloc::Empty => continue,
+                    PcpAlloc::Contended => {}
+                }
+            }
+            if let Some(pfn) = self.rmqueue_buddy(slot, req.order, req.mt) {
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Marks a fresh block allocated; zeroes it and builds compound tails if
+    /// the mask asks.
+    #[inline]
+    fn prep_new_page(&self, pfn: u64, req: &Request) {
+        let head = self.mm.frame_unchecked(pfn);
+        let comp = req.gfp.contains(Gfp::COMP) && req.order > 0;
+        head.set(
+            FrameState::Allocated,
+            req.order,
+            if comp { flags::COMPOUND_HEAD } else { 0 },
+            req.mt,
+        );
+        if comp {
+            for i in 1..(1u64 << req.order) {
+                let t = self.mm.frame_unchecked(pfn + i);
+                t.set(FrameState::Tail, 0, flags::COMPOUND_TAIL, 0);
+                t.private[0].store(pfn as usize, Relaxed);
+            }
+        }
+        if req.gfp.contains(Gfp::ZERO) {
+            let va = self.page_address(Pfn(pfn));
+            // SAFETY: the block was just allocated to us and the direct map
+            // covers it read-write.
+            unsafe { core::ptr::write_bytes(va.as_ptr::<u8>(), 0, PAGE_SIZE << req.order) };
+        }
+    }
+
+    #[cold]
+    fn alloc_slowpath(&self, req: &Request) -> Result<u64, AllocError> {
+        self.stats.alloc_slow.fetch_add(1, Relaxed);
+        let gfp = req.gfp;
+        let mut flags = AllocFlags::from_gfp(gfp);
+        if flags.has(AllocFlags::KSWAPD) {
+            self.stats.kswapd_wake.fetch_add(1, Relaxed);
+        }
+        if let Some(pfn) = self.attempt(req, flags) {
+            return Ok(pfn);
+        }
+        if AllocFlags::memalloc(gfp) {
+            if let Some(pfn) =
+                self.get_page_from_freelist(req, AllocFlags(flags.0 | AllocFlags::NO_WATERMARKS))
+            {
+                self.stats.alloc_no_watermarks.fetch_add(1, Relaxed);
+                return Ok(pfn);
+            }
+            flags.0 |= AllocFlags::NO_WATERMARKS;
+        }
+        if !gfp.allows_blocking() {
+            // Blocks cached on this CPU's lists cannot merge; give them back.
+            self.drain_local_pages();
+            return self
+                .attempt(req, flags)
+                .ok_or_else(|| self.no_memory(req, false, false));
+        }
+
+        let costly = req.order > PAGE_ALLOC_COSTLY_ORDER;
+        let mut rounds = 0;
+        loop {
+            let progress = self.direct_reclaim(gfp, req.order);
+            self.drain_all_pages();
+            if let Some(pfn) = self.attempt(req, flags) {
+                return Ok(pfn);
+            }
+            if gfp.contains(Gfp::NORETRY) {
+                return Err(self.no_memory(req, true, false));
+            }
+            if costly && !gfp.intersects(Gfp::RETRY_MAYFAIL | Gfp::NOFAIL) {
+                return Err(self.no_memory(req, true, false));
+            }
+            rounds += 1;
+            if progress == 0 || rounds >= MAX_RECLAIM_RETRIES {
+                break;
+            }
+            self.stats.retry.fetch_add(1, Relaxed);
+        }
+
+        if gfp.contains(Gfp::NOFAIL) {
+            // Linux: after OOM, __GFP_NOFAIL gets the min reserve and loops.
+            flags.0 |= AllocFlags::MIN_RESERVE;
+            loop {
+                self.stats.nofail_wait.fetch_add(1, Relaxed);
+                self.platform().relax();
+                self.direct_reclaim(gfp, req.order);
+                self.drain_all_pages();
+                if let Some(pfn) = self.attempt(req, flags) {
+                    return Ok(pfn);
+                }
+            }
+        }
+        let oom = !gfp.contains(Gfp::RETRY_MAYFAIL) && !costly;
+        if oom {
+            self.stats.oom.fetch_add(1, Relaxed);
+        }
+        Err(self.no_memory(req, true, oom))
+    }
+
+    /// One slow-path attempt; counts success below the min watermark.
+    fn attempt(&self, req: &Request, flags: AllocFlags) -> Option<u64> {
+        let pfn = self.get_page_from_freelist(req, flags)?;
+        if flags.has(AllocFlags::MIN_RESERVE) {
+            let slot = self.mm.frame_unchecked(pfn).zone_slot();
+            let z = &self.zones[slot];
+            if z.free_pages() < z.watermark(super::Watermark::Min) {
+                self.stats.alloc_reserve.fetch_add(1, Relaxed);
+            }
+        }
+        Some(pfn)
+    }
+
+    #[cold]
+    fn no_memory(&self, req: &Request, reclaimed: bool, oom: bool) -> AllocError {
+        self.stats.fail_nomem.fetch_add(1, Relaxed);
+        let zl = &self.zonelists[req.node];
+        let n = if req.gfp.contains(Gfp::THISNODE) {
+            zl.local
+        } else {
+            zl.len
+        };
+        let mut free = 0;
+        let mut largest: Option<u32> = None;
+        for &slot in &zl.slots[..n as usize] {
+            let z = &self.zones[slot as usize];
+            if z.ztype > req.zone || !z.is_populated() {
+                continue;
+            }
+            free += z.free_pages();
+            largest = largest.max(z.largest_free_order());
+        }
+        let nm = NoMemory {
+            order: req.order,
+            gfp: req.gfp,
+            highest_zone: req.zone,
+            free_pages: free,
+            largest_free_order: largest,
+            reclaimed,
+            oom,
+        };
+        let e = AllocError::NoMemory(nm);
+        if !req.gfp.contains(Gfp::NOWARN) {
+            self.platform().warn(format_args!("{e}"));
+        }
+        e
+    }
+}

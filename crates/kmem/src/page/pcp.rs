@@ -1,0 +1,311 @@
+//! Per-CPU page lists: the allocator's fast path for orders 0..=3.
+//!
+//! Each CPU keeps, per zone, a LIFO list of free blocks for every order up to
+//! 3 and every mobility type. Allocation pops from the list, freeing pushes;
+//! only when a list is empty does the CPU take the zone lock, to pull `batch`
+//! blocks at once, and only when its cache grows past `high` pages does it
+//! give a batch back. Pages on a per-CPU list are not counted as free in the
+//! zone, as in Linux.
+//!
+//! The list is guarded by a per-CPU flag taken with a try-lock, the way
+//! Linux's `pcp_spin_trylock` works: in a kernel the flag is uncontended (the
+//! CPU is ours), on the hosted machine two threads can share a CPU number,
+//! and the loser simply goes to the zone lock. Remote drains (under memory
+//! pressure) spin on the flag.
+
+use super::frame::{FrameState, NIL};
+use super::{PageAllocator, MAX_ZONES};
+use crate::platform::Platform;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering::*};
+
+/// Highest order kept on per-CPU lists.
+pub const PCP_MAX_ORDER: u32 = 3;
+const NR_PCP_LISTS: usize = (PCP_MAX_ORDER as usize + 1) * 3;
+
+/// One CPU's lists for one zone.
+#[repr(C, align(128))]
+pub(crate) struct Pcp {
+    locked: AtomicBool,
+    inner: UnsafeCell<PcpInner>,
+}
+
+pub(crate) struct PcpInner {
+    /// Pages held, all lists.
+    pub(crate) count: u32,
+    /// Above this many pages, a batch goes back to the zone.
+    pub(crate) high: u32,
+    /// Blocks moved per refill or drain.
+    pub(crate) batch: u32,
+    heads: [u32; NR_PCP_LISTS],
+    pub(crate) alloc_hits: u64,
+    pub(crate) free_hits: u64,
+}
+
+// SAFETY: `inner` is only touched while `locked` is held.
+unsafe impl Sync for Pcp {}
+
+/// A held per-CPU list.
+pub(crate) struct PcpGuard<'a> {
+    pcp: &'a Pcp,
+}
+
+impl Drop for PcpGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.pcp.locked.store(false, Release);
+    }
+}
+
+impl core::ops::Deref for PcpGuard<'_> {
+    type Target = PcpInner;
+    fn deref(&self) -> &PcpInner {
+        // SAFETY: the flag is held.
+        unsafe { &*self.pcp.inner.get() }
+    }
+}
+impl core::ops::DerefMut for PcpGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PcpInner {
+        // SAFETY: the flag is held, so this is the only reference.
+        unsafe { &mut *self.pcp.inner.get() }
+    }
+}
+
+impl Pcp {
+    pub(crate) fn new() -> Pcp {
+        Pcp {
+            locked: AtomicBool::new(false),
+            inner: UnsafeCell::new(PcpInner {
+                count: 0,
+                high: 0,
+                batch: 1,
+                heads: [NIL; NR_PCP_LISTS],
+                alloc_hits: 0,
+                free_hits: 0,
+            }),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn try_lock(&self) -> Option<PcpGuard<'_>> {
+        self.locked
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .ok()
+            .map(|_| PcpGuard { pcp: self })
+    }
+
+    pub(crate) fn lock(&self) -> PcpGuard<'_> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+#[inline(always)]
+fn list_index(order: u32, mt: usize) -> usize {
+    order as usize * 3 + mt
+}
+
+/// Outcome of a fast-path attempt.
+pub(crate) enum PcpAlloc {
+    Hit(u64),
+    Empty,
+    Contended,
+}
+
+impl<P: Platform> PageAllocator<P> {
+    /// Pops a block of `order`/`mt` from this CPU's list for zone `slot`,
+    /// refilling the list from the zone if it is empty.
+    #[inline]
+    pub(crate) fn rmqueue_pcp(&self, slot: usize, order: u32, mt: usize) -> PcpAlloc {
+        let cpu = self.platform().cpu_id();
+        let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
+            self.stats.pcp_contended.fetch_add(1, Relaxed);
+            return PcpAlloc::Contended;
+        };
+        let li = list_index(order, mt);
+        if pcp.heads[li] == NIL && !self.refill_pcp(&mut pcp, slot, order, mt) {
+            return PcpAlloc::Empty;
+        }
+        let pfn = pcp.heads[li];
+        let f = self.mm.frame_unchecked(pfn as u64);
+        pcp.heads[li] = f.next.load(Relaxed);
+        pcp.count -= 1 << order;
+        pcp.alloc_hits += 1;
+        PcpAlloc::Hit(pfn as u64)
+    }
+
+    /// Pulls a batch of blocks from the zone onto a per-CPU list.
+    #[cold]
+    fn refill_pcp(&self, pcp: &mut PcpInner, slot: usize, order: u32, mt: usize) -> bool {
+        let want = (pcp.batch >> order).max(2);
+        let zone = &self.zones[slot];
+        let mut area = zone.area.lock();
+        let li = list_index(order, mt);
+        let mut got = 0;
+        while got < want {
+            let Some(pfn) = self.rmqueue(&mut area, order, mt) else {
+                break;
+            };
+            let f = self.mm.frame_unchecked(pfn);
+            f.set(FrameState::Pcp, order, 0, mt);
+            f.next.store(pcp.heads[li], Relaxed);
+            pcp.heads[li] = pfn as u32;
+            pcp.count += 1 << order;
+            got += 1;
+        }
+        zone.publish(&area);
+        drop(area);
+        if got > 0 {
+            self.stats.pcp_refill.fetch_add(1, Relaxed);
+        }
+        got > 0
+    }
+
+    /// Pushes a freed block onto this CPU's list; gives a batch back to the
+    /// zone past the high mark. False if the list was busy (free to the zone).
+    #[inline]
+    pub(crate) fn free_pcp(&self, pfn: u64, order: u32, slot: usize, mt: usize) -> bool {
+        let cpu = self.platform().cpu_id();
+        let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
+            self.stats.pcp_contended.fetch_add(1, Relaxed);
+            return false;
+        };
+        let li = list_index(order, mt);
+        let f = self.mm.frame_unchecked(pfn);
+        f.set(FrameState::Pcp, order, 0, mt);
+        f.next.store(pcp.heads[li], Relaxed);
+        pcp.heads[li] = pfn as u32;
+        pcp.count += 1 << order;
+        pcp.free_hits += 1;
+        if pcp.count > pcp.high {
+            let target = pcp.high.saturating_sub(pcp.batch);
+            self.free_pcppages_bulk(&mut pcp, slot, target);
+        }
+        true
+    }
+
+    /// Returns blocks to the zone until the list holds at most `target` pages.
+    fn free_pcppages_bulk(&self, pcp: &mut PcpInner, slot: usize, target: u32) {
+        if pcp.count <= target {
+            return;
+        }
+        let zone = &self.zones[slot];
+        let mut area = zone.area.lock();
+        // Oldest-first would need a tail; Linux frees round-robin across lists.
+        let mut li = 0;
+        let mut empty_round = 0;
+        while pcp.count > target && empty_round < NR_PCP_LISTS {
+            let head = pcp.heads[li];
+            if head == NIL {
+                empty_round += 1;
+            } else {
+                empty_round = 0;
+                let f = self.mm.frame_unchecked(head as u64);
+                pcp.heads[li] = f.next.load(Relaxed);
+                let order = (li / 3) as u32;
+                pcp.count -= 1 << order;
+                f.set(FrameState::Tail, 0, 0, 0);
+                self.free_one_page(&mut area, head as u64, order);
+            }
+            li = (li + 1) % NR_PCP_LISTS;
+        }
+        zone.publish(&area);
+        drop(area);
+        self.stats.pcp_drain.fetch_add(1, Relaxed);
+    }
+
+    /// Empties one CPU's lists for every zone.
+    pub fn drain_cpu_pages(&self, cpu: usize) {
+        for slot in 0..MAX_ZONES {
+            let mut pcp = self.pcp(cpu, slot).lock();
+            if pcp.count > 0 {
+                self.free_pcppages_bulk(&mut pcp, slot, 0);
+            }
+        }
+    }
+
+    /// Empties the running CPU's lists (Linux's `drain_local_pages`).
+    pub fn drain_local_pages(&self) {
+        self.drain_cpu_pages(self.platform().cpu_id());
+    }
+
+    /// Empties every CPU's lists (Linux's `drain_all_pages`), so their pages
+    /// can merge in the zones.
+    pub fn drain_all_pages(&self) {
+        self.stats.drain_all.fetch_add(1, Relaxed);
+        for cpu in 0..self.nr_cpus {
+            self.drain_cpu_pages(cpu);
+        }
+    }
+
+    /// Pages held on per-CPU lists, all CPUs and zones.
+    pub fn pcp_pages(&self) -> usize {
+        let mut n = 0;
+        for cpu in 0..self.nr_cpus {
+            for slot in 0..MAX_ZONES {
+                n += self.pcp(cpu, slot).lock().count as usize;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn pcp_hit_totals(&self) -> (u64, u64) {
+        let (mut a, mut f) = (0, 0);
+        for cpu in 0..self.nr_cpus {
+            for slot in 0..MAX_ZONES {
+                let p = self.pcp(cpu, slot).lock();
+                a += p.alloc_hits;
+                f += p.free_hits;
+            }
+        }
+        (a, f)
+    }
+
+    /// Per-CPU `(count, high, batch)` for one zone slot, as zoneinfo prints.
+    pub fn pcp_info(
+        &self,
+        cpu: usize,
+        node: usize,
+        ztype: crate::gfp::ZoneType,
+    ) -> (u32, u32, u32) {
+        let p = self.pcp(cpu, node * 3 + ztype.index()).lock();
+        (p.count, p.high, p.batch)
+    }
+
+    /// Sizes `batch` and `high` per zone as Linux's `zone_batchsize` and
+    /// `zone_highsize` do.
+    pub(crate) fn setup_pcp(&self) {
+        for slot in 0..MAX_ZONES {
+            let z = &self.zones[slot];
+            let managed = z.managed_pages() as u32;
+            let mut batch = (managed >> 10).min(256) / 4;
+            batch = batch.max(1);
+            batch = prev_power_of_two(batch + batch / 2)
+                .saturating_sub(1)
+                .max(1);
+            let low = z.watermark(super::Watermark::Low) as u32;
+            let high = (low / self.nr_cpus as u32).max(batch * 4);
+            for cpu in 0..self.nr_cpus {
+                let mut p = self.pcp(cpu, slot).lock();
+                p.batch = batch;
+                p.high = if self.config().pcp_lists && managed > 0 {
+                    high
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+fn prev_power_of_two(x: u32) -> u32 {
+    if x == 0 {
+        0
+    } else {
+        1 << (31 - x.leading_zeros())
+    }
+}

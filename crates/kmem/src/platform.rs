@@ -1,0 +1,53 @@
+//! The platform seam: what a kernel (or the hosted machine) hands kmem.
+//!
+//! kmem's core never asks the outside world for anything except through this
+//! trait: where the direct map is, which CPU is running, what execution context
+//! it is in, which lock type protects shared state, how to wait for another CPU,
+//! and where warnings go. A kernel implements it over its own per-CPU data and
+//! IRQ-safe spinlocks; `kmem-host` implements it over threads and a memfd.
+//!
+//! # Usage in IRQs
+//! Every method may be called from any context, including hard IRQ and NMI, so
+//! implementations must not block or allocate.
+
+use crate::addr::{PhysAddr, VirtAddr};
+use crate::context::ExecContext;
+use core::fmt;
+
+/// Services a kernel or host provides to kmem.
+pub trait Platform: Send + Sync + 'static {
+    /// The lock that protects zone free lists and other shared state. In a
+    /// kernel this must be IRQ-safe (disable local interrupts while held),
+    /// since GFP_ATOMIC allocations run in interrupt handlers.
+    type Lock: lock_api::RawMutex + Send + Sync;
+
+    /// Virtual address at which physical address 0 is mapped: the direct map
+    /// covers `[offset, offset + max_phys)` linearly (Linux's `PAGE_OFFSET`).
+    fn direct_map_offset(&self) -> usize;
+
+    /// The CPU this code is running on, in `0..nr_cpus()`.
+    fn cpu_id(&self) -> usize;
+
+    /// Number of CPUs kmem keeps per-CPU state for.
+    fn nr_cpus(&self) -> usize;
+
+    /// The execution context of the running code (Linux's `preempt_count()`,
+    /// `irqs_disabled()` and RCU depth).
+    fn context(&self) -> ExecContext;
+
+    /// Wait a little for another CPU to make progress (free memory, release a
+    /// lock). Called only from contexts that may block or spin.
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+
+    /// Print a warning or bug report (Linux's `printk`). Must not allocate
+    /// from kmem.
+    fn warn(&self, msg: fmt::Arguments<'_>);
+
+    /// Translate a physical address through the direct map.
+    #[inline(always)]
+    fn phys_to_virt(&self, pa: PhysAddr) -> VirtAddr {
+        VirtAddr(self.direct_map_offset() + pa.0 as usize)
+    }
+}
