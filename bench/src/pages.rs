@@ -119,7 +119,7 @@ impl<A: FrameAllocator> FrameContender<A> {
             let f = self.alloc.alloc(3);
             let pfn = self.alloc.pfn(f);
             self.held.push(f);
-            if pfn % 8 != 0 {
+            if !pfn.is_multiple_of(8) {
                 return Err(format!("{}: order-3 block at pfn {pfn:#x}", A::NAME));
             }
         }

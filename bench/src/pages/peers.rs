@@ -133,8 +133,7 @@ impl FrameAllocator for Bitmap {
         let bit = if order == 0 {
             self.0.alloc()
         } else {
-            self.0
-                .alloc_contiguous(None, 1 << order, order as usize)
+            self.0.alloc_contiguous(None, 1 << order, order as usize)
         };
         match bit {
             Some(b) => b,

@@ -16,7 +16,8 @@
 //! previous slot, even if the closure panics.
 //!
 //! [`current_cpu`] is on every allocation's fast path: it is one thread-local
-//! read, a predictable branch and a remainder.
+//! read and a predictable branch or two (the remainder is only computed for
+//! slots beyond the CPU count).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,7 +57,13 @@ pub fn cpu_slot() -> usize {
 /// If `nr_cpus` is 0.
 #[inline]
 pub fn current_cpu(nr_cpus: usize) -> usize {
-    cpu_slot() % nr_cpus
+    let slot = cpu_slot();
+    // No division while there are no more threads than CPUs.
+    if slot < nr_cpus {
+        slot
+    } else {
+        slot % nr_cpus
+    }
 }
 
 /// Pins the calling thread to CPU `cpu` from now on. On a machine with fewer

@@ -26,6 +26,8 @@
 //!
 //! A `Machine` is `Send + Sync`; share it between threads with an `Arc`.
 
+#![warn(missing_docs)]
+
 pub mod context;
 pub mod cpu;
 pub mod platform;

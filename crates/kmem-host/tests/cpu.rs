@@ -64,7 +64,7 @@ fn run_on_cpu_pins_and_restores() {
         let inner = run_on_cpu(home + 1, || {
             assert_eq!(cpu_slot(), home + 1);
             assert_eq!(current_cpu(2), (home + 1) % 2);
-            run_on_cpu(home + 7, || cpu_slot())
+            run_on_cpu(home + 7, cpu_slot)
         });
         assert_eq!(inner, home + 7);
         assert_eq!(cpu_slot(), home, "restored after nesting");

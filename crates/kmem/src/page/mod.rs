@@ -34,6 +34,7 @@ mod init;
 pub mod memmap;
 pub mod pcp;
 pub mod reclaim;
+pub mod verify;
 pub mod vmstat;
 pub mod watermark;
 pub mod zone;
@@ -41,6 +42,7 @@ pub mod zone;
 pub use frame::{Frame, FrameState};
 pub use memmap::{MemoryMapError, Region, RegionKind};
 pub use reclaim::{Shrinker, ShrinkerId};
+pub use verify::{VerifyError, VerifyReport};
 pub use vmstat::VmStatSnapshot;
 pub use zone::{Watermark, Zone};
 

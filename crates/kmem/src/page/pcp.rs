@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicBool, Ordering::*};
 
 /// Highest order kept on per-CPU lists.
 pub const PCP_MAX_ORDER: u32 = 3;
-const NR_PCP_LISTS: usize = (PCP_MAX_ORDER as usize + 1) * 3;
+pub(crate) const NR_PCP_LISTS: usize = (PCP_MAX_ORDER as usize + 1) * 3;
 
 /// One CPU's lists for one zone.
 #[repr(C, align(128))]
@@ -37,7 +37,7 @@ pub(crate) struct PcpInner {
     pub(crate) high: u32,
     /// Blocks moved per refill or drain.
     pub(crate) batch: u32,
-    heads: [u32; NR_PCP_LISTS],
+    pub(crate) heads: [u32; NR_PCP_LISTS],
     pub(crate) alloc_hits: u64,
     pub(crate) free_hits: u64,
 }

@@ -28,7 +28,7 @@ pub enum Watermark {
 
 /// The free lists of one zone, protected by the zone lock.
 pub(crate) struct FreeArea {
-    head: [[u32; NR_FREE_LISTS]; NR_PAGE_ORDERS],
+    pub(crate) head: [[u32; NR_FREE_LISTS]; NR_PAGE_ORDERS],
     pub(crate) nr_free: [[u32; NR_FREE_LISTS]; NR_PAGE_ORDERS],
     /// Total free pages on these lists.
     pub(crate) free_pages: usize,
