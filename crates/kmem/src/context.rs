@@ -17,6 +17,7 @@ use core::panic::Location;
 
 /// The execution context of a CPU at one instant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C, align(8))]
 pub struct ExecContext {
     /// `preempt_disable()` depth, including one per spinlock held.
     pub preempt: u8,
@@ -94,15 +95,19 @@ impl ExecContext {
     /// True if the code may not sleep: any interrupt context, preemption or
     /// bottom halves disabled, a spinlock held, IRQs off, or inside an RCU
     /// read-side section.
+    #[inline(always)]
     pub const fn is_atomic(&self) -> bool {
-        self.preempt > 0
-            || self.spinlocks > 0
-            || self.softirq > 0
-            || self.bh_disabled > 0
-            || self.hardirq > 0
-            || self.nmi > 0
-            || self.irqs_disabled
-            || self.rcu_depth > 0
+        // Every field is zero in plain process context: one 8-byte test.
+        u64::from_ne_bytes([
+            self.preempt,
+            self.spinlocks,
+            self.softirq,
+            self.bh_disabled,
+            self.hardirq,
+            self.nmi,
+            self.irqs_disabled as u8,
+            self.rcu_depth,
+        ]) != 0
     }
 
     /// A `preempt_count()`-style packed value, as Linux prints it: preempt

@@ -59,6 +59,46 @@ impl<P: Platform> PageAllocator<P> {
         order: u32,
         caller: &'static Location<'static>,
     ) -> Result<Pfn, AllocError> {
+        // Fastest path: the most common request (GFP_KERNEL or GFP_ATOMIC
+        // style, orders 0..=3, any node, process context) from the preferred
+        // zone's per-CPU list, with nothing else to prepare.
+        const FAST: u32 = Gfp::all().bits()
+            & !(Gfp::DMA.bits()
+                | Gfp::DMA32.bits()
+                | Gfp::HIGHMEM.bits()
+                | Gfp::MOVABLE.bits()
+                | Gfp::RECLAIMABLE.bits()
+                | Gfp::NOFAIL.bits()
+                | Gfp::ZERO.bits()
+                | Gfp::COMP.bits());
+        if gfp.bits() & !FAST == 0 && order <= PCP_MAX_ORDER && nid < 0 && self.config().pcp_lists {
+            let slot = self.fast_slot;
+            let zone = &self.zones[slot];
+            if !self.platform().context().is_atomic()
+                && zone_watermark_ok(
+                    zone,
+                    order,
+                    zone.watermark(super::Watermark::Low),
+                    ZoneType::Normal,
+                    AllocFlags(0),
+                )
+            {
+                if let PcpAlloc::Hit(pfn) = self.rmqueue_pcp(slot, order, 0) {
+                    return Ok(Pfn(pfn));
+                }
+            }
+        }
+        self.alloc_pages_general(nid, gfp, order, caller)
+    }
+
+    #[inline(never)]
+    fn alloc_pages_general(
+        &self,
+        nid: i32,
+        gfp: Gfp,
+        order: u32,
+        caller: &'static Location<'static>,
+    ) -> Result<Pfn, AllocError> {
         let req = self.prepare(nid, gfp, order, caller)?;
         let pfn = match self.get_page_from_freelist(&req, AllocFlags(AllocFlags::WMARK_LOW)) {
             Some(pfn) => pfn,
@@ -134,8 +174,42 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// Checks mask, order and context; picks node, zone and mobility.
-    #[inline]
+    #[inline(always)]
     fn prepare(
+        &self,
+        nid: i32,
+        gfp: Gfp,
+        order: u32,
+        caller: &'static Location<'static>,
+    ) -> Result<Request, AllocError> {
+        // The common case: no zone or mobility modifier, no NOFAIL, no
+        // unknown bit, a sane order, process context. Everything else takes
+        // the careful path.
+        const PLAIN: u32 = Gfp::all().bits()
+            & !(Gfp::DMA.bits()
+                | Gfp::DMA32.bits()
+                | Gfp::HIGHMEM.bits()
+                | Gfp::MOVABLE.bits()
+                | Gfp::RECLAIMABLE.bits()
+                | Gfp::NOFAIL.bits());
+        if gfp.bits() & !PLAIN == 0
+            && order <= MAX_PAGE_ORDER
+            && nid < 0
+            && !self.platform().context().is_atomic()
+        {
+            return Ok(Request {
+                gfp,
+                order,
+                node: self.default_node,
+                zone: ZoneType::Normal,
+                mt: 0,
+            });
+        }
+        self.prepare_slow(nid, gfp, order, caller)
+    }
+
+    #[inline(never)]
+    fn prepare_slow(
         &self,
         nid: i32,
         mut gfp: Gfp,
@@ -188,6 +262,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     #[cold]
+    #[inline(never)]
     fn context_violation(
         &self,
         gfp: Gfp,
@@ -273,6 +348,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     #[cold]
+    #[inline(never)]
     fn alloc_slowpath(&self, req: &Request) -> Result<u64, AllocError> {
         self.stats.alloc_slow.fetch_add(1, Relaxed);
         let gfp = req.gfp;
@@ -355,6 +431,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     #[cold]
+    #[inline(never)]
     fn no_memory(&self, req: &Request, reclaimed: bool, oom: bool) -> AllocError {
         self.stats.fail_nomem.fetch_add(1, Relaxed);
         let zl = &self.zonelists[req.node];

@@ -214,6 +214,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// Takes a block straight from zone `slot`'s buddy lists.
+    #[inline(never)]
     pub(crate) fn rmqueue_buddy(&self, slot: usize, order: u32, mt: usize) -> Option<u64> {
         let zone = &self.zones[slot];
         let mut area = zone.area.lock();
@@ -227,6 +228,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// Frees a block straight to zone `slot`'s buddy lists.
+    #[inline(never)]
     pub(crate) fn free_buddy(&self, slot: usize, pfn: u64, order: u32) {
         let zone = &self.zones[slot];
         let mut area = zone.area.lock();

@@ -98,6 +98,19 @@ impl Frame {
     pub fn order(&self) -> u32 {
         (self.info.load(Relaxed) >> ORDER_SHIFT) & 0xf
     }
+    /// The whole info word, for callers that test several fields at once.
+    #[inline]
+    pub(crate) fn info(&self) -> u32 {
+        self.info.load(Relaxed)
+    }
+    /// The info word an allocated head of `order` without flags would have,
+    /// ignoring the migrate type and owner bits.
+    #[inline]
+    pub(crate) const fn allocated_info(order: u32) -> u32 {
+        FrameState::Allocated as u32 | (order << ORDER_SHIFT)
+    }
+    /// Mask of state, order and flag bits in the info word.
+    pub(crate) const INFO_STATE_ORDER_FLAGS: u32 = 0xffff;
     /// Flag bits (see [`flags`]).
     #[inline]
     pub fn flags(&self) -> u32 {

@@ -5,7 +5,7 @@
 //! really is (already free, inside another allocation, reserved, ...) and the
 //! allocator is untouched.
 
-use super::frame::{flags, FrameState};
+use super::frame::{flags, Frame, FrameState};
 use super::pcp::PCP_MAX_ORDER;
 use super::PageAllocator;
 use crate::addr::{Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE};
@@ -21,8 +21,31 @@ impl<P: Platform> PageAllocator<P> {
         let Some(f) = self.mm.frame(pfn) else {
             return Err(self.free_error(FreeError::NotRam { pfn: page }));
         };
-        let info_ok = f.state() == FrameState::Allocated && f.order() == order;
-        if !info_ok {
+        let info = f.info();
+        if info & Frame::INFO_STATE_ORDER_FLAGS != Frame::allocated_info(order) {
+            return self.free_pages_careful(page, order);
+        }
+        let slot = f.zone_slot();
+        if order <= PCP_MAX_ORDER && self.config().pcp_lists {
+            // The list is chosen by the type the block was allocated with;
+            // draining to the zone files it by its pageblock's type.
+            let mt = f.migratetype_index();
+            if self.free_pcp(f, pfn, order, slot, mt) {
+                return Ok(());
+            }
+        }
+        f.set(FrameState::Tail, 0, 0, 0);
+        self.free_buddy(slot, pfn, order);
+        Ok(())
+    }
+
+    /// The free path for anything but a plain allocated head: compound
+    /// blocks, and every error.
+    #[inline(never)]
+    fn free_pages_careful(&self, page: Pfn, order: u32) -> Result<(), FreeError> {
+        let pfn = page.0;
+        let f = self.mm.frame_unchecked(pfn);
+        if f.state() != FrameState::Allocated || f.order() != order {
             return Err(self.free_error(self.diagnose(page, order)));
         }
         if f.flags() & flags::COMPOUND_HEAD != 0 {
@@ -32,15 +55,8 @@ impl<P: Platform> PageAllocator<P> {
                 t.private[0].store(0, Relaxed);
             }
         }
-        let slot = f.zone_slot();
-        if order <= PCP_MAX_ORDER && self.config().pcp_lists {
-            let mt = self.pageblock_mt(pfn);
-            if mt < crate::gfp::MigrateType::PCPTYPES && self.free_pcp(pfn, order, slot, mt) {
-                return Ok(());
-            }
-        }
         f.set(FrameState::Tail, 0, 0, 0);
-        self.free_buddy(slot, pfn, order);
+        self.free_buddy(f.zone_slot(), pfn, order);
         Ok(())
     }
 
@@ -119,6 +135,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     #[cold]
+    #[inline(never)]
     fn free_error(&self, e: FreeError) -> FreeError {
         self.stats.free_error.fetch_add(1, Relaxed);
         self.platform().warn(format_args!("{e}"));
@@ -127,6 +144,7 @@ impl<P: Platform> PageAllocator<P> {
 
     /// Says what `page` really is, for a free that does not match.
     #[cold]
+    #[inline(never)]
     fn diagnose(&self, page: Pfn, order: u32) -> FreeError {
         let Some(f) = self.mm.frame(page.0) else {
             return FreeError::NotRam { pfn: page };

@@ -159,6 +159,7 @@ impl<P: Platform> PageAllocator<P> {
             zonelists: core::array::from_fn(|n| build_zonelist(n, nr_nodes)),
             nr_nodes,
             default_node,
+            fast_slot: default_node * 3 + 2,
             pcp_base,
             nr_cpus,
             max_pfn,
@@ -172,6 +173,12 @@ impl<P: Platform> PageAllocator<P> {
             let (a, b) = r.pfns();
             early.for_each_free(a.0, b.0, |lo, hi| pa.free_range_at_boot(lo, hi));
         }
+        let mut pa = pa;
+        pa.fast_slot = (0..3)
+            .rev()
+            .map(|z| default_node * 3 + z)
+            .find(|&s| pa.zones[s].is_populated())
+            .unwrap_or(0);
         pa.setup_watermarks();
         pa.setup_pcp();
         Ok(pa)

@@ -110,6 +110,9 @@ pub struct PageAllocator<P: Platform> {
     pub(crate) zonelists: [ZoneList; MAX_NUMNODES],
     pub(crate) nr_nodes: usize,
     pub(crate) default_node: usize,
+    /// Zone slot the fast path tries first: the default node's highest
+    /// populated zone.
+    pub(crate) fast_slot: usize,
     pcp_base: *const Pcp,
     pub(crate) nr_cpus: usize,
     max_pfn: u64,

@@ -133,6 +133,8 @@ impl<P: Platform> PageAllocator<P> {
         let pfn = pcp.heads[li];
         let f = self.mm.frame_unchecked(pfn as u64);
         pcp.heads[li] = f.next.load(Relaxed);
+        // Marked while the list is held: a racing double free sees it allocated.
+        f.set(FrameState::Allocated, order, 0, mt);
         pcp.count -= 1 << order;
         pcp.alloc_hits += 1;
         PcpAlloc::Hit(pfn as u64)
@@ -140,6 +142,7 @@ impl<P: Platform> PageAllocator<P> {
 
     /// Pulls a batch of blocks from the zone onto a per-CPU list.
     #[cold]
+    #[inline(never)]
     fn refill_pcp(&self, pcp: &mut PcpInner, slot: usize, order: u32, mt: usize) -> bool {
         let want = (pcp.batch >> order).max(2);
         let zone = &self.zones[slot];
@@ -168,14 +171,20 @@ impl<P: Platform> PageAllocator<P> {
     /// Pushes a freed block onto this CPU's list; gives a batch back to the
     /// zone past the high mark. False if the list was busy (free to the zone).
     #[inline]
-    pub(crate) fn free_pcp(&self, pfn: u64, order: u32, slot: usize, mt: usize) -> bool {
+    pub(crate) fn free_pcp(
+        &self,
+        f: &super::Frame,
+        pfn: u64,
+        order: u32,
+        slot: usize,
+        mt: usize,
+    ) -> bool {
         let cpu = self.platform().cpu_id();
         let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
             self.stats.pcp_contended.fetch_add(1, Relaxed);
             return false;
         };
         let li = list_index(order, mt);
-        let f = self.mm.frame_unchecked(pfn);
         f.set(FrameState::Pcp, order, 0, mt);
         f.next.store(pcp.heads[li], Relaxed);
         pcp.heads[li] = pfn as u32;
@@ -189,6 +198,7 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// Returns blocks to the zone until the list holds at most `target` pages.
+    #[inline(never)]
     fn free_pcppages_bulk(&self, pcp: &mut PcpInner, slot: usize, target: u32) {
         if pcp.count <= target {
             return;

@@ -37,7 +37,13 @@ pub struct VerifyError {
 
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "page allocator inconsistent: node {} zone {}: {}", self.zone.0, self.zone.1.name(), self.problem)?;
+        write!(
+            f,
+            "page allocator inconsistent: node {} zone {}: {}",
+            self.zone.0,
+            self.zone.1.name(),
+            self.problem
+        )?;
         if let Some(p) = self.pfn {
             write!(f, " (pfn {p})")?;
         }
@@ -54,7 +60,11 @@ impl<P: Platform> PageAllocator<P> {
         for slot in 0..MAX_ZONES {
             let zone = &self.zones[slot];
             let id = (zone.node, zone.ztype);
-            let err = |pfn: Option<u64>, problem| VerifyError { zone: id, pfn: pfn.map(Pfn), problem };
+            let err = |pfn: Option<u64>, problem| VerifyError {
+                zone: id,
+                pfn: pfn.map(Pfn),
+                problem,
+            };
             let area = zone.area.lock();
             let (lo, hi) = (zone.start_pfn, zone.start_pfn + zone.spanned);
             let mut pages = 0u64;
@@ -63,12 +73,18 @@ impl<P: Platform> PageAllocator<P> {
                     let (mut n, mut prev, mut cur) = (0u32, NIL, area.head[o][mt]);
                     while cur != NIL {
                         let pfn = cur as u64;
-                        let f = self.mm.frame(pfn).ok_or(err(Some(pfn), "free list links to a pfn with no frame"))?;
+                        let f = self
+                            .mm
+                            .frame(pfn)
+                            .ok_or(err(Some(pfn), "free list links to a pfn with no frame"))?;
                         if f.state() != FrameState::Buddy {
                             return Err(err(Some(pfn), "block on a free list is not marked free"));
                         }
                         if f.order() as usize != o || f.migratetype_index() != mt {
-                            return Err(err(Some(pfn), "block is on the list of another order or type"));
+                            return Err(err(
+                                Some(pfn),
+                                "block is on the list of another order or type",
+                            ));
                         }
                         if pfn & ((1 << o) - 1) != 0 {
                             return Err(err(Some(pfn), "free block not aligned to its order"));
@@ -81,7 +97,10 @@ impl<P: Platform> PageAllocator<P> {
                         }
                         for t in 1..(1u64 << o) {
                             if self.mm.frame_unchecked(pfn + t).state() != FrameState::Tail {
-                                return Err(err(Some(pfn + t), "frame inside a free block heads something"));
+                                return Err(err(
+                                    Some(pfn + t),
+                                    "frame inside a free block heads something",
+                                ));
                             }
                         }
                         n += 1;
@@ -117,9 +136,15 @@ impl<P: Platform> PageAllocator<P> {
                     let mut n = 0u64;
                     while cur != NIL {
                         let pfn = cur as u64;
-                        let f = self.mm.frame(pfn).ok_or(err(Some(pfn), "per-CPU list links to a pfn with no frame"))?;
+                        let f = self
+                            .mm
+                            .frame(pfn)
+                            .ok_or(err(Some(pfn), "per-CPU list links to a pfn with no frame"))?;
                         if f.state() != FrameState::Pcp || f.order() != order {
-                            return Err(err(Some(pfn), "block on a per-CPU list has the wrong state or order"));
+                            return Err(err(
+                                Some(pfn),
+                                "block on a per-CPU list has the wrong state or order",
+                            ));
                         }
                         if f.zone_slot() != slot || pfn & ((1 << order) - 1) != 0 {
                             return Err(err(Some(pfn), "per-CPU block misplaced or misaligned"));
