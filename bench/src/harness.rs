@@ -55,6 +55,11 @@ pub struct RunOpts {
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+
+    /// Measure only this allocator (repeatable), e.g. `--only kmem` under a
+    /// profiler. Ratios need the baseline among them.
+    #[arg(long, value_name = "ALLOCATOR")]
+    pub only: Vec<String>,
 }
 
 /// One row of a report: a named workload and what it does.
@@ -150,6 +155,27 @@ fn calibrate(c: &mut dyn Contender, workload: usize, quantum: u64) -> u64 {
         }
         n *= 2;
     }
+}
+
+/// Keep the contenders `--only` names (all of them if it names none).
+pub fn select(
+    contenders: Vec<Box<dyn Contender>>,
+    only: &[String],
+) -> Result<Vec<Box<dyn Contender>>, String> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !contenders.iter().any(|c| c.name() == o.as_str()))
+    {
+        let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
+        return Err(format!(
+            "no allocator named {unknown:?}; there are: {}",
+            names.join(", ")
+        ));
+    }
+    Ok(contenders
+        .into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|o| o == c.name()))
+        .collect())
 }
 
 /// Measure every contender on every workload; see the module comment for how.
@@ -397,11 +423,31 @@ mod tests {
             json: false,
             iters: Some(100),
             runs: 3,
+            only: vec![],
         };
         let cells = measure(&workloads, &mut cs, &opts);
         assert_eq!(cells.len(), 4);
         assert!(cells.iter().all(|c| c.samples.len() == 3));
         assert_eq!(cells[0].iters, 100);
         assert_eq!(cells[2].iters, 104);
+    }
+
+    struct Named(&'static str);
+    impl Contender for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn run(&mut self, _workload: usize, _n: u64) {}
+    }
+
+    #[test]
+    fn select_filters_by_name() {
+        let all =
+            || -> Vec<Box<dyn Contender>> { vec![Box::new(Named("a")), Box::new(Named("b"))] };
+        assert_eq!(select(all(), &[]).unwrap().len(), 2);
+        let only_b = select(all(), &["b".to_string()]).unwrap();
+        assert_eq!(only_b.len(), 1);
+        assert_eq!(only_b[0].name(), "b");
+        assert!(select(all(), &["c".to_string()]).is_err());
     }
 }

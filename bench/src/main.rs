@@ -53,3 +53,34 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pages_options_parse() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "kmem-bench",
+            "pages",
+            "--json",
+            "--iters",
+            "1000",
+            "--runs",
+            "3",
+        ])
+        .unwrap();
+        let super::Suite::Pages(args) = cli.suite;
+        assert!(args.run.json);
+        assert_eq!(args.run.iters, Some(1000));
+        assert_eq!(args.run.runs, 3);
+        assert!(args.run.only.is_empty());
+        assert!(super::Cli::try_parse_from(["kmem-bench", "pages", "--runs", "0"]).is_err());
+    }
+}

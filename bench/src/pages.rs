@@ -27,7 +27,7 @@ use crate::harness::{self, Contender, RunOpts, TextReport, Workload};
 
 /// First frame the peers manage (4 GiB).
 pub const PEER_BASE_PFN: usize = 0x10_0000;
-/// Number of frames the peers manage (1 GiB), as much as kmem's Normal zone arena.
+/// Number of frames the peers manage (1 GiB, the size of kmem's machine).
 pub const PEER_FRAMES: usize = 0x4_0000;
 /// Frames held at once by `order0-batch`.
 pub const BATCH: usize = 512;
@@ -44,18 +44,22 @@ Workloads (one op = one allocation plus its free):
                 allocated first; reported per alloc+free pair. Exercises refills
                 and drains of per-CPU caches and buddy splitting/merging.
 
-Allocators: kmem (hosted machine, 1 GiB, 2 CPUs, the benchmark thread pinned to
-CPU 0, GFP_KERNEL); buddy_system_allocator's FrameAllocator (plain and behind its
-spin lock); bitmap-allocator's BitAlloc1M; frame-alloc's SummaryBuddyAllocator
-(plain and under its per-CPU DepotAllocator). Each peer manages 262144 frames
-(1 GiB) from frame 0x100000: they only hand out numbers, as much as kmem's arena.
+Allocators: kmem (hosted machine: 1 GiB in the PC layout, i.e. 512 MiB of
+DMA/DMA32 below 4 GiB and a 512 MiB Normal zone from frame 0x100000; 2 CPUs, the
+benchmark thread is kmem's CPU 0; GFP_KERNEL); buddy_system_allocator's
+FrameAllocator, plain and behind its spin lock (+lock); bitmap-allocator's
+BitAlloc1M; frame-alloc's SummaryBuddyAllocator, plain and under its per-CPU
+DepotAllocator (+depot). Each peer manages 262144 frames (1 GiB) from frame
+0x100000; they hand out numbers only, nothing is touched. The OS thread is
+pinned to the CPU it starts on.
 
 Reading the numbers: ns/op is the median over --runs of elapsed time divided by
 ops; lower is faster. spread is (slowest - fastest run) / median: if it is more
 than a few percent, the machine was noisy, rerun. 'vs kmem' is the allocator's
 ns/op divided by kmem's: 2.00x means twice as slow as kmem, 0.50x twice as fast.
 Peers that take &mut self do no locking; kmem is a thread-safe, per-CPU
-allocator, which is what the 'locked' and 'depot' rows are there to compare to.";
+allocator, which is what the +lock and +depot rows are there to compare to.
+--json prints the same medians, rounded to 0.01 ns, one object per line.";
 
 /// The workloads, in report order; `FrameContender::run` indexes into this.
 pub const WORKLOADS: [Workload; 3] = [
@@ -186,23 +190,37 @@ fn contender<A: FrameAllocator + 'static>(a: A) -> Result<Box<dyn Contender>, St
     Ok(Box::new(FrameContender::new(a)?))
 }
 
-/// Run the suite and print its report.
-pub fn run(args: &Args) -> Result<(), String> {
-    let pinned = harness::pin_thread();
-    let mut contenders = vec![
+/// kmem and every peer, checked and ready to time.
+fn contenders() -> Result<Vec<Box<dyn Contender>>, String> {
+    Ok(vec![
         contender(kmem::Kmem::new()?)?,
         contender(peers::Buddy::new())?,
         contender(peers::LockedBuddy::new())?,
         contender(peers::Bitmap::new())?,
         contender(peers::SummaryBuddy::new()?)?,
         contender(peers::Depot::new()?)?,
-    ];
+    ])
+}
+
+/// Run the suite and print its report.
+pub fn run(args: &Args) -> Result<(), String> {
+    let pinned = harness::pin_thread();
+    let mut contenders = harness::select(contenders()?, &args.run.only)?;
     let cells = harness::measure(&WORKLOADS, &mut contenders, &args.run);
     drop(contenders);
     if args.run.json {
         harness::print_json("pages", &WORKLOADS, &cells);
     } else {
-        let mut notes = vec![String::new(), "allocators:".to_string()];
+        let mut notes = vec![
+            String::new(),
+            "memory: kmem has a 1 GiB machine (PC layout: 512 MiB in DMA/DMA32 below 4 GiB, \
+             512 MiB Normal from frame 0x100000);"
+                .to_string(),
+            "        each peer manages 262144 frame numbers (1 GiB) from frame 0x100000."
+                .to_string(),
+            String::new(),
+            "allocators:".to_string(),
+        ];
         notes.push(format!("  {}", kmem::DESCRIPTION));
         notes.extend(peers::DESCRIPTIONS.iter().map(|d| format!("  {d}")));
         let report = TextReport {
@@ -215,4 +233,27 @@ pub fn run(args: &Args) -> Result<(), String> {
         harness::print_text(&report, &WORKLOADS, &cells, &args.run);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole suite, briefly: every contender passes its checks and runs
+    /// every workload.
+    #[test]
+    fn every_contender_runs_every_workload() {
+        let mut cs = contenders().unwrap();
+        let opts = RunOpts {
+            json: true,
+            iters: Some(2 * BATCH as u64),
+            runs: 1,
+            only: vec![],
+        };
+        let cells = harness::measure(&WORKLOADS, &mut cs, &opts);
+        assert_eq!(cells.len(), WORKLOADS.len() * cs.len());
+        assert!(cells
+            .iter()
+            .all(|c| c.samples.len() == 1 && c.median() > 0.0));
+    }
 }

@@ -19,6 +19,7 @@ use std::alloc::Layout;
 use std::num::NonZeroUsize;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bitmap_allocator::{BitAlloc, BitAlloc1M};
 use frame_alloc::{
@@ -166,6 +167,10 @@ const PHYS_LEN: usize = PEER_FRAMES << 12;
 /// PHYS_LEN)`, one slot per [`PoolProv`] instance; 0 when none is live.
 static POOLS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
 
+/// Held by the live pool of each slot: a second instance waits for the first to
+/// go (the suite makes one of each; tests running in parallel make more).
+static POOL_OWNERS: [Mutex<()>; 2] = [const { Mutex::new(()) }; 2];
+
 /// frame-alloc's `Provenance`: physical address to pointer into pool `ID`.
 pub struct PoolProv<const ID: usize>;
 
@@ -190,21 +195,24 @@ unsafe impl<const ID: usize> Provenance for PoolProv<ID> {
 struct HostPool<const ID: usize> {
     ptr: NonNull<u8>,
     layout: Layout,
+    _owner: MutexGuard<'static, ()>,
 }
 
 impl<const ID: usize> HostPool<ID> {
     fn new() -> Result<Self, String> {
+        let owner = POOL_OWNERS[ID]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let layout = Layout::from_size_align(PHYS_LEN, 4096).expect("valid layout");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or("frame-alloc: cannot reserve a 1 GiB pool")?;
-        let addr = ptr.as_ptr().expose_provenance();
-        if POOLS[ID].compare_exchange(0, addr, SeqCst, SeqCst).is_err() {
-            // SAFETY: allocated just above with this layout.
-            unsafe { std::alloc::dealloc(raw, layout) };
-            return Err(format!("frame-alloc: pool {ID} is already in use"));
-        }
-        Ok(HostPool { ptr, layout })
+        POOLS[ID].store(ptr.as_ptr().expose_provenance(), SeqCst);
+        Ok(HostPool {
+            ptr,
+            layout,
+            _owner: owner,
+        })
     }
 }
 
@@ -342,16 +350,20 @@ mod tests {
         }
     }
 
-    /// One test, not two: both would use pool 0, and tests run in parallel.
     #[test]
     fn peers_serve_aligned_blocks_in_range() {
         exercise(Buddy::new());
         exercise(LockedBuddy::new());
         exercise(Bitmap::new());
-        exercise(Depot::new().unwrap());
-        let a = SummaryBuddy::new().unwrap();
-        assert!(SummaryBuddy::new().is_err(), "pool 0 is exclusive");
-        exercise(a);
         exercise(SummaryBuddy::new().unwrap());
+        exercise(Depot::new().unwrap());
+    }
+
+    /// A pool slot is reused once its previous owner is gone.
+    #[test]
+    fn pools_are_reusable() {
+        for _ in 0..3 {
+            exercise(SummaryBuddy::new().unwrap());
+        }
     }
 }
