@@ -141,8 +141,8 @@ impl<P: Platform> PageAllocator<P> {
                     }
                     p += 1 << f.order();
                 }
-                FrameState::Hole | FrameState::Reserved => return false,
-                FrameState::Tail => p += 1,
+                // Neither free nor alike: they count against the claim.
+                FrameState::Hole | FrameState::Reserved | FrameState::Tail => p += 1,
             }
         }
         if free + alike < PAGEBLOCK_NR_PAGES / 2 {
