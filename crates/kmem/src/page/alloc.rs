@@ -83,7 +83,7 @@ impl<P: Platform> PageAllocator<P> {
                     AllocFlags(0),
                 )
             {
-                if let PcpAlloc::Hit(pfn) = self.rmqueue_pcp(slot, order, 0) {
+                if let PcpAlloc::Hit(pfn) = self.rmqueue_pcp(slot, order, 0, self.fast_nofrag) {
                     return Ok(Pfn(pfn));
                 }
             }
@@ -284,7 +284,10 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// Walks the zonelist; returns a block from the first zone that passes
-    /// the watermark in force.
+    /// the watermark in force. Like Linux, when the preferred zone is Normal
+    /// and DMA32 exists, the first walk avoids mixing mobility types
+    /// (`ALLOC_NOFRAGMENT`: whole-pageblock claims only, no steals) and a
+    /// second walk allows it.
     #[inline]
     fn get_page_from_freelist(&self, req: &Request, flags: AllocFlags) -> Option<u64> {
         let zl = &self.zonelists[req.node];
@@ -293,7 +296,30 @@ impl<P: Platform> PageAllocator<P> {
         } else {
             zl.len
         };
-        for &slot in &zl.slots[..n as usize] {
+        let slots = &zl.slots[..n as usize];
+        let preferred = slots.iter().map(|&s| s as usize).find(|&s| {
+            let z = &self.zones[s];
+            z.ztype <= req.zone && z.is_populated()
+        })?;
+        let nofrag = self.zones[preferred].ztype == ZoneType::Normal
+            && self.zones[preferred - 1].is_populated()
+            && req.mt < crate::gfp::MigrateType::PCPTYPES;
+        if nofrag {
+            if let Some(pfn) = self.walk_zones(req, flags, slots, true) {
+                return Some(pfn);
+            }
+        }
+        self.walk_zones(req, flags, slots, false)
+    }
+
+    fn walk_zones(
+        &self,
+        req: &Request,
+        flags: AllocFlags,
+        slots: &[u8],
+        nofrag: bool,
+    ) -> Option<u64> {
+        for &slot in slots {
             let slot = slot as usize;
             let zone = &self.zones[slot];
             if zone.ztype > req.zone || !zone.is_populated() {
@@ -307,13 +333,13 @@ impl<P: Platform> PageAllocator<P> {
                 }
             }
             if req.order <= PCP_MAX_ORDER && self.config().pcp_lists {
-                match self.rmqueue_pcp(slot, req.order, req.mt) {
+                match self.rmqueue_pcp(slot, req.order, req.mt, nofrag) {
                     PcpAlloc::Hit(pfn) => return Some(pfn),
                     PcpAlloc::Empty => continue,
                     PcpAlloc::Contended => {}
                 }
             }
-            if let Some(pfn) = self.rmqueue_buddy(slot, req.order, req.mt) {
+            if let Some(pfn) = self.rmqueue_buddy(slot, req.order, req.mt, nofrag) {
                 return Some(pfn);
             }
         }

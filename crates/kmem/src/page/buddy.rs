@@ -75,23 +75,49 @@ impl<P: Platform> PageAllocator<P> {
     /// Takes a block of `order` for mobility `mt` under the zone lock:
     /// its own type first, then fallback. The block's head is left as `Tail`
     /// for the caller to mark.
-    pub(crate) fn rmqueue(&self, area: &mut FreeArea, order: u32, mt: usize) -> Option<u64> {
+    ///
+    /// With `nofrag` (Linux's ALLOC_NOFRAGMENT) only whole pageblocks may be
+    /// claimed from other types and nothing is stolen: the caller would
+    /// rather use another zone than mix mobility types in this one.
+    pub(crate) fn rmqueue(
+        &self,
+        area: &mut FreeArea,
+        order: u32,
+        mt: usize,
+        nofrag: bool,
+    ) -> Option<u64> {
         if let Some(pfn) = self.rmqueue_smallest(area, order, mt) {
             return Some(pfn);
         }
         if mt >= MigrateType::PCPTYPES {
             return None;
         }
-        self.rmqueue_claim(area, order, mt)
-            .or_else(|| self.rmqueue_steal(area, order, mt))
+        self.rmqueue_claim(area, order, mt, nofrag).or_else(|| {
+            if nofrag {
+                None
+            } else {
+                self.rmqueue_steal(area, order, mt)
+            }
+        })
     }
 
     fn can_claim(order: u32, mt: usize) -> bool {
         order >= PAGEBLOCK_ORDER / 2 || mt == UNMOVABLE || mt == RECLAIMABLE
     }
 
-    fn rmqueue_claim(&self, area: &mut FreeArea, order: u32, mt: usize) -> Option<u64> {
-        for o in (order..=MAX_PAGE_ORDER).rev() {
+    fn rmqueue_claim(
+        &self,
+        area: &mut FreeArea,
+        order: u32,
+        mt: usize,
+        nofrag: bool,
+    ) -> Option<u64> {
+        let min_order = if nofrag {
+            order.max(PAGEBLOCK_ORDER)
+        } else {
+            order
+        };
+        for o in (min_order..=MAX_PAGE_ORDER).rev() {
             if !Self::can_claim(o, mt) {
                 break;
             }
@@ -215,10 +241,16 @@ impl<P: Platform> PageAllocator<P> {
 
     /// Takes a block straight from zone `slot`'s buddy lists.
     #[inline(never)]
-    pub(crate) fn rmqueue_buddy(&self, slot: usize, order: u32, mt: usize) -> Option<u64> {
+    pub(crate) fn rmqueue_buddy(
+        &self,
+        slot: usize,
+        order: u32,
+        mt: usize,
+        nofrag: bool,
+    ) -> Option<u64> {
         let zone = &self.zones[slot];
         let mut area = zone.area.lock();
-        let pfn = self.rmqueue(&mut area, order, mt);
+        let pfn = self.rmqueue(&mut area, order, mt, nofrag);
         zone.publish(&area);
         drop(area);
         if pfn.is_some() {

@@ -72,10 +72,9 @@ impl<P: Platform> PageAllocator<P> {
         let pfn = self.addr_to_pfn(addr)?;
         let n = size.max(1).div_ceil(PAGE_SIZE) as u64;
         for i in 0..n {
-            let f = self
-                .mm
-                .frame(pfn.0 + i)
-                .ok_or(FreeError::NotRam { pfn: pfn.add(i) })?;
+            let Some(f) = self.mm.frame(pfn.0 + i) else {
+                return Err(self.free_error(FreeError::NotRam { pfn: pfn.add(i) }));
+            };
             if f.state() != FrameState::Allocated || f.order() != 0 {
                 return Err(self.free_error(self.diagnose(pfn.add(i), 0)));
             }
@@ -89,15 +88,14 @@ impl<P: Platform> PageAllocator<P> {
     /// Linux's `split_page`: turns an order-`order` allocation into `2^order`
     /// order-0 allocations, each freed on its own.
     pub fn split_page(&self, page: Pfn, order: u32) -> Result<(), FreeError> {
-        let f = self
-            .mm
-            .frame(page.0)
-            .ok_or(FreeError::NotRam { pfn: page })?;
+        let Some(f) = self.mm.frame(page.0) else {
+            return Err(self.free_error(FreeError::NotRam { pfn: page }));
+        };
         if f.state() != FrameState::Allocated || f.order() != order {
-            return Err(self.diagnose(page, order));
+            return Err(self.free_error(self.diagnose(page, order)));
         }
         if f.flags() & flags::COMPOUND_HEAD != 0 {
-            return Err(FreeError::Compound { pfn: page });
+            return Err(self.free_error(FreeError::Compound { pfn: page }));
         }
         let mt = f.migratetype_index();
         for i in 0..(1u64 << order) {

@@ -160,6 +160,7 @@ impl<P: Platform> PageAllocator<P> {
             nr_nodes,
             default_node,
             fast_slot: default_node * 3 + 2,
+            fast_nofrag: false,
             pcp_base,
             nr_cpus,
             max_pfn,
@@ -179,6 +180,7 @@ impl<P: Platform> PageAllocator<P> {
             .map(|z| default_node * 3 + z)
             .find(|&s| pa.zones[s].is_populated())
             .unwrap_or(0);
+        pa.fast_nofrag = pa.fast_slot % 3 == 2 && pa.zones[pa.fast_slot - 1].is_populated();
         pa.setup_watermarks();
         pa.setup_pcp();
         Ok(pa)

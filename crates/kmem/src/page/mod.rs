@@ -113,6 +113,10 @@ pub struct PageAllocator<P: Platform> {
     /// Zone slot the fast path tries first: the default node's highest
     /// populated zone.
     pub(crate) fast_slot: usize,
+    /// The fast path's zone is Normal with DMA32 beside it: avoid
+    /// fragmenting it (`ALLOC_NOFRAGMENT`) and leave the rest to the general
+    /// path.
+    pub(crate) fast_nofrag: bool,
     pcp_base: *const Pcp,
     pub(crate) nr_cpus: usize,
     max_pfn: u64,

@@ -120,14 +120,14 @@ impl<P: Platform> PageAllocator<P> {
     /// Pops a block of `order`/`mt` from this CPU's list for zone `slot`,
     /// refilling the list from the zone if it is empty.
     #[inline]
-    pub(crate) fn rmqueue_pcp(&self, slot: usize, order: u32, mt: usize) -> PcpAlloc {
+    pub(crate) fn rmqueue_pcp(&self, slot: usize, order: u32, mt: usize, nofrag: bool) -> PcpAlloc {
         let cpu = self.platform().cpu_id();
         let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
             self.stats.pcp_contended.fetch_add(1, Relaxed);
             return PcpAlloc::Contended;
         };
         let li = list_index(order, mt);
-        if pcp.heads[li] == NIL && !self.refill_pcp(&mut pcp, slot, order, mt) {
+        if pcp.heads[li] == NIL && !self.refill_pcp(&mut pcp, slot, order, mt, nofrag) {
             return PcpAlloc::Empty;
         }
         let pfn = pcp.heads[li];
@@ -143,14 +143,21 @@ impl<P: Platform> PageAllocator<P> {
     /// Pulls a batch of blocks from the zone onto a per-CPU list.
     #[cold]
     #[inline(never)]
-    fn refill_pcp(&self, pcp: &mut PcpInner, slot: usize, order: u32, mt: usize) -> bool {
+    fn refill_pcp(
+        &self,
+        pcp: &mut PcpInner,
+        slot: usize,
+        order: u32,
+        mt: usize,
+        nofrag: bool,
+    ) -> bool {
         let want = (pcp.batch >> order).max(2);
         let zone = &self.zones[slot];
         let mut area = zone.area.lock();
         let li = list_index(order, mt);
         let mut got = 0;
         while got < want {
-            let Some(pfn) = self.rmqueue(&mut area, order, mt) else {
+            let Some(pfn) = self.rmqueue(&mut area, order, mt, nofrag) else {
                 break;
             };
             let f = self.mm.frame_unchecked(pfn);
