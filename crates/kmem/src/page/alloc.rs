@@ -24,6 +24,19 @@ use crate::platform::Platform;
 use core::panic::Location;
 use core::sync::atomic::Ordering::Relaxed;
 
+/// Masks that need no preparation: no zone or mobility modifier, no
+/// `__GFP_NOFAIL`, no unknown bit (Normal zone, unmovable, always valid).
+const PLAIN_GFP: u32 = Gfp::all().bits()
+    & !(Gfp::DMA.bits()
+        | Gfp::DMA32.bits()
+        | Gfp::HIGHMEM.bits()
+        | Gfp::MOVABLE.bits()
+        | Gfp::RECLAIMABLE.bits()
+        | Gfp::NOFAIL.bits());
+/// Plain masks the per-CPU fast path serves as is (no zeroing, no compound
+/// tails to build).
+const FAST_GFP: u32 = PLAIN_GFP & !(Gfp::ZERO.bits() | Gfp::COMP.bits());
+
 /// A validated request.
 #[derive(Clone, Copy)]
 struct Request {
@@ -62,16 +75,11 @@ impl<P: Platform> PageAllocator<P> {
         // Fastest path: the most common request (GFP_KERNEL or GFP_ATOMIC
         // style, orders 0..=3, any node, process context) from the preferred
         // zone's per-CPU list, with nothing else to prepare.
-        const FAST: u32 = Gfp::all().bits()
-            & !(Gfp::DMA.bits()
-                | Gfp::DMA32.bits()
-                | Gfp::HIGHMEM.bits()
-                | Gfp::MOVABLE.bits()
-                | Gfp::RECLAIMABLE.bits()
-                | Gfp::NOFAIL.bits()
-                | Gfp::ZERO.bits()
-                | Gfp::COMP.bits());
-        if gfp.bits() & !FAST == 0 && order <= PCP_MAX_ORDER && nid < 0 && self.config().pcp_lists {
+        if gfp.bits() & !FAST_GFP == 0
+            && order <= PCP_MAX_ORDER
+            && nid < 0
+            && self.config().pcp_lists
+        {
             let slot = self.fast_slot;
             let zone = &self.zones[slot];
             if !self.platform().context().is_atomic()
@@ -185,14 +193,7 @@ impl<P: Platform> PageAllocator<P> {
         // The common case: no zone or mobility modifier, no NOFAIL, no
         // unknown bit, a sane order, process context. Everything else takes
         // the careful path.
-        const PLAIN: u32 = Gfp::all().bits()
-            & !(Gfp::DMA.bits()
-                | Gfp::DMA32.bits()
-                | Gfp::HIGHMEM.bits()
-                | Gfp::MOVABLE.bits()
-                | Gfp::RECLAIMABLE.bits()
-                | Gfp::NOFAIL.bits());
-        if gfp.bits() & !PLAIN == 0
+        if gfp.bits() & !PLAIN_GFP == 0
             && order <= MAX_PAGE_ORDER
             && nid < 0
             && !self.platform().context().is_atomic()
