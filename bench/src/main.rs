@@ -9,10 +9,14 @@
 //!
 //! ```text
 //! cargo run --release -p kmem-bench -- pages [--json] [--iters N] [--runs N]
+//! cargo run --release -p kmem-bench -- parse [--json] [--runs N] [--trace NAME]
+//! cargo run --release -p kmem-bench -- slab [--json] [--callgrind]
 //! ```
 
 mod harness;
 mod pages;
+mod replay;
+mod slab;
 
 use std::process::ExitCode;
 
@@ -38,12 +42,20 @@ enum Suite {
     /// Page/frame allocation: order-0 and order-3 alloc+free pairs, 512-frame batches
     #[command(long_about = pages::ABOUT)]
     Pages(pages::Args),
+    /// Trace parsing: kmem-trace on the shared Linux traces, MB/s and events/s
+    #[command(long_about = replay::PARSE_ABOUT)]
+    Parse(replay::ParseArgs),
+    /// Small objects: kmalloc/kfree against heap allocators, W1-W4 (--callgrind: instructions)
+    #[command(long_about = slab::ABOUT)]
+    Slab(slab::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.suite {
         Suite::Pages(args) => pages::run(args),
+        Suite::Parse(args) => replay::run_parse(args),
+        Suite::Slab(args) => slab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,11 +88,45 @@ mod tests {
             "3",
         ])
         .unwrap();
-        let super::Suite::Pages(args) = cli.suite;
+        let super::Suite::Pages(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
         assert!(args.run.json);
         assert_eq!(args.run.iters, Some(1000));
         assert_eq!(args.run.runs, 3);
         assert!(args.run.only.is_empty());
         assert!(super::Cli::try_parse_from(["kmem-bench", "pages", "--runs", "0"]).is_err());
+    }
+
+    #[test]
+    fn slab_options_parse() {
+        use clap::Parser;
+        let cli =
+            super::Cli::try_parse_from(["kmem-bench", "slab", "--json", "--only", "kmem"]).unwrap();
+        let super::Suite::Slab(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
+        assert!(args.run.json);
+        assert_eq!(args.run.only, ["kmem"]);
+        assert!(!args.callgrind);
+        let cli = super::Cli::try_parse_from([
+            "kmem-bench",
+            "slab",
+            "--callgrind-one",
+            "talc",
+            "W2",
+            "--pairs",
+            "5000",
+        ])
+        .unwrap();
+        let super::Suite::Slab(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
+        assert_eq!(
+            args.callgrind_one.as_deref(),
+            Some(&["talc".to_string(), "W2".to_string()][..])
+        );
+        assert_eq!(args.pairs, 5000);
+        assert!(super::Cli::try_parse_from(["kmem-bench", "slab", "--workload", "W1"]).is_err());
     }
 }

@@ -30,8 +30,10 @@
 
 pub mod context;
 pub mod cpu;
+pub mod global;
 pub mod platform;
 pub mod ram;
+pub mod vmap;
 
 pub use context::{
     current_context, enter, in_atomic, in_hardirq, in_interrupt, in_nmi, in_serving_softirq,
@@ -40,9 +42,11 @@ pub use context::{
     SpinLockGuard,
 };
 pub use cpu::{cpu_slot, current_cpu, run_on_cpu, set_cpu};
+pub use global::{KmemGlobal, KmemHeap};
 pub use kmem;
 pub use platform::HostPlatform;
 pub use ram::Ram;
+pub use vmap::{HostVmalloc, HostVmap};
 
 use kmem::context::ContextPolicy;
 use kmem::page::memmap::{pc_layout, validate, Region};

@@ -35,9 +35,13 @@ pub mod addr;
 pub mod context;
 pub mod error;
 pub mod gfp;
+pub mod kvmalloc;
 pub mod page;
+pub mod paging;
 pub mod platform;
 pub mod procfs;
+pub mod slab;
+pub mod vmalloc;
 
 pub use addr::{get_order, Pfn, PhysAddr, VirtAddr, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
 pub use context::{ContextKind, ContextPolicy, ContextViolation, ExecContext};

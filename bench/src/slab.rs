@@ -1,0 +1,679 @@
+//! The `slab` suite: kmem's kmalloc/kfree against peer heap allocators.
+//!
+//! Every allocator is driven through [`Heap`] (single thread, `&mut self`) or
+//! [`SharedHeap`] (`&self`, thread-safe) by the same generic workload
+//! functions, monomorphised per allocator so no dynamic dispatch sits in the
+//! timed loop. One op is one allocation plus its free; workloads run in
+//! batches of [`BATCH`] objects:
+//!
+//! - `W1`: allocate 1000 x 64 B, free them last-in first-out;
+//! - `W2`: allocate 1000 objects of random sizes in 8..=4096 B, free them in a
+//!   random order (sizes and order fixed by a seeded RNG, the same for all);
+//! - `W3`: allocate 1000 x 4 KiB aligned to 4 KiB, free them in a random order;
+//! - `W4`: W2 on two threads at once, each thread handing half of its objects
+//!   to the other thread to free ([`threads`]); reported as wall-clock time
+//!   per pair over both threads, and as throughput relative to W2 on one.
+//!
+//! W1-W3 run every contender: the peers plain (`&mut self`, no lock) and under
+//! a lock (`+lock`, the way a shared kernel heap uses them), kmem (always
+//! thread-safe, per-CPU) and glibc. W4 runs only the thread-safe ones.
+//! Objects are not touched by the workload; allocators that keep metadata in
+//! free objects touch them themselves. Before timing, each contender is
+//! checked: every object of a W2 and a W3 batch is aligned and disjoint from
+//! the others, and a byte pattern written over it survives the batch.
+//!
+//! `--callgrind` reruns each (allocator, workload) under valgrind's callgrind
+//! and reports instructions per pair ([`callgrind`]); `--callgrind-one` is
+//! the untimed body it runs.
+
+mod callgrind;
+mod kmem;
+mod peers;
+mod threads;
+
+use std::alloc::Layout;
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::sync::LazyLock;
+
+use crate::harness::{self, Cell, Contender, RunOpts, TextReport, Workload};
+
+/// Objects held at once by one thread in every workload.
+pub const BATCH: usize = 1000;
+/// Object size of W1.
+pub const W1_SIZE: usize = 64;
+/// Size range of W2 and W4 (inclusive).
+pub const W2_MIN: usize = 8;
+pub const W2_MAX: usize = 4096;
+/// Size and alignment of W3.
+pub const W3_SIZE: usize = 4096;
+/// Arena given to each peer that takes one.
+pub const ARENA_BYTES: usize = 64 << 20;
+/// Alignment asked for in W1, W2 and W4 (what a `Box<u64>` asks for; Linux's
+/// ARCH_KMALLOC_MINALIGN).
+pub const SMALL_ALIGN: usize = 8;
+
+/// Goals of the issue, for the summary: ns per pair for W1-W3, speedup for W4.
+const GOALS: [(&str, f64); 4] = [("W1", 4.0), ("W2", 15.0), ("W3", 10.0), ("W4", 1.8)];
+
+/// Help text for `kmem-bench slab --help`.
+pub const ABOUT: &str = "\
+Small-object heaps, kmem's kmalloc/kfree against peers, same workloads, one run.
+
+Workloads (one op = one allocation plus its free, batches of 1000 objects):
+  W1  allocate 1000 x 64 B, then free them last allocated first.
+  W2  allocate 1000 objects of random sizes 8..=4096 B, then free them in a
+      random order (seeded: the same sizes and order for every allocator).
+  W3  allocate 1000 x 4 KiB aligned to 4 KiB, free them in a random order.
+  W4  W2 on two threads at once (kmem CPUs 0 and 1, pinned to two OS CPUs);
+      each thread gives half of its objects to the other thread to free.
+      ns/op is wall time per pair over both threads; the summary divides the
+      allocator's W2 ns/op by it (throughput on 2 threads vs 1; goal 1.8x).
+
+Allocators: kmem (hosted machine, 1 GiB, 2 CPUs; SlabAllocator kmalloc/kfree
+with GFP_KERNEL); talc, buddy_system_allocator, linked_list_allocator, rlsf,
+slabmalloc, each on its own 64 MiB arena, plain (&mut, no lock) and under a
+lock (+lock, the crate's own locked type where it has one); glibc malloc/free.
+W4 runs the thread-safe ones only: kmem, the +lock rows and glibc.
+
+--callgrind runs every (allocator, workload) under valgrind --tool=callgrind
+twice, with two pair counts, and prints the difference in instructions
+divided by the difference in pairs: instructions per pair, setup excluded.
+--json prints one object per line: {suite, workload, allocator, ns_per_op}
+(with --callgrind: {suite, workload, allocator, ir_per_op}).";
+
+/// The workloads, in report order.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "W1",
+        what: "allocate 1000 x 64 B, free them LIFO (per pair)",
+        quantum: BATCH as u64,
+    },
+    Workload {
+        name: "W2",
+        what: "allocate 1000 x random 8..=4096 B, free them in random order (per pair)",
+        quantum: BATCH as u64,
+    },
+    Workload {
+        name: "W3",
+        what: "allocate 1000 x 4 KiB aligned to 4 KiB, free them in random order (per pair)",
+        quantum: BATCH as u64,
+    },
+    Workload {
+        name: "W4",
+        what: "W2 on 2 threads, half of each thread's frees done by the other (wall ns per pair, both threads)",
+        quantum: 2 * BATCH as u64,
+    },
+];
+
+/// Index of W4 in [`WORKLOADS`]; the single-thread workloads come before it.
+const W4: usize = 3;
+
+/// `kmem-bench slab` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub run: RunOpts,
+
+    /// Instead of timing, run each allocator and workload under
+    /// `valgrind --tool=callgrind` and print instructions per pair.
+    #[arg(long, conflicts_with = "callgrind_one")]
+    pub callgrind: bool,
+
+    /// With --callgrind: only these workloads (repeatable), e.g. `--workload W1`.
+    #[arg(long, value_name = "W", requires = "callgrind")]
+    pub workload: Vec<String>,
+
+    /// Untimed: build ALLOCATOR, warm it up on WORKLOAD, then run --pairs
+    /// pairs of WORKLOAD and exit (what --callgrind runs under valgrind).
+    #[arg(long, num_args = 2, value_names = ["ALLOCATOR", "WORKLOAD"])]
+    pub callgrind_one: Option<Vec<String>>,
+
+    /// Pairs run by --callgrind-one after its warm-up (rounded up to the
+    /// workload's batch).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub pairs: u64,
+}
+
+/// A heap used from one thread. `alloc` panics if the heap is exhausted.
+pub trait Heap {
+    /// Name in reports.
+    fn name(&self) -> &'static str;
+    /// Allocate a block for `layout` (size > 0).
+    fn alloc(&mut self, layout: Layout) -> NonNull<u8>;
+    /// Free a block returned by `alloc` with the same layout.
+    ///
+    /// # Safety
+    /// `p` came from `alloc(layout)` on this heap and is not freed yet.
+    unsafe fn free(&mut self, p: NonNull<u8>, layout: Layout);
+}
+
+/// A heap used from several threads at once.
+pub trait SharedHeap: Sync {
+    /// Name in reports.
+    fn name(&self) -> &'static str;
+    /// Called once on each worker thread before it allocates (kmem picks the
+    /// thread's CPU here).
+    fn enter_thread(&self, _index: usize) {}
+    /// Allocate a block for `layout` (size > 0).
+    fn alloc(&self, layout: Layout) -> NonNull<u8>;
+    /// Free a block returned by `alloc` with the same layout, from any thread.
+    ///
+    /// # Safety
+    /// `p` came from `alloc(layout)` on this heap and is not freed yet.
+    unsafe fn free(&self, p: NonNull<u8>, layout: Layout);
+}
+
+/// A thread-safe heap used from one thread: the `+lock` rows of W1-W3.
+pub struct Single<S>(pub S);
+
+impl<S: SharedHeap> Heap for Single<S> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    #[inline]
+    fn alloc(&mut self, layout: Layout) -> NonNull<u8> {
+        self.0.alloc(layout)
+    }
+    #[inline]
+    unsafe fn free(&mut self, p: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.free(p, layout) }
+    }
+}
+
+/// The fixed pseudo-random inputs, identical for every allocator and run.
+pub struct Inputs {
+    /// W2/W4 layouts, in allocation order.
+    pub sizes: Vec<Layout>,
+    /// W2/W4 free order (a permutation of 0..BATCH).
+    pub order2: Vec<u16>,
+    /// W3 free order.
+    pub order3: Vec<u16>,
+}
+
+/// splitmix64: small, fast, and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (the modulo bias is far below anything measured).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn permutation(&mut self, n: usize) -> Vec<u16> {
+        let mut v: Vec<u16> = (0..n as u16).collect();
+        for i in (1..n).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+        v
+    }
+}
+
+/// The inputs, built once.
+pub static INPUTS: LazyLock<Inputs> = LazyLock::new(|| {
+    let mut rng = Rng(0x6b6d_656d_2d73_6c62);
+    let sizes = (0..BATCH)
+        .map(|_| {
+            let size = W2_MIN + rng.below((W2_MAX - W2_MIN + 1) as u64) as usize;
+            Layout::from_size_align(size, SMALL_ALIGN).expect("valid layout")
+        })
+        .collect();
+    let order2 = rng.permutation(BATCH);
+    let order3 = rng.permutation(BATCH);
+    Inputs {
+        sizes,
+        order2,
+        order3,
+    }
+});
+
+fn w1_layout() -> Layout {
+    Layout::from_size_align(W1_SIZE, SMALL_ALIGN).expect("valid layout")
+}
+
+fn w3_layout() -> Layout {
+    Layout::from_size_align(W3_SIZE, W3_SIZE).expect("valid layout")
+}
+
+/// W1: `n / BATCH` times, allocate `BATCH` blocks of one layout, free LIFO.
+#[inline(never)]
+fn lifo<H: Heap>(h: &mut H, held: &mut Vec<NonNull<u8>>, layout: Layout, n: u64) {
+    let layout = black_box(layout);
+    for _ in 0..n / BATCH as u64 {
+        for _ in 0..BATCH {
+            held.push(black_box(h.alloc(layout)));
+        }
+        while let Some(p) = held.pop() {
+            // SAFETY: allocated just above with this layout.
+            unsafe { h.free(p, layout) };
+        }
+    }
+}
+
+/// W2/W3: `n / BATCH` times, allocate `layouts[i]` for every i, then free in
+/// `order`.
+#[inline(never)]
+fn shuffled<H: Heap>(
+    h: &mut H,
+    held: &mut [NonNull<u8>],
+    layouts: &[Layout],
+    order: &[u16],
+    n: u64,
+) {
+    let (held, layouts, order) = (&mut held[..BATCH], &layouts[..BATCH], &order[..BATCH]);
+    for _ in 0..n / BATCH as u64 {
+        for (slot, &layout) in held.iter_mut().zip(layouts) {
+            *slot = black_box(h.alloc(layout));
+        }
+        for &i in order {
+            let i = i as usize;
+            // SAFETY: allocated in this round with this layout, freed once
+            // (order is a permutation).
+            unsafe { h.free(held[i], layouts[i]) };
+        }
+    }
+}
+
+/// A heap plus the scratch space its workloads need: the W1-W3 contender.
+struct HeapContender<H: Heap> {
+    heap: H,
+    held: Vec<NonNull<u8>>,
+    w3: Vec<Layout>,
+}
+
+impl<H: Heap> HeapContender<H> {
+    fn new(heap: H) -> Result<Self, String> {
+        let mut c = Self::unchecked(heap);
+        check(&mut c.heap, &INPUTS.sizes)?;
+        check(&mut c.heap, &c.w3)?;
+        Ok(c)
+    }
+
+    fn unchecked(heap: H) -> Self {
+        HeapContender {
+            heap,
+            held: Vec::with_capacity(BATCH),
+            w3: vec![w3_layout(); BATCH],
+        }
+    }
+}
+
+/// Name of the pseudo-allocator that only runs the workload loops.
+pub const LOOP_ONLY: &str = "loop-only";
+
+/// Not an allocator: hands out one fixed block, frees nothing. Run by
+/// `--callgrind` only, to show what the workload loops cost by themselves.
+pub struct LoopOnly;
+
+/// The block [`LoopOnly`] hands out.
+#[repr(align(4096))]
+struct LoopBlock([u8; W3_SIZE]);
+static LOOP_BLOCK: LoopBlock = LoopBlock([0; W3_SIZE]);
+
+impl SharedHeap for LoopOnly {
+    fn name(&self) -> &'static str {
+        LOOP_ONLY
+    }
+    #[inline]
+    fn alloc(&self, _layout: Layout) -> NonNull<u8> {
+        NonNull::from(&LOOP_BLOCK.0).cast()
+    }
+    #[inline]
+    unsafe fn free(&self, _p: NonNull<u8>, _layout: Layout) {}
+}
+
+/// Refuse to time a heap that hands out misaligned or overlapping blocks or
+/// loses their contents: allocate a batch, fill each block with its own
+/// pattern, check alignment, disjointness and the patterns, free.
+fn check<H: Heap>(h: &mut H, layouts: &[Layout]) -> Result<(), String> {
+    let name = h.name();
+    let blocks: Vec<(NonNull<u8>, Layout)> = layouts.iter().map(|&l| (h.alloc(l), l)).collect();
+    for (i, &(p, l)) in blocks.iter().enumerate() {
+        if !(p.as_ptr() as usize).is_multiple_of(l.align()) {
+            return Err(format!("{name}: {l:?} at {p:p} is misaligned"));
+        }
+        // SAFETY: a live block of l.size() bytes.
+        unsafe { p.as_ptr().write_bytes(i as u8, l.size()) };
+    }
+    let mut spans: Vec<(usize, usize)> = blocks
+        .iter()
+        .map(|&(p, l)| (p.as_ptr() as usize, p.as_ptr() as usize + l.size()))
+        .collect();
+    spans.sort_unstable();
+    if let Some(w) = spans.windows(2).find(|w| w[0].1 > w[1].0) {
+        return Err(format!(
+            "{name}: blocks [{:#x}, {:#x}) and [{:#x}, {:#x}) overlap",
+            w[0].0, w[0].1, w[1].0, w[1].1
+        ));
+    }
+    for (i, &(p, l)) in blocks.iter().enumerate() {
+        // SAFETY: live, written above.
+        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), l.size()) };
+        if bytes.iter().any(|&b| b != i as u8) {
+            return Err(format!("{name}: block {i} at {p:p} was overwritten"));
+        }
+    }
+    for (p, l) in blocks {
+        // SAFETY: allocated above with l, freed once.
+        unsafe { h.free(p, l) };
+    }
+    Ok(())
+}
+
+impl<H: Heap> Contender for HeapContender<H> {
+    fn name(&self) -> &'static str {
+        self.heap.name()
+    }
+
+    fn run(&mut self, workload: usize, n: u64) {
+        let inputs = &*INPUTS;
+        match workload {
+            0 => lifo(&mut self.heap, &mut self.held, w1_layout(), n),
+            1 | 2 => {
+                let (layouts, order) = if workload == 1 {
+                    (&inputs.sizes, &inputs.order2)
+                } else {
+                    (&self.w3, &inputs.order3)
+                };
+                self.held.resize(BATCH, NonNull::dangling());
+                shuffled(&mut self.heap, &mut self.held, layouts, order, n);
+                self.held.clear();
+            }
+            _ => unreachable!("single-thread workloads are W1-W3"),
+        }
+    }
+}
+
+/// A thread-safe heap: the W4 contender.
+struct SharedContender<S: SharedHeap>(S);
+
+impl<S: SharedHeap> Contender for SharedContender<S> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn run(&mut self, workload: usize, n: u64) {
+        assert_eq!(workload, 0, "the shared contender runs W4 only");
+        threads::w4(&self.0, &INPUTS, n);
+    }
+}
+
+fn heap<H: Heap + 'static>(h: H) -> Result<Box<dyn Contender>, String> {
+    Ok(Box::new(HeapContender::new(h)?))
+}
+
+fn shared<S: SharedHeap + 'static>(s: S) -> Result<Box<dyn Contender>, String> {
+    Ok(Box::new(SharedContender(s)))
+}
+
+/// The W1-W3 contender named `name`, checked and ready to time.
+fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
+    match name {
+        "kmem" => heap(Single(kmem::Kmem::new()?)),
+        "talc" => heap(peers::Talc::new()?),
+        "talc+lock" => heap(Single(peers::TalcLock::new()?)),
+        "buddy_system_allocator" => heap(peers::Buddy::new()?),
+        "buddy_system_allocator+lock" => heap(Single(peers::LockedBuddy::new()?)),
+        "linked_list_allocator" => heap(peers::LinkedList::new()?),
+        "linked_list_allocator+lock" => heap(Single(peers::LockedLinkedList::new()?)),
+        "rlsf" => heap(peers::Rlsf::new()?),
+        "rlsf+lock" => heap(Single(peers::LockedRlsf::new()?)),
+        "slabmalloc" => heap(peers::SlabMalloc::new()?),
+        "slabmalloc+lock" => heap(Single(peers::LockedSlabMalloc::new()?)),
+        "glibc" => heap(Single(peers::Glibc)),
+        LOOP_ONLY => Ok(Box::new(HeapContender::unchecked(Single(LoopOnly)))),
+        _ => Err(format!("no allocator named {name:?}")),
+    }
+}
+
+/// The W4 contender named `name`, if that allocator is thread-safe.
+fn build_shared(name: &str) -> Option<Result<Box<dyn Contender>, String>> {
+    Some(match name {
+        "kmem" => kmem::Kmem::new().and_then(shared),
+        "talc+lock" => peers::TalcLock::new().and_then(shared),
+        "buddy_system_allocator+lock" => peers::LockedBuddy::new().and_then(shared),
+        "linked_list_allocator+lock" => peers::LockedLinkedList::new().and_then(shared),
+        "rlsf+lock" => peers::LockedRlsf::new().and_then(shared),
+        "slabmalloc+lock" => peers::LockedSlabMalloc::new().and_then(shared),
+        "glibc" => shared(peers::Glibc),
+        LOOP_ONLY => shared(LoopOnly),
+        _ => return None,
+    })
+}
+
+/// The allocators `only` names (all if none), for W1-W3.
+fn single_contenders(only: &[String]) -> Result<Vec<Box<dyn Contender>>, String> {
+    allocator_names()
+        .into_iter()
+        .filter(|n| selected(n, only))
+        .map(build_single)
+        .collect()
+}
+
+/// The thread-safe allocators `only` names (all if none), for W4.
+fn shared_contenders(only: &[String]) -> Result<Vec<Box<dyn Contender>>, String> {
+    allocator_names()
+        .into_iter()
+        .filter(|n| selected(n, only))
+        .filter_map(build_shared)
+        .collect()
+}
+
+fn selected(name: &str, only: &[String]) -> bool {
+    only.is_empty() || only.iter().any(|o| o == name)
+}
+
+/// Names of every allocator, in report order.
+pub fn allocator_names() -> Vec<&'static str> {
+    let mut v = vec!["kmem"];
+    for (plain, locked) in peers::NAMES {
+        v.push(plain);
+        v.push(locked);
+    }
+    v.push("glibc");
+    v
+}
+
+fn check_names(only: &[String]) -> Result<(), String> {
+    let names = allocator_names();
+    match only.iter().find(|o| !names.contains(&o.as_str())) {
+        Some(unknown) => Err(format!(
+            "no allocator named {unknown:?}; there are: {}",
+            names.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Time every contender: W1-W3 on all of them, then W4 on the thread-safe ones.
+fn measure(opts: &RunOpts) -> Result<Vec<Cell>, String> {
+    check_names(&opts.only)?;
+    let mut cells = {
+        let mut single = single_contenders(&opts.only)?;
+        harness::measure(&WORKLOADS[..W4], &mut single, opts)
+    };
+    let mut pair = shared_contenders(&opts.only)?;
+    let mut w4 = harness::measure(&WORKLOADS[W4..], &mut pair, opts);
+    for c in &mut w4 {
+        c.workload += W4;
+    }
+    cells.extend(w4);
+    Ok(cells)
+}
+
+fn median_of(cells: &[Cell], workload: usize, allocator: &str) -> Option<f64> {
+    cells
+        .iter()
+        .find(|c| c.workload == workload && c.allocator == allocator)
+        .map(Cell::median)
+}
+
+/// The W4 scaling table and kmem's goals, for the text report.
+fn summary(cells: &[Cell]) -> Vec<String> {
+    let mut out = vec![
+        String::new(),
+        "W4 scaling: throughput on 2 threads / throughput of the same allocator on W2, 1 thread"
+            .to_string(),
+        format!(
+            "  {:<28}  {:>10}  {:>10}  {:>8}",
+            "allocator", "W2 ns/op", "W4 ns/op", "speedup"
+        ),
+    ];
+    for c in cells.iter().filter(|c| c.workload == W4) {
+        if let Some(w2) = median_of(cells, 1, c.allocator) {
+            out.push(format!(
+                "  {:<28}  {:>10.2}  {:>10.2}  {:>7.2}x",
+                c.allocator,
+                w2,
+                c.median(),
+                w2 / c.median()
+            ));
+        }
+    }
+    out.push(String::new());
+    out.push("kmem against the goals:".to_string());
+    for (w, (name, goal)) in GOALS.iter().enumerate() {
+        let Some(kmem) = median_of(cells, w, "kmem") else {
+            continue;
+        };
+        let line = if w == W4 {
+            match median_of(cells, 1, "kmem") {
+                Some(w2) => {
+                    let s = w2 / kmem;
+                    format!(
+                        "  {name}: {s:.2}x one thread (goal >= {goal}x): {}",
+                        verdict(s >= *goal)
+                    )
+                }
+                None => continue,
+            }
+        } else {
+            format!(
+                "  {name}: {kmem:.2} ns per pair (goal <= {goal} ns): {}",
+                verdict(kmem <= *goal)
+            )
+        };
+        out.push(line);
+    }
+    out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// Run the suite and print its report.
+pub fn run(args: &Args) -> Result<(), String> {
+    if let Some(one) = &args.callgrind_one {
+        return callgrind::run_one(&one[0], &one[1], args.pairs);
+    }
+    if args.callgrind {
+        return callgrind::run_all(args);
+    }
+    threads::remember_cpus();
+    let pinned = harness::pin_thread();
+    let cells = measure(&args.run)?;
+    if args.run.json {
+        harness::print_json("slab", &WORKLOADS, &cells);
+    } else {
+        let mut notes = summary(&cells);
+        notes.push(String::new());
+        notes.push("allocators:".to_string());
+        notes.push(format!("  {}", kmem::DESCRIPTION));
+        notes.extend(peers::DESCRIPTIONS.iter().map(|d| format!("  {d}")));
+        notes.push(String::new());
+        notes.push(threads::DESCRIPTION.to_string());
+        let report = TextReport {
+            suite: "slab",
+            unit: "one alloc+free pair",
+            baseline: "kmem",
+            notes: &notes,
+            pinned,
+        };
+        harness::print_text(&report, &WORKLOADS, &cells, &args.run);
+    }
+    Ok(())
+}
+
+/// Builds the one contender named `name` for workload `w` (an index into
+/// [`WORKLOADS`]), for `--callgrind-one`.
+fn contender_for(name: &str, w: usize) -> Result<Box<dyn Contender>, String> {
+    if name != LOOP_ONLY {
+        check_names(&[name.to_string()])?;
+    }
+    if w == W4 {
+        build_shared(name).unwrap_or_else(|| {
+            Err(format!(
+                "{name} does not run {} (not thread-safe)",
+                WORKLOADS[w].name
+            ))
+        })
+    } else {
+        build_single(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_fixed_and_valid() {
+        let i = &*INPUTS;
+        assert_eq!(i.sizes.len(), BATCH);
+        assert!(i
+            .sizes
+            .iter()
+            .all(|l| (W2_MIN..=W2_MAX).contains(&l.size())));
+        for order in [&i.order2, &i.order3] {
+            let mut o = order.clone();
+            o.sort_unstable();
+            assert!(o.iter().enumerate().all(|(k, &v)| v as usize == k));
+        }
+        // Deterministic: a fresh generator gives the same first size.
+        let mut rng = Rng(0x6b6d_656d_2d73_6c62);
+        assert_eq!(
+            i.sizes[0].size(),
+            W2_MIN + rng.below((W2_MAX - W2_MIN + 1) as u64) as usize
+        );
+    }
+
+    /// The whole suite, briefly: every contender passes its checks and runs
+    /// every workload it takes part in.
+    #[test]
+    fn every_contender_runs_every_workload() {
+        let opts = RunOpts {
+            json: true,
+            iters: Some(2 * BATCH as u64),
+            runs: 1,
+            only: vec![],
+        };
+        let cells = measure(&opts).unwrap();
+        assert_eq!(cells.len(), 12 * 3 + 7);
+        assert!(cells
+            .iter()
+            .all(|c| c.samples.len() == 1 && c.median() > 0.0));
+        assert!(summary(&cells).iter().any(|l| l.contains("W4:")));
+    }
+
+    #[test]
+    fn names_are_known() {
+        assert!(check_names(&["kmem".into(), "talc+lock".into()]).is_ok());
+        assert!(check_names(&["nope".into()]).is_err());
+        assert_eq!(allocator_names().len(), 12);
+    }
+}

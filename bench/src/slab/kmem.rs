@@ -1,0 +1,75 @@
+//! kmem's slab allocator behind the suite's heap interfaces.
+//!
+//! A default hosted machine (1 GiB of memfd RAM in the PC layout, 2 CPUs)
+//! with a [`SlabAllocator`] in the default configuration (Linux's: no
+//! debugging, hardened free pointers, per-CPU partial lists). Every
+//! allocation is `kmalloc(layout.size(), GFP_KERNEL)` from process context,
+//! every free `kfree(p)`: kmalloc takes no alignment, and none of the
+//! workloads needs more than it guarantees (8 bytes, and natural alignment
+//! for power-of-two sizes, which covers W3's 4 KiB). The single-thread
+//! workloads run as kmem CPU 0; W4's threads are CPUs 0 and 1.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use kmem::gfp::GFP_KERNEL;
+use kmem::slab::{SlabAllocator, SlabConfig};
+use kmem_host::{HostPlatform, Machine};
+
+use super::SharedHeap;
+
+/// The line the text report prints for kmem.
+pub const DESCRIPTION: &str = "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU slabs, thread-safe";
+
+/// A machine and the slab allocator over its page allocator.
+pub struct Kmem {
+    // Declared before `machine` so that it is dropped first: it borrows the
+    // machine's page allocator.
+    slab: SlabAllocator<'static, HostPlatform>,
+    machine: Box<Machine>,
+}
+
+impl Kmem {
+    pub fn new() -> Result<Self, String> {
+        let machine = Box::new(Machine::default_machine().map_err(|e| format!("kmem: {e}"))?);
+        // SAFETY: the machine is boxed, so its address is stable, and it is
+        // dropped after `slab` (field order); the 'static borrow never leaves
+        // this struct.
+        let pages = unsafe { &*(machine.pages() as *const kmem::PageAllocator<HostPlatform>) };
+        kmem_host::set_cpu(0);
+        let slab = SlabAllocator::new(pages, SlabConfig::default())
+            .map_err(|e| format!("kmem: SlabAllocator::new: {e:?}"))?;
+        Ok(Kmem { slab, machine })
+    }
+}
+
+impl SharedHeap for Kmem {
+    fn name(&self) -> &'static str {
+        "kmem"
+    }
+
+    fn enter_thread(&self, index: usize) {
+        kmem_host::set_cpu(index % self.machine.config().nr_cpus);
+    }
+
+    #[inline]
+    fn alloc(&self, layout: Layout) -> NonNull<u8> {
+        match self.slab.kmalloc(layout.size(), GFP_KERNEL) {
+            Ok(p) => p,
+            Err(e) => failed("kmalloc", layout, &e),
+        }
+    }
+
+    #[inline]
+    unsafe fn free(&self, p: NonNull<u8>, layout: Layout) {
+        if let Err(e) = self.slab.kfree(p.as_ptr()) {
+            failed("kfree", layout, &e)
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn failed(call: &str, layout: Layout, e: &dyn std::fmt::Debug) -> ! {
+    panic!("kmem: {call} of {layout:?} failed: {e:?}")
+}

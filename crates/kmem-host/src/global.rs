@@ -1,0 +1,752 @@
+//! Rust's allocator interfaces over kmem's slab layer: [`KmemGlobal`] (a
+//! `GlobalAlloc`, usable as `#[global_allocator]`) and [`KmemHeap`] (an
+//! `allocator_api2::alloc::Allocator`, for `allocator_api2::vec::Vec` and
+//! friends).
+//!
+//! # From a `Layout` to `kmalloc`
+//! kmalloc takes a size only. Its guarantees (Linux's, kept by kmem): every
+//! object is aligned to 8 bytes (ARCH_KMALLOC_MINALIGN), every class to the
+//! largest power of two dividing its size (so 2^k-byte requests come back
+//! 2^k-aligned), and blocks above 8 KiB are whole naturally aligned page
+//! blocks. A layout is therefore served as
+//!
+//! ```text
+//!   kmalloc(align <= 8 ? size : round_up(size, align))
+//! ```
+//!
+//! A multiple of a power of two `a` lands in a class aligned to at least `a`
+//! (96 and 192 are the only non-powers, aligned to 32 and 64, and no larger
+//! power divides a size that rounds up to them), and above 8 KiB in a block
+//! of 2^order pages, aligned to its size on the direct map (2 MiB aligned).
+//! So large sizes and high alignments (up to 4 MiB, KMALLOC_MAX_SIZE) take
+//! kmalloc's page path, everything else a slab. Every returned pointer is
+//! still checked against the alignment (one AND); a miss is freed and
+//! counted, never returned. Frees are `kfree(p)`: the slab layer finds the
+//! cache from the address, so the layout is not needed. A realloc whose old
+//! and new requests round to the same class keeps the object; any other
+//! moves it (allocate, copy, free); the in-place case goes through `krealloc`,
+//! so a debugging cache's kmalloc red zone follows the new size.
+//!
+//! # KmemGlobal: a machine for the process
+//! `#[global_allocator]` needs a `'static` allocator available before
+//! `main`. [`KmemGlobal::new`] is `const`; the first allocation builds a
+//! hosted [`Machine`] (1 GiB, 2 CPUs by default), leaks it (it lives for the
+//! rest of the process) and builds a `SlabAllocator<'static>` over its page
+//! allocator, inside a [`OnceLock`].
+//!
+//! Building the machine allocates (its memory map, the platform's warning
+//! log, RAM bookkeeping), and so can kmem's host platform later (a warning
+//! formats a `String`; a contended parking lock may allocate its parking
+//! table). If kmem is the global allocator, those allocations would come
+//! back into kmem from inside kmem. A thread-local *nesting flag* breaks the
+//! cycle: it is set while a thread runs kmem code for this allocator, and an
+//! allocation made while it is set goes to the **system allocator** (glibc)
+//! instead. The same happens to allocations above 4 MiB (kmalloc's limit;
+//! Linux would use vmalloc, which kmem does not have yet) and, should it
+//! happen, to a kmalloc result that misses the alignment. All three are
+//! counted in [`GlobalStats`]. Frees and reallocs route by address: a
+//! pointer inside the machine's direct map is kmem's, anything else the
+//! system's. A kmem pointer freed while the flag is set (rare: something
+//! allocated by kmem, freed from inside kmem's platform code) is pushed on a
+//! lock-free list and freed by the next top-level free.
+//!
+//! Allocation failures are not papered over: a kmalloc error gives a null
+//! pointer, as `GlobalAlloc` requires. The mask is `GFP_KERNEL` in process
+//! context and `GFP_ATOMIC` when the calling thread is in atomic context by
+//! the hosted machine's context guards ([`crate::irq`], [`crate::spin_lock`],
+//! ...), so a `Vec` grown inside a simulated interrupt handler dips into the
+//! atomic reserves instead of being refused as a sleeping allocation.
+//!
+//! # KmemHeap: an allocator handle with explicit flags
+//! [`KmemHeap`] is a `Copy` handle on any [`SlabAllocator`] over a hosted
+//! machine (the global one or your own) with a fixed GFP mask, as Rust for
+//! Linux passes flags. It implements `allocator_api2`'s `Allocator` with the
+//! same layout rule, and never falls back: a request kmalloc cannot serve is
+//! an `AllocError`. Zero-sized allocations get a dangling, aligned pointer
+//! and never reach kmem.
+
+use crate::{HostPlatform, Machine, MachineConfig};
+use allocator_api2::alloc::{AllocError as ApiAllocError, Allocator};
+use kmem::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL};
+use kmem::slab::kmalloc::kmalloc_size_roundup;
+use kmem::slab::{SlabAllocator, SlabConfig, KMALLOC_MAX_SIZE};
+use kmem::AllocError;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::fmt;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::OnceLock;
+
+/// Alignment every kmalloc object has (Linux's ARCH_KMALLOC_MINALIGN).
+pub const KMALLOC_MIN_ALIGN: usize = 8;
+
+/// The size to ask kmalloc for so that the object satisfies `layout`, or
+/// `None` if kmalloc cannot serve it (above [`KMALLOC_MAX_SIZE`] once rounded).
+/// Zero sizes come back as 0 (kmalloc's `ZERO_SIZE_PTR` case); callers
+/// handle them before.
+#[inline]
+pub fn kmalloc_request(layout: Layout) -> Option<usize> {
+    let req = if layout.align() <= KMALLOC_MIN_ALIGN {
+        layout.size()
+    } else {
+        layout.size().checked_next_multiple_of(layout.align())?
+    };
+    (req <= KMALLOC_MAX_SIZE).then_some(req)
+}
+
+/// Whether an object allocated for `old` can serve `new` in place: both
+/// requests round to the same kmalloc class (or page block).
+#[inline]
+fn same_class(old: Layout, new: Layout) -> bool {
+    match (kmalloc_request(old), kmalloc_request(new)) {
+        (Some(a), Some(b)) if a != 0 && b != 0 => {
+            kmalloc_size_roundup(a) == kmalloc_size_roundup(b)
+        }
+        _ => false,
+    }
+}
+
+/// `kmalloc` for a layout; checks the alignment of what it got.
+#[inline]
+fn kmalloc_layout(
+    slab: &SlabAllocator<'_, HostPlatform>,
+    layout: Layout,
+    gfp: Gfp,
+) -> Result<NonNull<u8>, KmallocLayoutError> {
+    let req = kmalloc_request(layout).ok_or(KmallocLayoutError::TooLarge)?;
+    let p = slab
+        .kmalloc(req, gfp)
+        .map_err(|_: AllocError| KmallocLayoutError::Kmalloc)?;
+    if p.as_ptr() as usize & (layout.align() - 1) != 0 {
+        return Err(misaligned(slab, p));
+    }
+    Ok(p)
+}
+
+#[cold]
+fn misaligned(slab: &SlabAllocator<'_, HostPlatform>, p: NonNull<u8>) -> KmallocLayoutError {
+    let _ = slab.kfree(p.as_ptr());
+    KmallocLayoutError::Misaligned
+}
+
+/// Resizes an object within its class through `krealloc`, which keeps it in
+/// place and moves a kmalloc red zone (if the cache debugs) to the new size.
+/// `None` if kmem
+/// refused the pointer (reported) or, against expectation, moved the object
+/// somewhere misaligned.
+fn resize_in_place(
+    slab: &SlabAllocator<'_, HostPlatform>,
+    p: NonNull<u8>,
+    new: Layout,
+    gfp: Gfp,
+) -> Option<NonNull<u8>> {
+    let req = kmalloc_request(new)?;
+    let q = slab.krealloc(p.as_ptr(), req, gfp).ok()?;
+    (q.as_ptr() as usize & (new.align() - 1) == 0).then_some(q)
+}
+
+/// Why [`kmalloc_layout`] gave nothing.
+#[derive(Debug)]
+enum KmallocLayoutError {
+    /// Above KMALLOC_MAX_SIZE.
+    TooLarge,
+    /// kmalloc failed.
+    Kmalloc,
+    /// kmalloc's object missed the alignment (freed again).
+    Misaligned,
+}
+
+/// A dangling pointer aligned to `align`, for zero-sized allocations.
+#[inline]
+fn dangling(align: usize) -> NonNull<u8> {
+    // SAFETY: an alignment is never 0.
+    unsafe { NonNull::new_unchecked(ptr::without_provenance_mut(align)) }
+}
+
+// ------------------------------------------------------------------ KmemHeap
+
+/// An `allocator_api2` allocator over a slab allocator, with a fixed GFP
+/// mask. See the module documentation for how layouts are served.
+///
+/// ```no_run
+/// use allocator_api2::vec::Vec;
+/// use kmem::slab::{SlabAllocator, SlabConfig};
+/// use kmem_host::{global::KmemHeap, Machine};
+///
+/// let m = Machine::default_machine().unwrap();
+/// let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+/// let mut v = Vec::new_in(KmemHeap::new(&slab));
+/// v.extend(0..1000u32);
+/// ```
+#[derive(Clone, Copy)]
+pub struct KmemHeap<'a> {
+    slab: &'a SlabAllocator<'a, HostPlatform>,
+    gfp: Gfp,
+}
+
+impl<'a> KmemHeap<'a> {
+    /// A handle allocating with `GFP_KERNEL`.
+    pub fn new(slab: &'a SlabAllocator<'a, HostPlatform>) -> Self {
+        KmemHeap {
+            slab,
+            gfp: GFP_KERNEL,
+        }
+    }
+
+    /// The same handle allocating with `gfp` (e.g. `GFP_ATOMIC` for use in
+    /// atomic context, `GFP_KERNEL | __GFP_ACCOUNT` for `kmalloc-cg-*`).
+    pub fn with_gfp(self, gfp: Gfp) -> Self {
+        KmemHeap { gfp, ..self }
+    }
+
+    /// The mask it allocates with.
+    pub fn gfp(&self) -> Gfp {
+        self.gfp
+    }
+
+    /// The slab allocator underneath.
+    pub fn slab(&self) -> &'a SlabAllocator<'a, HostPlatform> {
+        self.slab
+    }
+
+    #[inline]
+    fn alloc_impl(&self, layout: Layout, zero: bool) -> Result<NonNull<[u8]>, ApiAllocError> {
+        if layout.size() == 0 {
+            return Ok(NonNull::slice_from_raw_parts(dangling(layout.align()), 0));
+        }
+        let gfp = if zero { self.gfp | Gfp::ZERO } else { self.gfp };
+        match kmalloc_layout(self.slab, layout, gfp) {
+            Ok(p) => Ok(NonNull::slice_from_raw_parts(p, layout.size())),
+            Err(_) => Err(ApiAllocError),
+        }
+    }
+
+    /// Shared body of grow, grow_zeroed and shrink.
+    ///
+    /// # Safety
+    /// As `Allocator::grow`/`shrink`: `p` is live from this allocator for
+    /// `old`, and `new.align() == old.align()` or the caller accepts a move.
+    unsafe fn resize(
+        &self,
+        p: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        zero: bool,
+    ) -> Result<NonNull<[u8]>, ApiAllocError> {
+        if old.size() != 0 && new.size() != 0 && old.align() == new.align() && same_class(old, new)
+        {
+            if let Some(q) = resize_in_place(self.slab, p, new, self.gfp) {
+                if zero && new.size() > old.size() {
+                    // krealloc only knows the old size of tracking caches;
+                    // we know it always.
+                    // SAFETY: the object has room for new.size() bytes.
+                    unsafe {
+                        q.as_ptr()
+                            .add(old.size())
+                            .write_bytes(0, new.size() - old.size())
+                    };
+                }
+                return Ok(NonNull::slice_from_raw_parts(q, new.size()));
+            }
+        }
+        let q = self.alloc_impl(new, zero)?;
+        let keep = old.size().min(new.size());
+        // SAFETY: both blocks are live and distinct; keep fits both.
+        unsafe {
+            ptr::copy_nonoverlapping(p.as_ptr(), q.as_ptr().cast::<u8>(), keep);
+            self.deallocate(p, old);
+        }
+        Ok(q)
+    }
+}
+
+// SAFETY: blocks come from kmalloc and stay valid until kfree'd through
+// `deallocate` (or moved by grow/shrink); a copied handle refers to the same
+// slab allocator, so any copy may free what another allocated.
+unsafe impl Allocator for KmemHeap<'_> {
+    #[inline]
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, ApiAllocError> {
+        self.alloc_impl(layout, false)
+    }
+
+    #[inline]
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, ApiAllocError> {
+        self.alloc_impl(layout, true)
+    }
+
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() != 0 {
+            // A refused free was reported by kmem and changed nothing.
+            let _ = self.slab.kfree(ptr.as_ptr());
+        }
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, ApiAllocError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.resize(ptr, old, new, false) }
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, ApiAllocError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.resize(ptr, old, new, true) }
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, ApiAllocError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.resize(ptr, old, new, false) }
+    }
+}
+
+impl fmt::Debug for KmemHeap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmemHeap").field("gfp", &self.gfp).finish()
+    }
+}
+
+// ------------------------------------------------------------------ nesting
+
+thread_local! {
+    /// Set while this thread runs kmem code on behalf of a [`KmemGlobal`].
+    static NESTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Proof that the calling thread was not inside kmem; clears the flag on
+/// drop.
+struct Outermost;
+
+impl Outermost {
+    #[inline]
+    fn enter() -> Option<Outermost> {
+        NESTED.with(|n| {
+            if n.get() {
+                None
+            } else {
+                n.set(true);
+                Some(Outermost)
+            }
+        })
+    }
+}
+
+impl Drop for Outermost {
+    #[inline]
+    fn drop(&mut self) {
+        NESTED.with(|n| n.set(false));
+    }
+}
+
+// ------------------------------------------------------------------ KmemGlobal
+
+/// Counters of the paths that did not end in kmalloc/kfree (all of them
+/// should stay small; see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Allocations made from inside kmem (machine creation, warnings,
+    /// parking tables) and given to the system allocator.
+    pub nested: usize,
+    /// Allocations above KMALLOC_MAX_SIZE given to the system allocator.
+    pub oversize: usize,
+    /// kmalloc results that missed the alignment (freed, system allocator
+    /// used instead).
+    pub misaligned: usize,
+    /// kmalloc failures (null returned).
+    pub failed: usize,
+    /// kmem objects freed from inside kmem, deferred to a later free.
+    pub deferred: usize,
+    /// Frees kmem refused (reported through the platform's warnings).
+    pub bad_frees: usize,
+    /// Reallocs served in place (same class).
+    pub realloc_in_place: usize,
+    /// Reallocs that moved the object.
+    pub realloc_moved: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    nested: AtomicUsize,
+    oversize: AtomicUsize,
+    misaligned: AtomicUsize,
+    failed: AtomicUsize,
+    deferred: AtomicUsize,
+    bad_frees: AtomicUsize,
+    realloc_in_place: AtomicUsize,
+    realloc_moved: AtomicUsize,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Counters {
+            nested: AtomicUsize::new(0),
+            oversize: AtomicUsize::new(0),
+            misaligned: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            deferred: AtomicUsize::new(0),
+            bad_frees: AtomicUsize::new(0),
+            realloc_in_place: AtomicUsize::new(0),
+            realloc_moved: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[inline]
+fn bump(c: &AtomicUsize) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// The machine and slab allocator of a [`KmemGlobal`], built on first use.
+struct State {
+    slab: SlabAllocator<'static, HostPlatform>,
+    machine: &'static Machine,
+    /// The direct map, `[lo, hi)`: every kmem pointer lies inside it.
+    lo: usize,
+    hi: usize,
+}
+
+impl State {
+    #[inline]
+    fn owns(&self, p: *mut u8) -> bool {
+        (self.lo..self.hi).contains(&(p as usize))
+    }
+}
+
+/// kmem as Rust's global allocator (or any `GlobalAlloc` user). See the
+/// module documentation.
+///
+/// ```no_run
+/// use kmem_host::global::KmemGlobal;
+///
+/// #[global_allocator]
+/// static KMEM: KmemGlobal = KmemGlobal::new();
+///
+/// fn main() {
+///     let v: Vec<u64> = (0..1000).collect();     // kmalloc-8k
+///     assert!(KMEM.slab().is_some());
+/// #   drop(v);
+/// }
+/// ```
+pub struct KmemGlobal {
+    state: OnceLock<Option<State>>,
+    ram_bytes: u64,
+    nr_cpus: usize,
+    echo_warnings: bool,
+    counters: Counters,
+    /// kmem objects whose free was deferred, linked through their first word.
+    deferred: AtomicPtr<u8>,
+}
+
+impl KmemGlobal {
+    /// A global allocator that will build the default machine (1 GiB, 2
+    /// CPUs) on first use, echoing kmem's warnings to stderr.
+    pub const fn new() -> Self {
+        Self::with_machine(1 << 30, 2)
+    }
+
+    /// The same with a machine of `ram_bytes` of RAM (PC layout) and
+    /// `nr_cpus` CPUs.
+    pub const fn with_machine(ram_bytes: u64, nr_cpus: usize) -> Self {
+        KmemGlobal {
+            state: OnceLock::new(),
+            ram_bytes,
+            nr_cpus,
+            echo_warnings: true,
+            counters: Counters::new(),
+            deferred: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Builds the machine and slab allocator. Runs with the nesting flag
+    /// set: everything allocated here comes from the system allocator.
+    #[cold]
+    fn init(&self) -> Option<State> {
+        let config = MachineConfig {
+            ram_bytes: self.ram_bytes,
+            nr_cpus: self.nr_cpus,
+            echo_warnings: self.echo_warnings,
+            ..MachineConfig::default()
+        };
+        let machine: &'static Machine = match Machine::new(config) {
+            Ok(m) => Box::leak(Box::new(m)),
+            Err(e) => {
+                eprintln!("kmem global allocator: cannot build the machine: {e}; using the system allocator");
+                return None;
+            }
+        };
+        let slab = match SlabAllocator::new(machine.pages(), SlabConfig::default()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("kmem global allocator: cannot build the slab allocator: {e:?}; using the system allocator");
+                return None;
+            }
+        };
+        let lo = machine.ram().direct_map_offset();
+        let hi = lo + machine.ram().direct_map_len();
+        Some(State {
+            slab,
+            machine,
+            lo,
+            hi,
+        })
+    }
+
+    /// The state, building it if needed. Only called with the nesting flag
+    /// set (so `init`'s own allocations cannot come back here).
+    #[inline]
+    fn state(&self) -> Option<&State> {
+        self.state.get_or_init(|| self.init()).as_ref()
+    }
+
+    /// The state if it is built (never builds it).
+    #[inline]
+    fn built(&self) -> Option<&State> {
+        self.state.get().and_then(Option::as_ref)
+    }
+
+    /// Builds the machine now if it is not built yet; false if kmem could
+    /// not be set up (everything then goes to the system allocator).
+    pub fn init_now(&self) -> bool {
+        match Outermost::enter() {
+            Some(_outer) => self.state().is_some(),
+            // Called from inside kmem: never build (or wait for) the state here.
+            None => self.built().is_some(),
+        }
+    }
+
+    /// The slab allocator, once built.
+    pub fn slab(&self) -> Option<&SlabAllocator<'static, HostPlatform>> {
+        self.built().map(|s| &s.slab)
+    }
+
+    /// The machine, once built.
+    pub fn machine(&self) -> Option<&'static Machine> {
+        self.built().map(|s| s.machine)
+    }
+
+    /// An `allocator_api2` handle on the same slab allocator (building it if
+    /// needed), allocating with `GFP_KERNEL`.
+    pub fn heap(&self) -> Option<KmemHeap<'_>> {
+        self.init_now();
+        self.slab().map(KmemHeap::new)
+    }
+
+    /// Whether `p` lies in the machine's direct map, i.e. is (or was) a kmem
+    /// object rather than a system allocation.
+    pub fn owns(&self, p: *const u8) -> bool {
+        self.built().is_some_and(|s| s.owns(p.cast_mut()))
+    }
+
+    /// The fallback and realloc counters.
+    pub fn stats(&self) -> GlobalStats {
+        let c = &self.counters;
+        GlobalStats {
+            nested: c.nested.load(Relaxed),
+            oversize: c.oversize.load(Relaxed),
+            misaligned: c.misaligned.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            deferred: c.deferred.load(Relaxed),
+            bad_frees: c.bad_frees.load(Relaxed),
+            realloc_in_place: c.realloc_in_place.load(Relaxed),
+            realloc_moved: c.realloc_moved.load(Relaxed),
+        }
+    }
+
+    /// The GFP mask for the calling thread's context.
+    #[inline]
+    fn gfp() -> Gfp {
+        if crate::in_atomic() {
+            GFP_ATOMIC
+        } else {
+            GFP_KERNEL
+        }
+    }
+
+    /// Allocation body; `zero` asks kmalloc for a zeroed object.
+    #[inline]
+    unsafe fn alloc_impl(&self, layout: Layout, zero: bool) -> *mut u8 {
+        let Some(_outer) = Outermost::enter() else {
+            bump(&self.counters.nested);
+            return system_alloc(layout, zero);
+        };
+        let Some(st) = self.state() else {
+            return system_alloc(layout, zero);
+        };
+        let gfp = if zero {
+            Self::gfp() | Gfp::ZERO
+        } else {
+            Self::gfp()
+        };
+        match kmalloc_layout(&st.slab, layout, gfp) {
+            Ok(p) => p.as_ptr(),
+            Err(e) => self.alloc_failed(layout, zero, e),
+        }
+    }
+
+    #[cold]
+    fn alloc_failed(&self, layout: Layout, zero: bool, e: KmallocLayoutError) -> *mut u8 {
+        match e {
+            KmallocLayoutError::TooLarge => {
+                bump(&self.counters.oversize);
+                system_alloc(layout, zero)
+            }
+            KmallocLayoutError::Misaligned => {
+                bump(&self.counters.misaligned);
+                system_alloc(layout, zero)
+            }
+            KmallocLayoutError::Kmalloc => {
+                bump(&self.counters.failed);
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// kfree with the nesting flag held by the caller.
+    #[inline]
+    fn kfree(&self, st: &State, p: *mut u8) {
+        if st.slab.kfree(p).is_err() {
+            bump(&self.counters.bad_frees);
+        }
+    }
+
+    /// Frees the objects whose free was deferred (nesting flag held).
+    #[cold]
+    fn drain_deferred(&self, st: &State) {
+        let mut p = self.deferred.swap(ptr::null_mut(), Relaxed);
+        while !p.is_null() {
+            // SAFETY: deferred objects are dead kmem objects of at least 8
+            // bytes, 8-aligned, whose first word links the list.
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            self.kfree(st, p);
+            p = next;
+        }
+    }
+
+    /// Pushes a kmem object on the deferred list (freed from inside kmem).
+    #[cold]
+    fn defer(&self, p: *mut u8) {
+        bump(&self.counters.deferred);
+        let mut head = self.deferred.load(Relaxed);
+        loop {
+            // SAFETY: p is a dead kmem object (at least 8 bytes, 8-aligned),
+            // ours to reuse until it is freed.
+            unsafe { p.cast::<*mut u8>().write(head) };
+            match self
+                .deferred
+                .compare_exchange_weak(head, p, Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+}
+
+impl Default for KmemGlobal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for KmemGlobal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmemGlobal")
+            .field("built", &self.built().is_some())
+            .field("ram_bytes", &self.ram_bytes)
+            .field("nr_cpus", &self.nr_cpus)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn system_alloc(layout: Layout, zero: bool) -> *mut u8 {
+    // SAFETY: GlobalAlloc callers pass non-zero sizes.
+    unsafe {
+        if zero {
+            System.alloc_zeroed(layout)
+        } else {
+            System.alloc(layout)
+        }
+    }
+}
+
+// SAFETY: every pointer handed out is either a kmalloc object satisfying the
+// layout (checked) or a system allocation; frees and reallocs route by
+// address (kmem's direct map or not), so each block goes back to the
+// allocator it came from. kmem objects stay valid until kfree'd.
+unsafe impl GlobalAlloc for KmemGlobal {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_impl(layout, false) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe { self.alloc_impl(layout, true) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        match self.built() {
+            Some(st) if st.owns(p) => match Outermost::enter() {
+                Some(_outer) => {
+                    self.kfree(st, p);
+                    if !self.deferred.load(Relaxed).is_null() {
+                        self.drain_deferred(st);
+                    }
+                }
+                None => self.defer(p),
+            },
+            // SAFETY: not a kmem pointer, so a system allocation with this
+            // layout.
+            _ => unsafe { System.dealloc(p, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller guarantees new_size rounded to align does not
+        // overflow isize.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        match self.built() {
+            Some(st) if st.owns(p) => {
+                if same_class(layout, new) {
+                    if let (Some(_outer), Some(p)) = (Outermost::enter(), NonNull::new(p)) {
+                        if let Some(q) = resize_in_place(&st.slab, p, new, Self::gfp()) {
+                            bump(&self.counters.realloc_in_place);
+                            return q.as_ptr();
+                        }
+                    }
+                }
+                bump(&self.counters.realloc_moved);
+                // SAFETY: forwarded contract.
+                let q = unsafe { self.alloc(new) };
+                if !q.is_null() {
+                    // SAFETY: both live and distinct; the copy fits both.
+                    unsafe {
+                        ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                        self.dealloc(p, layout);
+                    }
+                }
+                q
+            }
+            // SAFETY: a system allocation with this layout.
+            _ => unsafe { System.realloc(p, layout, new_size) },
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! x86-64 page tables over a hosted machine's page allocator: map, translate,
+//! unmap, huge leaves, error cases, freeing emptied tables, and the TLB model
+//! kept coherent by flushes.
+
+use kmem::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
+use kmem::gfp::{GFP_ATOMIC, GFP_KERNEL};
+use kmem::paging::tlb::TlbAccess;
+use kmem::paging::x86_64::ADDR_MASK;
+use kmem::paging::{
+    MapError, PageSize, PageTables, PteFlags, Tlb, TlbConfig, TranslateError, UnmapError,
+    X86PageTables,
+};
+use kmem_host::{Machine, MachineConfig};
+
+const VMALLOC_START: usize = 0xffff_c900_0000_0000;
+
+fn machine() -> Machine {
+    Machine::new(MachineConfig {
+        ram_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn paging_map_translate_unmap() {
+    let m = machine();
+    {
+        let pt = X86PageTables::new(m.pages()).unwrap();
+        assert_eq!(pt.stats().tables, 1);
+        let frame = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+        let va = VirtAddr(VMALLOC_START + 0x1234_5000);
+        pt.map(
+            va,
+            frame.phys(),
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        )
+        .unwrap()
+        .ignore();
+        // PML4, PDPT, PD, PT.
+        assert_eq!(pt.stats().tables, 4);
+        let t = pt.translate(VirtAddr(va.0 + 0x123)).unwrap();
+        assert_eq!(t.pa, PhysAddr(frame.phys().0 + 0x123));
+        assert_eq!(t.size, PageSize::Size4K);
+        assert!(t.flags.contains(
+            PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE | PteFlags::GLOBAL
+        ));
+        // The PT entry is in the hardware layout.
+        let e = pt.entry(va, 1).unwrap();
+        assert_eq!(e & ADDR_MASK, frame.phys().0);
+        assert_eq!(e & 1, 1);
+        assert_eq!(e >> 63, 1, "NX is bit 63");
+        assert_eq!(e & (1 << 7), 0, "no PS bit on a 4 KiB leaf");
+        // Intermediate entries point to tables.
+        let pde = pt.entry(va, 2).unwrap();
+        assert_eq!(pde & 0x3, 0x3);
+        assert_eq!(pde >> 63, 0);
+
+        // Errors: remap, unaligned, non-canonical.
+        let again = pt.map(
+            va,
+            frame.phys(),
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        );
+        assert!(matches!(again, Err(MapError::AlreadyMapped { .. })));
+        let unaligned = pt.map(
+            VirtAddr(va.0 + 8),
+            frame.phys(),
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        );
+        assert!(matches!(unaligned, Err(MapError::Unaligned { .. })));
+        let bad = pt.map(
+            VirtAddr(0x0000_9000_0000_0000),
+            frame.phys(),
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        );
+        assert!(matches!(bad, Err(MapError::NonCanonical { .. })));
+        assert!(matches!(
+            pt.translate(VirtAddr(va.0 + PAGE_SIZE)),
+            Err(TranslateError::NotMapped { level: 1, .. })
+        ));
+        assert!(matches!(
+            pt.translate(VirtAddr(0x1000)),
+            Err(TranslateError::NotMapped { level: 4, .. })
+        ));
+
+        let (t, flush) = pt.unmap(va).unwrap();
+        flush.flush();
+        assert_eq!(t.frame, frame.phys());
+        assert!(pt.translate(va).is_err());
+        assert!(matches!(pt.unmap(va), Err(UnmapError::NotMapped { .. })));
+        // The tables are still there until freed.
+        assert_eq!(pt.stats().tables, 4);
+        assert_eq!(pt.free_empty_tables(va, VirtAddr(va.0 + PAGE_SIZE)), 3);
+        assert_eq!(pt.stats().tables, 1);
+        m.pages().free_pages(frame, 0).unwrap();
+        // Dropping the tables gives the root back (checked by the page
+        // allocator's verify walk in other tests).
+    }
+}
+
+#[test]
+fn paging_huge_leaves() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let block = m.pages().alloc_pages(GFP_KERNEL, 9).unwrap();
+    assert_eq!(block.0 % 512, 0);
+    let va = VirtAddr(VMALLOC_START + (6 << 21));
+    pt.map(
+        va,
+        block.phys(),
+        PageSize::Size2M,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    // PML4, PDPT, PD: no PT for a 2 MiB leaf.
+    assert_eq!(pt.stats().tables, 3);
+    for off in [0usize, 0x1000, 0x1f_f123] {
+        let t = pt.translate(VirtAddr(va.0 + off)).unwrap();
+        assert_eq!(t.size, PageSize::Size2M);
+        assert_eq!(t.pa, PhysAddr(block.phys().0 + off as u64));
+        assert!(t.flags.contains(PteFlags::HUGE));
+    }
+    assert_ne!(pt.entry(va, 2).unwrap() & (1 << 7), 0, "PS bit set");
+    // A 4 KiB map inside a 2 MiB leaf is refused.
+    let small = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let r = pt.map(
+        VirtAddr(va.0 + 0x3000),
+        small.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    );
+    assert!(matches!(r, Err(MapError::ParentHuge { .. })));
+    // Unmapping inside it is a size mismatch; at its start it works.
+    assert!(matches!(
+        pt.unmap(VirtAddr(va.0 + 0x1000)),
+        Err(UnmapError::SizeMismatch { .. })
+    ));
+    let (t, f) = pt.unmap(va).unwrap();
+    f.flush();
+    assert_eq!(t.size, PageSize::Size2M);
+    // A huge leaf where an empty PT sits replaces the PT.
+    pt.map(
+        va,
+        small.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    let (_, f) = pt.unmap(va).unwrap();
+    f.flush();
+    assert_eq!(pt.stats().tables, 4);
+    pt.map(
+        va,
+        block.phys(),
+        PageSize::Size2M,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    assert_eq!(pt.stats().tables, 3);
+    // ... but not where a PT with live entries sits.
+    let va2 = VirtAddr(va.0 + (1 << 21));
+    pt.map(
+        va2,
+        small.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    let block2 = m.pages().alloc_pages(GFP_KERNEL, 9).unwrap();
+    let r = pt.map(
+        va2,
+        block2.phys(),
+        PageSize::Size2M,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    );
+    assert!(matches!(r, Err(MapError::TableInUse { level: 2, .. })));
+    // 1 GiB leaves translate too (no frames behind them are needed to map).
+    let va3 = VirtAddr(VMALLOC_START + (5 << 30));
+    pt.map(
+        va3,
+        PhysAddr(1 << 30),
+        PageSize::Size1G,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    let t = pt.translate(VirtAddr(va3.0 + 0x1234_5678)).unwrap();
+    assert_eq!(
+        (t.size, t.pa),
+        (PageSize::Size1G, PhysAddr((1 << 30) + 0x1234_5678))
+    );
+}
+
+#[test]
+fn paging_map_range_and_unmap_range() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    // 1500 scattered frames across 2 MiB boundaries (four PTs).
+    let frames: Vec<Pfn> = (0..1500)
+        .map(|_| m.pages().alloc_pages(GFP_KERNEL, 0).unwrap())
+        .collect();
+    let va = VirtAddr(VMALLOC_START + (1 << 21) - 100 * PAGE_SIZE);
+    pt.map_range(va, &frames, PageSize::Size4K, PteFlags::KERNEL, GFP_KERNEL)
+        .unwrap()
+        .ignore();
+    for (i, f) in frames.iter().enumerate() {
+        let t = pt.translate(VirtAddr(va.0 + i * PAGE_SIZE)).unwrap();
+        assert_eq!(t.frame, f.phys());
+    }
+    assert_eq!(pt.stats().leaves_set, 1500);
+    // A range overlapping the mapped one stops where it collides.
+    let extra: Vec<Pfn> = (0..4)
+        .map(|_| m.pages().alloc_pages(GFP_KERNEL, 0).unwrap())
+        .collect();
+    let over = VirtAddr(va.0 - 2 * PAGE_SIZE);
+    let e = pt
+        .map_range(over, &extra, PageSize::Size4K, PteFlags::KERNEL, GFP_KERNEL)
+        .unwrap_err();
+    assert_eq!(e.mapped, 2);
+    assert!(matches!(e.error, MapError::AlreadyMapped { .. }));
+    // unmap_range reports every leaf in order, over the whole span.
+    let mut seen = Vec::new();
+    pt.unmap_range(over, VirtAddr(va.0 + 1500 * PAGE_SIZE), &mut |v, pa, s| {
+        assert_eq!(s, PageSize::Size4K);
+        seen.push((v, pa));
+    })
+    .flush();
+    assert_eq!(seen.len(), 1502);
+    assert_eq!(seen[2], (va, frames[0].phys()));
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    let freed = pt.free_empty_tables(over, VirtAddr(va.0 + 1500 * PAGE_SIZE));
+    // Four PTs, one PD, one PDPT.
+    assert_eq!(freed, 6);
+    assert_eq!(pt.stats().tables, 1);
+    for f in frames.iter().chain(extra.iter()) {
+        m.pages().free_pages(*f, 0).unwrap();
+    }
+}
+
+#[test]
+fn paging_tables_do_not_free_while_in_use() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let a = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let b = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let va = VirtAddr(VMALLOC_START);
+    pt.map(va, a.phys(), PageSize::Size4K, PteFlags::KERNEL, GFP_ATOMIC)
+        .unwrap()
+        .ignore();
+    pt.map(
+        VirtAddr(va.0 + PAGE_SIZE),
+        b.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_ATOMIC,
+    )
+    .unwrap()
+    .ignore();
+    pt.unmap(va).unwrap().1.flush();
+    // The PT still maps b.
+    assert_eq!(pt.free_empty_tables(va, VirtAddr(va.0 + 2 * PAGE_SIZE)), 0);
+    assert_eq!(
+        pt.translate(VirtAddr(va.0 + PAGE_SIZE)).unwrap().frame,
+        b.phys()
+    );
+    let owner = m.pages().frame(pt.root()).unwrap().owner();
+    assert_eq!(owner, kmem::paging::OWNER_PAGE_TABLE);
+}
+
+#[test]
+fn paging_tlb_model_follows_flushes() {
+    let m = machine();
+    let tlbs: Vec<parking_lot::lock_api::Mutex<parking_lot::RawMutex, Tlb>> = (0..2)
+        .map(|_| parking_lot::lock_api::Mutex::new(Tlb::new(TlbConfig::GOLDEN_COVE).unwrap()))
+        .collect();
+    let mut pt = X86PageTables::new(m.pages()).unwrap();
+    pt.set_tlbs(&tlbs);
+    let f1 = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let f2 = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let va = VirtAddr(VMALLOC_START + 0x40_0000);
+    pt.map(
+        va,
+        f1.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    assert!(matches!(pt.access(va), Some(TlbAccess::Walk(p)) if p == f1.phys()));
+    assert!(matches!(pt.access(va), Some(TlbAccess::L1Hit(_))));
+    // Unmap without flushing: the TLB is stale (the lazy window).
+    let (_, flush) = pt.unmap(va).unwrap();
+    flush.ignore();
+    let stale = |tl: &Tlb| {
+        tl.stale_entries(|v| pt.translate(v).ok().map(|t| (t.frame, t.size)))
+            .count()
+    };
+    // One stale translation, cached in both the L1 and the L2.
+    let total_stale: usize = tlbs.iter().map(|t| stale(&t.lock())).sum();
+    assert_eq!(total_stale, 2);
+    // Remap elsewhere: a stale hit returns the old frame.
+    pt.map(
+        va,
+        f2.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    assert_eq!(pt.access(va).unwrap().pa(), Some(f1.phys()));
+    pt.flush_range(va, VirtAddr(va.0 + PAGE_SIZE));
+    assert_eq!(pt.access(va).unwrap().pa(), Some(f2.phys()));
+    for t in &tlbs {
+        assert_eq!(stale(&t.lock()), 0);
+    }
+    // Ranges above the ceiling become full flushes.
+    let before = pt.stats().full_flushes;
+    pt.flush_range(va, VirtAddr(va.0 + 64 * PAGE_SIZE));
+    assert_eq!(pt.stats().full_flushes, before + 1);
+    assert!(tlbs.iter().all(|t| t.lock().is_empty()));
+}

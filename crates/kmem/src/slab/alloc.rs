@@ -1,0 +1,692 @@
+//! Allocation: the per-CPU fast path and everything behind it.
+//!
+//! ```text
+//!  slab_alloc ─ context check (once) ─┬─ debug cache ──────────────► alloc_single (node lock)
+//!                                     └─ alloc_fast: CPU flag, pop ─► alloc_slow
+//!  alloc_slow: 1. refill from frees to the active slab (take all)
+//!              2. a slab from the CPU partial list
+//!              3. a slab from a node partial list (+ a few more to the CPU list)
+//!              4. a new slab, no lock held while the page allocator runs
+//! ```
+//!
+//! A thread that finds its CPU flag taken (another thread on the same CPU
+//! number, or an interrupt in a kernel) does not wait: it takes one object
+//! under the node lock ([`KmemCache::alloc_single`]), the path debug caches
+//! always use.
+
+use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
+use super::node::Which;
+use super::slab::{SlabRef, Word, DISABLED, FROZEN, MAX_OBJS_PER_SLAB, NIL, NO_FREE};
+use super::{KmemCache, FP_ALLOCATED, OWNER_SLAB};
+use crate::addr::{Pfn, PAGE_SIZE};
+use crate::context::{ContextPolicy, ContextViolation, ExecContext};
+use crate::error::AllocError;
+use crate::gfp::Gfp;
+use crate::page::NUMA_NO_NODE;
+use crate::platform::Platform;
+use core::panic::Location;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::{Relaxed, Release};
+
+/// GFP bits a slab passes on to the page allocator (Linux's
+/// `GFP_RECLAIM_MASK | GFP_CONSTRAINT_MASK`); zone and mobility come from
+/// the cache.
+const SLAB_PAGE_GFP: Gfp = Gfp::RECLAIM
+    .union(Gfp::HIGH)
+    .union(Gfp::IO)
+    .union(Gfp::FS)
+    .union(Gfp::NOWARN)
+    .union(Gfp::RETRY_MAYFAIL)
+    .union(Gfp::NOFAIL)
+    .union(Gfp::NORETRY)
+    .union(Gfp::MEMALLOC)
+    .union(Gfp::NOMEMALLOC)
+    .union(Gfp::NOLOCKDEP)
+    .union(Gfp::HARDWALL)
+    .union(Gfp::THISNODE);
+
+impl<P: Platform> KmemCache<P> {
+    /// Linux's `kmem_cache_alloc`.
+    #[track_caller]
+    #[inline]
+    pub fn alloc(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size, Location::caller())
+    }
+
+    /// Linux's `kmem_cache_alloc_node`: prefer (with `__GFP_THISNODE`:
+    /// insist on) memory of node `node`.
+    #[track_caller]
+    pub fn alloc_node(&self, gfp: Gfp, node: i32) -> Result<NonNull<u8>, AllocError> {
+        self.slab_alloc(gfp, node, self.object_size, Location::caller())
+    }
+
+    /// Linux's `kmem_cache_zalloc`.
+    #[track_caller]
+    pub fn zalloc(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        self.slab_alloc(
+            gfp | Gfp::ZERO,
+            NUMA_NO_NODE,
+            self.object_size,
+            Location::caller(),
+        )
+    }
+
+    /// Linux's `__kmalloc_cache`: an object used for `size` bytes (a
+    /// kmalloc-style cache remembers the size for its red zone).
+    #[track_caller]
+    pub fn alloc_sized(&self, gfp: Gfp, size: usize) -> Result<NonNull<u8>, AllocError> {
+        let size = size.min(self.object_size);
+        self.slab_alloc(gfp, NUMA_NO_NODE, size, Location::caller())
+    }
+
+    /// [`Self::alloc_node`] with an explicit call site.
+    #[inline]
+    pub fn alloc_at(
+        &self,
+        gfp: Gfp,
+        node: i32,
+        caller: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        self.slab_alloc(gfp, node, self.object_size, caller)
+    }
+
+    /// Linux's `kmem_cache_alloc_bulk`: fills `out` with objects. All or
+    /// nothing: on failure every object taken is given back.
+    #[track_caller]
+    pub fn alloc_bulk(&self, gfp: Gfp, out: &mut [*mut u8]) -> Result<usize, AllocError> {
+        let caller = Location::caller();
+        for i in 0..out.len() {
+            match self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size, caller) {
+                Ok(p) => out[i] = p.as_ptr(),
+                Err(e) => {
+                    for p in &mut out[..i] {
+                        let _ = self.free_at(*p as usize, caller);
+                        *p = core::ptr::null_mut();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out.len())
+    }
+
+    /// The one allocation entry point of a cache.
+    #[inline(always)]
+    pub(crate) fn slab_alloc(
+        &self,
+        gfp: Gfp,
+        node: i32,
+        orig_size: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let ctx = self.platform().context();
+        let gfp = if ctx.is_atomic() {
+            self.atomic_context(gfp, ctx, caller)?
+        } else {
+            gfp
+        };
+        let obj = if self.debug {
+            self.alloc_single(gfp, node, orig_size, caller)?
+        } else {
+            self.alloc_fast(gfp, node, caller)?
+        };
+        if gfp.contains(Gfp::ZERO) {
+            let n = if self.flags.contains(super::SlabFlags::KMALLOC)
+                && self
+                    .flags
+                    .intersects(super::SlabFlags::STORE_USER | super::SlabFlags::RED_ZONE)
+            {
+                orig_size
+            } else {
+                self.object_size
+            };
+            // SAFETY: a fresh object of at least object_size bytes.
+            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, n) };
+        }
+        // SAFETY: object addresses are direct-map addresses, never 0.
+        Ok(unsafe { NonNull::new_unchecked(obj as *mut u8) })
+    }
+
+    /// The context check, taken only in atomic context: NMI refused, a
+    /// blocking mask reported as Linux's "sleeping function called from
+    /// invalid context" and then failed or downgraded per the page
+    /// allocator's policy.
+    #[cold]
+    pub(crate) fn atomic_context(
+        &self,
+        gfp: Gfp,
+        ctx: ExecContext,
+        caller: &'static Location<'static>,
+    ) -> Result<Gfp, AllocError> {
+        if ctx.in_nmi() {
+            return Err(AllocError::InNmi);
+        }
+        if !gfp.allows_blocking() {
+            return Ok(gfp);
+        }
+        let v = ContextViolation {
+            context: ctx,
+            cpu: self.platform().cpu_id(),
+            caller,
+        };
+        self.platform().warn(format_args!("{v}"));
+        match self.pages().config().context_policy {
+            ContextPolicy::Fail => Err(AllocError::SleepInAtomic(v)),
+            ContextPolicy::Warn => Ok(gfp - Gfp::DIRECT_RECLAIM),
+            ContextPolicy::Panic => panic!("{v}"),
+        }
+    }
+
+    /// Pop from the CPU's free list; anything else goes to `alloc_slow`.
+    #[inline(always)]
+    fn alloc_fast(
+        &self,
+        gfp: Gfp,
+        node: i32,
+        caller: &'static Location<'static>,
+    ) -> Result<usize, AllocError> {
+        let c = self.cpu_slab(self.platform().cpu_id());
+        let Some(mut g) = c.try_lock() else {
+            c.stat(Stat::AllocContended);
+            return self.alloc_single(gfp, node, self.object_size, caller);
+        };
+        let obj = g.freelist;
+        if obj != 0 && (node < 0 || g.node == node as u32) {
+            // SAFETY: `obj` heads the CPU's free list: a free object of the
+            // active slab, ours under the flag.
+            let next = unsafe { self.get_fp(obj) };
+            if next != 0 && (next.wrapping_sub(g.base) >= g.bytes || next & 7 != 0) {
+                return Ok(self.cpu_freelist_corrupt(&mut g, obj, next));
+            }
+            g.freelist = next;
+            if self.hardened {
+                // SAFETY: as above; the slot now marks the object allocated.
+                unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            }
+            c.stat(Stat::AllocFastpath);
+            return Ok(obj);
+        }
+        self.alloc_slow(g, c, gfp, node, caller)
+    }
+
+    /// Pops the head of the CPU free list (known non-empty).
+    #[inline]
+    fn pop(&self, g: &mut CpuInner) -> usize {
+        let obj = g.freelist;
+        // SAFETY: a free object of the active slab, ours under the flag.
+        let next = unsafe { self.get_fp(obj) };
+        if next != 0 && (next.wrapping_sub(g.base) >= g.bytes || next & 7 != 0) {
+            return self.cpu_freelist_corrupt(g, obj, next);
+        }
+        g.freelist = next;
+        if self.hardened {
+            // SAFETY: as above.
+            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+        }
+        obj
+    }
+
+    /// A free pointer on the CPU list points outside the active slab: a
+    /// write after free hit it. Report, hand out `obj`, drop the rest of the
+    /// list (those objects are lost, not handed out twice).
+    #[cold]
+    fn cpu_freelist_corrupt(&self, g: &mut CpuInner, obj: usize, next: usize) -> usize {
+        let slab = self.slab_at(g.slab);
+        self.object_err(
+            slab,
+            obj,
+            format_args!("Freepointer corrupt (next {next:#x} is outside the slab)"),
+        );
+        self.slab_fix(format_args!(
+            "Dropping the CPU free list of the slab at pfn {:#x}",
+            g.slab
+        ));
+        slab.set_flag(DISABLED, true);
+        g.freelist = 0;
+        if self.hardened {
+            // SAFETY: obj is ours.
+            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+        }
+        obj
+    }
+
+    /// Makes `slab` (frozen, its free list taken into `head`) the CPU's
+    /// active slab.
+    #[inline]
+    fn install(&self, g: &mut CpuInner, slab: SlabRef<'_>, head: usize) {
+        g.slab = slab.pfn;
+        g.node = slab.node() as u32;
+        g.base = slab.base;
+        g.bytes = slab.bytes();
+        g.freelist = head;
+    }
+
+    /// Takes every object freed to the active slab, keeping it frozen if
+    /// there were some; unfreezes it (full, on no list) if not. Linux's
+    /// `get_freelist`.
+    fn take_freelist_keep_frozen(&self, slab: SlabRef<'_>, c: &CpuSlab) -> usize {
+        loop {
+            let old = slab.word();
+            let has = old.has_free();
+            let new = old
+                .with_free(NO_FREE)
+                .with_inuse(old.objects())
+                .with(FROZEN, has);
+            if slab.cas(old, new) {
+                return if has {
+                    self.obj_addr(slab.base, old.free())
+                } else {
+                    0
+                };
+            }
+            c.stat(Stat::CmpxchgDoubleFail);
+        }
+    }
+
+    /// Freezes a slab taken off a partial list: takes its whole free list.
+    /// Returns 0 (and leaves the slab alone) if the list is empty.
+    pub(crate) fn freeze(&self, slab: SlabRef<'_>, c: &CpuSlab) -> usize {
+        loop {
+            let old = slab.word();
+            if !old.has_free() || old.has(DISABLED) {
+                return 0;
+            }
+            let new = old
+                .with_free(NO_FREE)
+                .with_inuse(old.objects())
+                .with(FROZEN, true);
+            if slab.cas(old, new) {
+                return self.obj_addr(slab.base, old.free());
+            }
+            c.stat(Stat::CmpxchgDoubleFail);
+        }
+    }
+
+    /// The node `NUMA_NO_NODE` means: the page allocator's default node.
+    #[inline]
+    pub(crate) fn local_node(&self) -> usize {
+        self.pages().default_node
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(
+        &self,
+        mut g: CpuGuard<'_>,
+        c: &CpuSlab,
+        gfp: Gfp,
+        node: i32,
+        caller: &'static Location<'static>,
+    ) -> Result<usize, AllocError> {
+        c.stat(Stat::AllocSlowpath);
+        // 1. The active slab: wrong node, or refill from remote frees.
+        if g.slab != NIL {
+            if node >= 0 && g.node != node as u32 {
+                c.stat(Stat::AllocNodeMismatch);
+                self.deactivate(&mut g, c);
+            } else {
+                let slab = self.slab_at(g.slab);
+                let head = if slab.word().has(DISABLED) {
+                    0
+                } else {
+                    self.take_freelist_keep_frozen(slab, c)
+                };
+                if head != 0 {
+                    c.stat(Stat::AllocRefill);
+                    g.freelist = head;
+                    return Ok(self.pop(&mut g));
+                }
+                if slab.word().has(FROZEN) {
+                    // Disabled slab: let go of it.
+                    self.deactivate(&mut g, c);
+                } else {
+                    // Full and now unfrozen: on no list until a free.
+                    g.slab = NIL;
+                    g.freelist = 0;
+                    g.bytes = 0;
+                }
+            }
+        }
+        // 2. The per-CPU partial list.
+        while g.partial != NIL {
+            let slab = self.slab_at(g.partial);
+            g.partial = slab.next();
+            g.nr_partial -= 1;
+            if node >= 0 && slab.node() != node as usize {
+                self.put_partials_chain(slab.pfn, 1, c);
+                continue;
+            }
+            let head = self.freeze(slab, c);
+            if head == 0 {
+                self.put_partials_chain(slab.pfn, 1, c);
+                continue;
+            }
+            self.install(&mut g, slab, head);
+            c.stat(Stat::CpuPartialAlloc);
+            return Ok(self.pop(&mut g));
+        }
+        // 3. A node partial list.
+        if let Some((slab, head)) = self.get_partial(&mut g, c, gfp, node) {
+            self.install(&mut g, slab, head);
+            c.stat(Stat::AllocFromPartial);
+            return Ok(self.pop(&mut g));
+        }
+        // 4. A new slab; the page allocator runs with no slab lock held.
+        drop(g);
+        let slab = self.new_slab(gfp, node, caller)?;
+        let c = self.cpu_slab(self.platform().cpu_id());
+        c.stat(Stat::AllocSlab);
+        let objects = slab.word().objects();
+        match c.try_lock() {
+            Some(mut g) => {
+                if g.slab != NIL {
+                    self.deactivate(&mut g, c);
+                }
+                slab.store(Word::new(NO_FREE, objects, objects).with(FROZEN, true));
+                let head = self.obj_addr(slab.base, 0);
+                self.install(&mut g, slab, head);
+                Ok(self.pop(&mut g))
+            }
+            None => {
+                c.stat(Stat::AllocContended);
+                Ok(self.take_first_of_new(slab, self.object_size, None))
+            }
+        }
+    }
+
+    /// Linux's `get_partial`: a slab from the requested (or local) node's
+    /// partial list, else from another node's if allowed.
+    fn get_partial(
+        &self,
+        g: &mut CpuInner,
+        c: &CpuSlab,
+        gfp: Gfp,
+        node: i32,
+    ) -> Option<(SlabRef<'_>, usize)> {
+        let nr_nodes = self.pages().nr_nodes();
+        let start = if node >= 0 && (node as usize) < nr_nodes {
+            node as usize
+        } else {
+            self.local_node()
+        };
+        if let Some(r) = self.get_partial_node(start, g, c) {
+            return Some(r);
+        }
+        if node >= 0 && gfp.contains(Gfp::THISNODE) {
+            return None;
+        }
+        for n in (0..nr_nodes).filter(|&n| n != start) {
+            if self.nodes[n].nr_partial.load(Relaxed) > self.min_partial {
+                if let Some(r) = self.get_partial_node(n, g, c) {
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the first slab of a node's partial list (frozen, as the new
+    /// active slab) and moves up to half the CPU partial limit more onto the
+    /// CPU partial list.
+    fn get_partial_node(
+        &self,
+        n: usize,
+        g: &mut CpuInner,
+        c: &CpuSlab,
+    ) -> Option<(SlabRef<'_>, usize)> {
+        if self.nodes[n].nr_partial.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut lists = self.nodes[n].lists.lock();
+        let mut got = None;
+        let mut moved = 0;
+        while lists.partial.head != NIL {
+            let slab = self.slab_at(lists.partial.head);
+            self.remove_partial(n, &mut lists, slab);
+            if got.is_none() {
+                let head = self.freeze(slab, c);
+                if head == 0 {
+                    // Nothing free after all (a disabled slab): leave it off
+                    // the lists, like a full slab.
+                    continue;
+                }
+                got = Some((slab, head));
+                if self.cpu_partial_slabs == 0 {
+                    break;
+                }
+            } else {
+                slab.set_next(g.partial);
+                g.partial = slab.pfn;
+                g.nr_partial += 1;
+                moved += 1;
+                c.stat(Stat::CpuPartialNode);
+                if moved > self.cpu_partial_slabs / 2 {
+                    break;
+                }
+            }
+        }
+        got
+    }
+
+    /// One object under the node lock: the path of debug caches, and of
+    /// threads that found their CPU flag taken (Linux's
+    /// `alloc_single_from_partial` / `alloc_single_from_new_slab`).
+    pub(crate) fn alloc_single(
+        &self,
+        gfp: Gfp,
+        node: i32,
+        orig_size: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<usize, AllocError> {
+        let nr_nodes = self.pages().nr_nodes();
+        let n = if node >= 0 && (node as usize) < nr_nodes {
+            node as usize
+        } else {
+            self.local_node()
+        };
+        if self.nodes[n].nr_partial.load(Relaxed) != 0 || self.debug {
+            let mut lists = self.nodes[n].lists.lock();
+            while lists.partial.head != NIL {
+                let slab = self.slab_at(lists.partial.head);
+                let Some((obj, new)) = self.pop_one_locked(slab) else {
+                    self.remove_partial(n, &mut lists, slab);
+                    continue;
+                };
+                if self.debug && !self.alloc_debug_processing(slab, obj, orig_size, caller) {
+                    self.remove_partial(n, &mut lists, slab);
+                    continue;
+                }
+                if !new.has_free() {
+                    self.remove_partial(n, &mut lists, slab);
+                    if self.debug {
+                        self.list_add(n, &mut lists, Which::Full, slab, false);
+                    }
+                }
+                return Ok(obj);
+            }
+        }
+        let slab = self.new_slab(gfp, node, caller)?;
+        self.cpu_slab(self.platform().cpu_id())
+            .stat(Stat::AllocSlab);
+        Ok(self.take_first_of_new(slab, orig_size, Some(caller)))
+    }
+
+    /// Pops one object from a slab on a node partial list (node lock held,
+    /// so no other pop can run; pushes may).
+    fn pop_one_locked(&self, slab: SlabRef<'_>) -> Option<(usize, Word)> {
+        loop {
+            let old = slab.word();
+            if !old.has_free() || old.has(DISABLED) {
+                return None;
+            }
+            let obj = self.obj_addr(slab.base, old.free());
+            // SAFETY: the head of the slab's free list: a free object.
+            let next = unsafe { self.get_fp(obj) };
+            let next_idx = if next == 0 {
+                NO_FREE
+            } else {
+                match self.obj_index(slab.base, old.objects(), next) {
+                    Some(i) => i,
+                    None => {
+                        self.slab_freelist_corrupt(slab, obj, next);
+                        return None;
+                    }
+                }
+            };
+            let new = old.with_free(next_idx).with_inuse(old.inuse() + 1);
+            if slab.cas(old, new) {
+                if self.hardened && !self.debug {
+                    // SAFETY: the object is ours now.
+                    unsafe { self.set_fp(obj, FP_ALLOCATED) };
+                }
+                return Some((obj, new));
+            }
+        }
+    }
+
+    /// A slab's own free list holds a pointer outside the slab: report and
+    /// disable the slab (all objects considered used, never allocated from).
+    #[cold]
+    fn slab_freelist_corrupt(&self, slab: SlabRef<'_>, obj: usize, next: usize) {
+        self.object_err(
+            slab,
+            obj,
+            format_args!("Freechain corrupt (next {next:#x} is not an object of the slab)"),
+        );
+        loop {
+            let old = slab.word();
+            let new = old
+                .with_free(NO_FREE)
+                .with_inuse(old.objects())
+                .with(DISABLED, true);
+            if slab.cas(old, new) {
+                break;
+            }
+        }
+        self.slab_fix(format_args!("Marking all objects used"));
+    }
+
+    /// Hands out object 0 of a slab nobody else knows yet and publishes the
+    /// rest on the node partial list.
+    fn take_first_of_new(
+        &self,
+        slab: SlabRef<'_>,
+        orig_size: usize,
+        caller: Option<&'static Location<'static>>,
+    ) -> usize {
+        let objects = slab.word().objects();
+        let obj = self.obj_addr(slab.base, 0);
+        let free = if objects > 1 { 1 } else { NO_FREE };
+        slab.store(Word::new(free, 1, objects));
+        if self.debug {
+            if let Some(caller) = caller {
+                self.alloc_debug_processing(slab, obj, orig_size, caller);
+            }
+        } else if self.hardened {
+            // SAFETY: object 0 is ours.
+            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+        }
+        let n = slab.node();
+        let mut lists = self.nodes[n].lists.lock();
+        if self.debug {
+            self.inc_slabs_node(slab);
+        }
+        if objects > 1 {
+            self.add_partial(n, &mut lists, slab, false);
+        } else if self.debug {
+            self.list_add(n, &mut lists, Which::Full, slab, false);
+        }
+        obj
+    }
+
+    /// Linux's `allocate_slab`: a compound block of the preferred order
+    /// (tried without reclaim and quietly), else of the minimum order with
+    /// the caller's mask; objects built and linked.
+    pub(crate) fn new_slab(
+        &self,
+        gfp: Gfp,
+        node: i32,
+        caller: &'static Location<'static>,
+    ) -> Result<SlabRef<'_>, AllocError> {
+        let pages = self.pages();
+        let flags = (gfp & SLAB_PAGE_GFP) | self.allocflags;
+        let mut alloc_gfp = (flags | Gfp::NOWARN | Gfp::NORETRY) - Gfp::NOFAIL;
+        if alloc_gfp.allows_blocking() && self.oo.order > self.min.order {
+            alloc_gfp = (alloc_gfp | Gfp::NOMEMALLOC) - Gfp::RECLAIM;
+        }
+        let (pfn, order) = match pages.alloc_pages_node_at(node, alloc_gfp, self.oo.order, caller) {
+            Ok(p) => (p, self.oo.order),
+            Err(_) => {
+                self.cpu_slab(self.platform().cpu_id())
+                    .stat(Stat::OrderFallback);
+                match pages.alloc_pages_node_at(node, flags, self.min.order, caller) {
+                    Ok(p) => (p, self.min.order),
+                    Err(e) => {
+                        if !gfp.contains(Gfp::NOWARN) {
+                            self.platform().warn(format_args!(
+                                "SLUB: Unable to allocate memory on node {node}, gfp={:#x}({gfp})\n  cache: {}, object size: {}, buffer size: {}, default order: {}, min order: {}",
+                                gfp.bits(),
+                                self.name(),
+                                self.object_size,
+                                self.size,
+                                self.oo.order,
+                                self.min.order
+                            ));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.init_new_slab(pfn, order, false);
+        Ok(self.slab_at(pfn.0 as u32))
+    }
+
+    /// Turns a fresh block into a slab of this cache: debug patterns,
+    /// constructor, free list through every object (but object 0 if
+    /// `reserve_first`, which is then counted in use), frame metadata, node
+    /// counters.
+    pub(crate) fn init_new_slab(&self, pfn: Pfn, order: u32, reserve_first: bool) {
+        let pages = self.pages();
+        let frame = pages
+            .frame(pfn)
+            .expect("kmem slab: a fresh block has a frame record");
+        let base = pages.page_address(pfn).0;
+        let bytes = PAGE_SIZE << order;
+        let objects = ((bytes / self.size) as u32).min(MAX_OBJS_PER_SLAB);
+        if self.debug {
+            self.setup_slab_debug(base, bytes);
+        }
+        let start = reserve_first as u32;
+        for i in start..objects {
+            let obj = self.obj_addr(base, i);
+            if self.debug {
+                self.setup_object_debug(obj);
+            }
+            if let Some(ctor) = self.ctor {
+                // SAFETY: obj is a direct-map address, never null.
+                ctor(unsafe { NonNull::new_unchecked(obj as *mut u8) });
+            }
+            let next = if i + 1 < objects {
+                self.obj_addr(base, i + 1)
+            } else {
+                0
+            };
+            // SAFETY: obj is an object of this fresh slab.
+            unsafe { self.set_fp(obj, next) };
+        }
+        let free = if start < objects { start } else { NO_FREE };
+        frame.next.store(NIL, Relaxed);
+        frame.prev.store(NIL, Relaxed);
+        frame.private[0].store(self as *const Self as usize, Relaxed);
+        frame.private[1].store(Word::new(free, start, objects).0 as usize, Release);
+        frame.set_owner(OWNER_SLAB);
+        if !self.debug {
+            // Debug caches count the slab when they list it, under the node
+            // lock (see take_first_of_new).
+            let node = &self.nodes[frame.node()];
+            node.nr_slabs.fetch_add(1, Relaxed);
+            node.total_objects.fetch_add(objects as usize, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! `struct kmem_cache`: one object size, its layout, its per-CPU and per-node
+//! state, and the cache's life cycle (create, merge, shrink, destroy).
+//!
+//! A [`KmemCache`] is itself an object of the bootstrap cache `kmem_cache`
+//! (see [`super::SlabAllocator::new`]): the header below, followed in the same
+//! allocation by `nr_cpus` [`CpuSlab`]s. It never moves; slabs point at it
+//! from their head frame record.
+//!
+//! # Layout computation
+//! [`Layout::compute`] is Linux's `calculate_sizes`: round the object to a
+//! word, add a right red zone if there is no padding to serve as one, place
+//! the free pointer (middle of the object, or after it when the object must
+//! keep its contents while free), add the tracking records and the saved
+//! request size, the left red zone, and align; then [`calculate_order`]
+//! picks the slab order that bounds the leftover to 1/16 (then 1/8, 1/4, 1/2)
+//! of the slab, up to order 3, starting from the order that holds
+//! `4 * (fls(nr_cpus) + 1)` objects.
+
+use core::marker::PhantomData;
+use core::mem::{size_of, ManuallyDrop};
+use core::ops::Deref;
+use core::panic::Location;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+
+use super::cpu::{CpuSlab, Stat, NR_STATS};
+use super::node::CacheNode;
+use super::slab::{SlabRef, MAX_OBJS_PER_SLAB};
+use super::{SlabConfig, SlabFlags, SlabGlobal, KMALLOC_MAX_SIZE};
+use crate::addr::{get_order, Pfn, MAX_PAGE_ORDER, PAGE_SIZE};
+use crate::gfp::Gfp;
+use crate::page::{PageAllocator, MAX_NUMNODES};
+use crate::platform::Platform;
+
+/// Longest cache name kept (longer names are cut).
+pub const CACHE_NAME_MAX: usize = 48;
+/// Size of one tracking record (Linux's `struct track` with stack depot).
+pub(crate) const TRACK_SIZE: usize = 32;
+/// Cache line size assumed for `SLAB_HWCACHE_ALIGN`.
+pub const CACHE_LINE_SIZE: usize = 64;
+/// Smallest alignment of any object (Linux's `ARCH_SLAB_MINALIGN` on x86-64).
+pub const ARCH_SLAB_MINALIGN: usize = 8;
+const WORD: usize = size_of::<usize>();
+const RECIP_SHIFT: u32 = 44;
+
+/// A slab order and the number of objects a slab of that order holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderObjects {
+    /// Page order of the slab.
+    pub order: u32,
+    /// Objects per slab.
+    pub objects: u32,
+}
+
+impl OrderObjects {
+    fn make(order: u32, size: usize) -> OrderObjects {
+        OrderObjects {
+            order,
+            objects: order_objects(order, size),
+        }
+    }
+}
+
+fn order_objects(order: u32, size: usize) -> u32 {
+    ((PAGE_SIZE << order) / size).min(u32::MAX as usize) as u32
+}
+
+const fn align_up(x: usize, a: usize) -> usize {
+    (x + a - 1) & !(a - 1)
+}
+
+/// Linux's `calculate_alignment`.
+pub(crate) fn calculate_alignment(flags: SlabFlags, align: usize, size: usize) -> usize {
+    let mut align = align;
+    if flags.contains(SlabFlags::HWCACHE_ALIGN) {
+        let mut ralign = CACHE_LINE_SIZE;
+        while size <= ralign / 2 {
+            ralign /= 2;
+        }
+        align = align.max(ralign);
+    }
+    align = align.max(ARCH_SLAB_MINALIGN);
+    align_up(align, WORD)
+}
+
+fn fls(x: usize) -> u32 {
+    usize::BITS - x.leading_zeros()
+}
+
+/// Linux's `calculate_order`: the slab order for objects of `size` bytes.
+pub(crate) fn calculate_order(size: usize, cfg: &SlabConfig, nr_cpus: usize) -> Option<u32> {
+    let max_order = cfg.max_order.min(MAX_PAGE_ORDER);
+    let min_objects = if cfg.min_objects != 0 {
+        cfg.min_objects
+    } else {
+        4 * (fls(nr_cpus.max(1)) + 1)
+    };
+    let max_objects = order_objects(max_order, size).max(1);
+    let min_objects = min_objects.min(max_objects);
+    let min_order = cfg.min_order.max(get_order(min_objects as usize * size));
+    if order_objects(min_order, size) > MAX_OBJS_PER_SLAB {
+        return Some(get_order(size * MAX_OBJS_PER_SLAB as usize) - 1);
+    }
+    let mut fraction = 16;
+    while fraction > 1 {
+        let mut order = min_order;
+        while order <= max_order {
+            let slab_size = PAGE_SIZE << order;
+            if slab_size % size <= slab_size / fraction {
+                break;
+            }
+            order += 1;
+        }
+        if order <= max_order {
+            return Some(order);
+        }
+        fraction /= 2;
+    }
+    let order = get_order(size);
+    (order <= MAX_PAGE_ORDER).then_some(order)
+}
+
+/// Where everything sits in an object, and the slab geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes the user asked for (`object_size`).
+    pub object_size: usize,
+    /// Stride between objects, metadata included (`size`).
+    pub size: usize,
+    /// Offset of the free pointer from the object start.
+    pub offset: usize,
+    /// Object plus right red zone / word padding (`inuse`): metadata starts here.
+    pub inuse: usize,
+    /// Left red zone before each object (0 without `SLAB_RED_ZONE`).
+    pub red_left_pad: usize,
+    /// Object alignment.
+    pub align: usize,
+    /// Flags after adjustment (`OBJECT_POISON` computed).
+    pub flags: SlabFlags,
+    /// Preferred slab order and objects per slab.
+    pub oo: OrderObjects,
+    /// Smallest order that holds one object (fallback when `oo` fails).
+    pub min: OrderObjects,
+}
+
+impl Layout {
+    /// Linux's `calculate_sizes`. `None` if no slab order can hold an object.
+    pub fn compute(
+        object_size: usize,
+        align: usize,
+        flags: SlabFlags,
+        has_ctor: bool,
+        cfg: &SlabConfig,
+        nr_cpus: usize,
+    ) -> Option<Layout> {
+        let mut flags = flags;
+        let align = calculate_alignment(flags, align, object_size);
+        let mut size = align_up(object_size.max(1), WORD);
+        if flags.contains(SlabFlags::POISON)
+            && !flags.contains(SlabFlags::TYPESAFE_BY_RCU)
+            && !has_ctor
+        {
+            flags |= SlabFlags::OBJECT_POISON;
+        } else {
+            flags -= SlabFlags::OBJECT_POISON;
+        }
+        if flags.contains(SlabFlags::RED_ZONE) && size == object_size {
+            size += WORD;
+        }
+        let inuse = size;
+        let orig_size = flags.contains(SlabFlags::STORE_USER | SlabFlags::KMALLOC);
+        let offset = if flags.contains(SlabFlags::TYPESAFE_BY_RCU)
+            || flags.contains(SlabFlags::POISON)
+            || has_ctor
+            || (flags.contains(SlabFlags::RED_ZONE) && (object_size < WORD || orig_size))
+        {
+            let o = size;
+            size += WORD;
+            o
+        } else {
+            (object_size / 2) & !(WORD - 1)
+        };
+        if flags.contains(SlabFlags::STORE_USER) {
+            size += 2 * TRACK_SIZE;
+            if flags.contains(SlabFlags::KMALLOC) {
+                size += WORD;
+            }
+        }
+        let mut red_left_pad = 0;
+        if flags.contains(SlabFlags::RED_ZONE) {
+            size += WORD;
+            red_left_pad = align_up(WORD, align);
+            size += red_left_pad;
+        }
+        let size = align_up(size, align);
+        let order = calculate_order(size, cfg, nr_cpus)?;
+        let oo = OrderObjects::make(order, size);
+        let min = OrderObjects::make(get_order(size), size);
+        if oo.objects == 0 || min.objects == 0 {
+            return None;
+        }
+        Some(Layout {
+            object_size,
+            size,
+            offset,
+            inuse,
+            red_left_pad,
+            align,
+            flags,
+            oo,
+            min,
+        })
+    }
+
+    /// True if the free pointer lies outside the object proper.
+    pub fn freeptr_outside_object(&self) -> bool {
+        self.offset >= self.inuse
+    }
+}
+
+/// Why `kmem_cache_create` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheCreateError {
+    /// Size 0 or above `KMALLOC_MAX_SIZE`.
+    BadSize {
+        /// The size asked for.
+        size: usize,
+    },
+    /// An alignment that is not a power of two.
+    BadAlign {
+        /// The alignment asked for.
+        align: usize,
+    },
+    /// Name empty.
+    BadName,
+    /// No slab order up to MAX_PAGE_ORDER holds one object with its metadata.
+    TooLarge {
+        /// Object size with metadata.
+        size: usize,
+    },
+    /// Memory for the cache structure could not be allocated.
+    NoMemory(crate::error::AllocError),
+}
+
+impl core::fmt::Display for CacheCreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CacheCreateError::BadSize { size } => write!(
+                f,
+                "kmem_cache_create: integrity check failed: size {size} is 0 or above KMALLOC_MAX_SIZE ({KMALLOC_MAX_SIZE})"
+            ),
+            CacheCreateError::BadAlign { align } => {
+                write!(f, "kmem_cache_create: alignment {align} is not a power of two")
+            }
+            CacheCreateError::BadName => write!(f, "kmem_cache_create: a cache needs a name"),
+            CacheCreateError::TooLarge { size } => write!(
+                f,
+                "kmem_cache_create: objects of {size} bytes with their metadata do not fit a slab of order {MAX_PAGE_ORDER}"
+            ),
+            CacheCreateError::NoMemory(e) => write!(f, "kmem_cache_create: {e}"),
+        }
+    }
+}
+
+/// Objects still allocated when a cache was destroyed (Linux's "Slab cache
+/// still has objects"). The cache's memory is kept so they stay valid (and
+/// `kfree` still works on them), but the cache is gone from slabinfo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLeak {
+    /// Objects still allocated.
+    pub objects: usize,
+    /// Slabs holding them.
+    pub slabs: usize,
+}
+
+impl core::fmt::Display for CacheLeak {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "slab cache still has {} objects in {} slabs",
+            self.objects, self.slabs
+        )
+    }
+}
+
+/// A slab cache: Linux's `struct kmem_cache`.
+///
+/// Reached through a [`KmemCacheRef`] (user caches) or internally (kmalloc
+/// caches). All methods take `&self` and are safe to call from any thread.
+#[repr(C, align(64))]
+pub struct KmemCache<P: Platform> {
+    // ---- read-only after creation, read on every fast path ----
+    pub(crate) size: usize,
+    pub(crate) object_size: usize,
+    pub(crate) offset: usize,
+    pub(crate) red_left_pad: usize,
+    pub(crate) random: usize,
+    pub(crate) hmask: usize,
+    pub(crate) recip: u64,
+    pub(crate) flags: SlabFlags,
+    pub(crate) debug: bool,
+    pub(crate) hardened: bool,
+    pub(crate) pages: *const PageAllocator<P>,
+    // ---- read-only after creation ----
+    pub(crate) inuse: usize,
+    pub(crate) align: usize,
+    pub(crate) oo: OrderObjects,
+    pub(crate) min: OrderObjects,
+    pub(crate) allocflags: Gfp,
+    pub(crate) min_partial: usize,
+    pub(crate) cpu_partial_slabs: u32,
+    pub(crate) ctor: Option<fn(NonNull<u8>)>,
+    pub(crate) global: *const SlabGlobal<P>,
+    pub(crate) nr_cpus: usize,
+    name_buf: [u8; CACHE_NAME_MAX],
+    name_len: usize,
+    // ---- mutable ----
+    pub(crate) refcount: AtomicUsize,
+    pub(crate) errors: AtomicUsize,
+    pub(crate) list_next: AtomicPtr<KmemCache<P>>,
+    pub(crate) list_prev: AtomicPtr<KmemCache<P>>,
+    pub(crate) nodes: [CacheNode<P::Lock>; MAX_NUMNODES],
+    // followed by nr_cpus CpuSlab
+}
+
+// SAFETY: the raw pointers refer to the page allocator and slab globals,
+// which outlive every cache (see SlabAllocator); all mutable state is atomics,
+// locks, or per-CPU state under its flag.
+unsafe impl<P: Platform> Send for KmemCache<P> {}
+unsafe impl<P: Platform> Sync for KmemCache<P> {}
+
+/// Bytes of one `kmem_cache` object for `nr_cpus` CPUs.
+pub(crate) fn cache_object_size<P: Platform>(nr_cpus: usize) -> usize {
+    size_of::<KmemCache<P>>() + nr_cpus * size_of::<CpuSlab>()
+}
+
+impl<P: Platform> KmemCache<P> {
+    /// Builds a cache header and its per-CPU state in place.
+    ///
+    /// # Safety
+    /// `at` must be valid for writes of `cache_object_size::<P>(nr_cpus)`
+    /// bytes, aligned to 64, and stay valid (and unmoved) for the cache's
+    /// life; `pages` and `global` must outlive the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn init_at(
+        at: *mut KmemCache<P>,
+        name: &str,
+        layout: &Layout,
+        ctor: Option<fn(NonNull<u8>)>,
+        random: usize,
+        pages: *const PageAllocator<P>,
+        global: *const SlabGlobal<P>,
+        cfg: &SlabConfig,
+        nr_cpus: usize,
+    ) {
+        let mut name_buf = [0u8; CACHE_NAME_MAX];
+        let mut name_len = name.len().min(CACHE_NAME_MAX);
+        while !name.is_char_boundary(name_len) {
+            name_len -= 1;
+        }
+        name_buf[..name_len].copy_from_slice(&name.as_bytes()[..name_len]);
+        let flags = layout.flags;
+        let debug = flags.intersects(SlabFlags::DEBUG);
+        let hardened = random != 0;
+        let mut allocflags = Gfp::COMP;
+        if flags.contains(SlabFlags::CACHE_DMA) {
+            allocflags |= Gfp::DMA;
+        }
+        if flags.contains(SlabFlags::CACHE_DMA32) {
+            allocflags |= Gfp::DMA32;
+        }
+        if flags.contains(SlabFlags::RECLAIM_ACCOUNT) {
+            allocflags |= Gfp::RECLAIMABLE;
+        }
+        let ilog2 = (usize::BITS - 1 - layout.size.leading_zeros()) as usize;
+        let min_partial = (ilog2 / 2).clamp(5, 10);
+        let cpu_partial_objects: u32 = if debug || !cfg.cpu_partial {
+            0
+        } else if layout.size >= PAGE_SIZE {
+            6
+        } else if layout.size >= 1024 {
+            24
+        } else if layout.size >= 256 {
+            52
+        } else {
+            120
+        };
+        let cpu_partial_slabs = (cpu_partial_objects * 2).div_ceil(layout.oo.objects);
+        // SAFETY: `at` is valid for writes per the contract.
+        unsafe {
+            at.write(KmemCache {
+                size: layout.size,
+                object_size: layout.object_size,
+                offset: layout.offset,
+                red_left_pad: layout.red_left_pad,
+                random,
+                hmask: if hardened { !0 } else { 0 },
+                recip: (1u64 << RECIP_SHIFT) / layout.size as u64 + 1,
+                flags,
+                debug,
+                hardened,
+                pages,
+                inuse: layout.inuse,
+                align: layout.align,
+                oo: layout.oo,
+                min: layout.min,
+                allocflags,
+                min_partial,
+                cpu_partial_slabs,
+                ctor,
+                global,
+                nr_cpus,
+                name_buf,
+                name_len,
+                refcount: AtomicUsize::new(1),
+                errors: AtomicUsize::new(0),
+                list_next: AtomicPtr::new(core::ptr::null_mut()),
+                list_prev: AtomicPtr::new(core::ptr::null_mut()),
+                nodes: core::array::from_fn(|_| CacheNode::new()),
+            });
+            let cpus = (at as *mut u8).add(size_of::<KmemCache<P>>()) as *mut CpuSlab;
+            for i in 0..nr_cpus {
+                cpus.add(i).write(CpuSlab::new());
+            }
+        }
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        // The buffer holds a prefix of a `&str` cut at a char boundary.
+        core::str::from_utf8(&self.name_buf[..self.name_len]).unwrap_or("?")
+    }
+    /// Linux's `kmem_cache_size`: the usable object size.
+    pub fn object_size(&self) -> usize {
+        self.object_size
+    }
+    /// Stride between objects, metadata included (slabinfo's `objsize`).
+    pub fn slab_size(&self) -> usize {
+        self.size
+    }
+    /// Object alignment.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+    /// Flags in force (including debug flags from `slab_debug`).
+    pub fn flags(&self) -> SlabFlags {
+        self.flags
+    }
+    /// Preferred slab order and objects per slab.
+    pub fn order_objects(&self) -> OrderObjects {
+        self.oo
+    }
+    /// Offset of the free pointer from the start of an object.
+    pub fn freeptr_offset(&self) -> usize {
+        self.offset
+    }
+    /// Empty slabs kept on each node's partial list (`min_partial`).
+    pub fn min_partial(&self) -> usize {
+        self.min_partial
+    }
+    /// Most slabs on one CPU's partial list.
+    pub fn cpu_partial_slabs(&self) -> u32 {
+        self.cpu_partial_slabs
+    }
+    /// Bytes before each object reserved as left red zone.
+    pub fn red_left_pad(&self) -> usize {
+        self.red_left_pad
+    }
+    /// End of the object and its right red zone; metadata starts here.
+    pub fn inuse(&self) -> usize {
+        self.inuse
+    }
+    /// True if debugging flags send this cache down the checked paths.
+    pub fn is_debug(&self) -> bool {
+        self.debug
+    }
+    /// Errors reported against this cache so far (each report and each fix
+    /// counts one, like the `slab_errors` of Linux's slub_kunit).
+    pub fn errors(&self) -> usize {
+        self.errors.load(Relaxed)
+    }
+    /// Number of `kmem_cache_create` calls sharing this cache (merging).
+    pub fn refcount(&self) -> usize {
+        self.refcount.load(Relaxed)
+    }
+
+    #[inline(always)]
+    pub(crate) fn pages(&self) -> &PageAllocator<P> {
+        // SAFETY: the page allocator outlives every cache (init_at contract).
+        unsafe { &*self.pages }
+    }
+    #[inline(always)]
+    pub(crate) fn global(&self) -> &SlabGlobal<P> {
+        // SAFETY: the globals outlive every cache (init_at contract).
+        unsafe { &*self.global }
+    }
+    #[inline(always)]
+    pub(crate) fn platform(&self) -> &P {
+        self.pages().platform()
+    }
+
+    /// The per-CPU state of `cpu`.
+    #[inline(always)]
+    pub(crate) fn cpu_slab(&self, cpu: usize) -> &CpuSlab {
+        debug_assert!(cpu < self.nr_cpus);
+        let cpu = if cpu < self.nr_cpus { cpu } else { 0 };
+        // SAFETY: init_at wrote nr_cpus CpuSlabs right behind the header,
+        // inside the same allocation.
+        unsafe {
+            let base = (self as *const Self as *const u8).add(size_of::<Self>()) as *const CpuSlab;
+            &*base.add(cpu)
+        }
+    }
+
+    /// Sum of one counter over all CPUs.
+    pub fn stat(&self, s: Stat) -> u64 {
+        (0..self.nr_cpus)
+            .map(|c| self.cpu_slab(c).stat_value(s))
+            .sum()
+    }
+
+    /// Every counter, summed over CPUs, in [`Stat::ALL`] order.
+    pub fn stats(&self) -> [u64; NR_STATS] {
+        let mut out = [0; NR_STATS];
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            out[i] = self.stat(*s);
+        }
+        out
+    }
+
+    /// A slab of this cache from its head pfn.
+    #[inline(always)]
+    pub(crate) fn slab_at(&self, pfn: u32) -> SlabRef<'_> {
+        let pages = self.pages();
+        let frame = match pages.frame(Pfn(pfn as u64)) {
+            Some(f) => f,
+            None => panic!("kmem slab: no frame record for slab pfn {pfn:#x}"),
+        };
+        SlabRef {
+            pfn,
+            frame,
+            base: pages.page_address(Pfn(pfn as u64)).0,
+        }
+    }
+
+    /// Address of object `idx` of a slab at `base`.
+    #[inline(always)]
+    pub(crate) fn obj_addr(&self, base: usize, idx: u32) -> usize {
+        base + self.red_left_pad + idx as usize * self.size
+    }
+
+    /// Index of the object at `obj` in a slab at `base` holding `objects`,
+    /// or `None` if `obj` is not the start of one of them.
+    #[inline(always)]
+    pub(crate) fn obj_index(&self, base: usize, objects: u32, obj: usize) -> Option<u32> {
+        let off = obj.wrapping_sub(base).wrapping_sub(self.red_left_pad);
+        if off >= objects as usize * self.size {
+            return None;
+        }
+        let idx = ((off as u64 * self.recip) >> RECIP_SHIFT) as usize;
+        (idx * self.size == off).then_some(idx as u32)
+    }
+
+    /// Object index of an address known to be an object of the slab.
+    #[inline(always)]
+    pub(crate) fn idx_of(&self, base: usize, obj: usize) -> u32 {
+        let off = obj - base - self.red_left_pad;
+        ((off as u64 * self.recip) >> RECIP_SHIFT) as u32
+    }
+
+    /// Encodes or decodes a free pointer stored at `slot` (XOR is its own
+    /// inverse): `ptr ^ secret ^ swab(slot)` when hardened, else `ptr`.
+    #[inline(always)]
+    pub(crate) fn fp_code(&self, v: usize, slot: usize) -> usize {
+        v ^ self.random ^ (slot.swap_bytes() & self.hmask)
+    }
+
+    /// Reads the free pointer of the free object at `obj`.
+    ///
+    /// # Safety
+    /// `obj` must be an object of a live slab of this cache.
+    #[inline(always)]
+    pub(crate) unsafe fn get_fp(&self, obj: usize) -> usize {
+        let slot = obj + self.offset;
+        // SAFETY: the slot is a word inside the object's stride (contract).
+        self.fp_code(unsafe { (slot as *const usize).read() }, slot)
+    }
+
+    /// Writes the free pointer of the object at `obj`.
+    ///
+    /// # Safety
+    /// As [`Self::get_fp`]; the object must be free or being freed.
+    #[inline(always)]
+    pub(crate) unsafe fn set_fp(&self, obj: usize, next: usize) {
+        let slot = obj + self.offset;
+        // SAFETY: as get_fp.
+        unsafe { (slot as *mut usize).write(self.fp_code(next, slot)) };
+    }
+
+    /// Objects currently allocated: slabs' objects minus the free ones on
+    /// node partial lists (per-CPU free lists count as allocated, as in
+    /// Linux's slabinfo).
+    pub fn active_objects(&self) -> usize {
+        let (objs, free) = self.count_objects();
+        objs - free
+    }
+
+    /// (total objects, free objects on node partial lists).
+    pub(crate) fn count_objects(&self) -> (usize, usize) {
+        let mut objs = 0;
+        let mut free = 0;
+        for n in 0..self.pages().nr_nodes().min(MAX_NUMNODES) {
+            let node = &self.nodes[n];
+            objs += node.total_objects.load(Relaxed);
+            let lists = node.lists.lock();
+            self.for_each_on(&lists, super::node::Which::Partial, |s| {
+                let w = s.word();
+                free += w.objects().saturating_sub(w.inuse()) as usize;
+            });
+        }
+        (objs, free.min(objs))
+    }
+
+    /// Slabs of this cache, all nodes.
+    pub fn nr_slabs(&self) -> usize {
+        self.nodes.iter().map(|n| n.nr_slabs.load(Relaxed)).sum()
+    }
+
+    /// Slabs on node partial lists, all nodes.
+    pub fn nr_partial(&self) -> usize {
+        self.nodes.iter().map(|n| n.nr_partial.load(Relaxed)).sum()
+    }
+
+    /// Slabs on per-CPU partial lists, all CPUs (takes each CPU flag).
+    pub fn nr_cpu_partial(&self) -> usize {
+        let p = self.platform();
+        (0..self.nr_cpus)
+            .map(|c| self.cpu_slab(c).lock(|| p.relax()).nr_partial as usize)
+            .sum()
+    }
+}
+
+/// A handle on a cache made by [`super::SlabAllocator::kmem_cache_create`].
+///
+/// Dereferences to the [`KmemCache`]; borrows the slab allocator, so it cannot
+/// outlive it. [`KmemCacheRef::destroy`] (or dropping the handle) is Linux's
+/// `kmem_cache_destroy`; since it consumes the handle, the cache cannot be
+/// used afterwards.
+pub struct KmemCacheRef<'s, P: Platform> {
+    cache: NonNull<KmemCache<P>>,
+    _borrow: PhantomData<&'s KmemCache<P>>,
+}
+
+// SAFETY: a shared reference to a Sync cache.
+unsafe impl<P: Platform> Send for KmemCacheRef<'_, P> {}
+unsafe impl<P: Platform> Sync for KmemCacheRef<'_, P> {}
+
+impl<P: Platform> Deref for KmemCacheRef<'_, P> {
+    type Target = KmemCache<P>;
+    fn deref(&self) -> &KmemCache<P> {
+        // SAFETY: the cache stays alive until the handle is destroyed.
+        unsafe { self.cache.as_ref() }
+    }
+}
+
+impl<P: Platform> core::fmt::Debug for KmemCacheRef<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KmemCache")
+            .field("name", &self.name())
+            .field("object_size", &self.object_size)
+            .field("size", &self.size)
+            .field("order", &self.oo.order)
+            .field("objects", &self.oo.objects)
+            .finish()
+    }
+}
+
+impl<'s, P: Platform> KmemCacheRef<'s, P> {
+    pub(crate) fn new(cache: NonNull<KmemCache<P>>) -> Self {
+        KmemCacheRef {
+            cache,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Linux's `kmem_cache_destroy`: waits for pending RCU frees, flushes
+    /// every CPU, gives every empty slab back and frees the cache. Objects
+    /// still allocated are reported (`BUG <cache>: Objects remaining on
+    /// __kmem_cache_shutdown()`, one line per object) and returned as an
+    /// error; the cache memory is then kept so that they stay valid.
+    #[track_caller]
+    pub fn destroy(self) -> Result<(), CacheLeak> {
+        let me = ManuallyDrop::new(self);
+        // SAFETY: the handle is consumed; nothing can use the cache through
+        // it afterwards.
+        let cache = unsafe { me.cache.as_ref() };
+        cache.destroy_at(Location::caller())
+    }
+}
+
+impl<P: Platform> Drop for KmemCacheRef<'_, P> {
+    fn drop(&mut self) {
+        // SAFETY: the handle is going away; the cache may be freed.
+        let cache = unsafe { self.cache.as_ref() };
+        let _ = cache.destroy_at(Location::caller());
+    }
+}

@@ -1,0 +1,712 @@
+//! Freeing: checks, the per-CPU fast path, Linux's `__slab_free`, and what
+//! gives slabs back (deactivation, flushes, shrink, destroy).
+//!
+//! ```text
+//!  kmem_cache_free / kfree ─ find(): direct map? slab head frame? cache? ─┐
+//!  free_checked: start of an object? already free? ─┬─ debug ─► free_debug (node lock)
+//!                                                   ├─ object of the CPU's active slab ─► push (fast)
+//!                                                   └─ free_slow: CAS push onto the slab's list
+//!  free_slow, by the slab's state before the free:
+//!    frozen (some CPU's active slab) ............ nothing more
+//!    full, now partial .......................... onto this CPU's partial list
+//!    on the node partial list, now empty ........ node lock: discard if the node has min_partial
+//! ```
+
+use super::cpu::{CpuInner, CpuSlab, Stat};
+use super::node::Which;
+use super::slab::{SlabRef, Word, DISABLED, FROZEN, NIL, NO_FREE, ON_FULL, ON_PARTIAL};
+use super::{
+    find, report_free_error, CacheLeak, CacheName, Found, KmemCache, SlabAllocator, SlabFreeError,
+    OWNER_SLAB, OWNER_SLAB_RCU,
+};
+use crate::addr::Pfn;
+use crate::page::FrameState;
+use crate::platform::Platform;
+use core::panic::Location;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::Relaxed;
+
+impl<P: Platform> KmemCache<P> {
+    /// Linux's `kmem_cache_free`. An address that is not a live object of
+    /// this cache is reported and refused; nothing changes.
+    #[track_caller]
+    pub fn free(&self, p: NonNull<u8>) -> Result<(), SlabFreeError> {
+        self.free_at(p.as_ptr() as usize, Location::caller())
+    }
+
+    /// Linux's `kmem_cache_free_bulk`: frees each object; returns the first
+    /// error (every bad object is reported and skipped).
+    #[track_caller]
+    pub fn free_bulk(&self, objs: &[*mut u8]) -> Result<(), SlabFreeError> {
+        let caller = Location::caller();
+        let mut first = Ok(());
+        for &p in objs {
+            if let Err(e) = self.free_at(p as usize, caller) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// [`Self::free`] with an explicit call site.
+    pub fn free_at(
+        &self,
+        p: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        let r = match find(self.pages(), p) {
+            Ok(Found::Slab { cache, slab }) => {
+                if core::ptr::eq(cache, self) {
+                    return self.free_checked(slab, p, caller);
+                }
+                Err(SlabFreeError::WrongCache {
+                    addr: p,
+                    given: CacheName::of(self),
+                    actual: CacheName::of(cache),
+                })
+            }
+            Ok(Found::Large { .. }) => Err(SlabFreeError::LargeToCache {
+                addr: p,
+                given: CacheName::of(self),
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            report_free_error(self.pages(), self.global(), Some(self), e, caller);
+        }
+        r
+    }
+
+    /// Frees `p`, known to lie in `slab` of this cache. Checks it is the
+    /// start of a live object first; reports and refuses otherwise.
+    #[inline]
+    pub(crate) fn free_checked(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        let w = slab.word();
+        if self.obj_index(slab.base, w.objects(), p).is_none() {
+            return Err(self.refuse(self.interior(slab, p), caller));
+        }
+        if self.debug {
+            return self.free_debug(slab, p, caller);
+        }
+        if self.hardened {
+            // SAFETY: p is an object of a live slab of this cache.
+            let v = unsafe { self.get_fp(p) };
+            // A free object's slot holds NULL or another object of the slab.
+            let looks_free = v == 0
+                || (v.wrapping_sub(slab.base) < slab.bytes()
+                    && self.obj_index(slab.base, w.objects(), v).is_some());
+            if looks_free {
+                return Err(self.refuse(self.double_free(p), caller));
+            }
+        }
+        let c = self.cpu_slab(self.platform().cpu_id());
+        if let Some(mut g) = c.try_lock() {
+            if g.slab == slab.pfn {
+                if !self.hardened && g.freelist == p {
+                    drop(g);
+                    return Err(self.refuse(self.double_free(p), caller));
+                }
+                // SAFETY: p is a live object of the active slab, now free.
+                unsafe { self.set_fp(p, g.freelist) };
+                g.freelist = p;
+                c.stat(Stat::FreeFastpath);
+                return Ok(());
+            }
+        } else {
+            c.stat(Stat::FreeContended);
+        }
+        self.free_slow(slab, p, p, 1, c)
+            .map_err(|e| self.refuse(e, caller))
+    }
+
+    #[cold]
+    fn refuse(&self, e: SlabFreeError, caller: &'static Location<'static>) -> SlabFreeError {
+        report_free_error(self.pages(), self.global(), Some(self), &e, caller);
+        e
+    }
+
+    #[cold]
+    pub(crate) fn interior(&self, slab: SlabRef<'_>, p: usize) -> SlabFreeError {
+        let objects = slab.word().objects() as usize;
+        let off = p.wrapping_sub(slab.base);
+        let idx = off / self.size;
+        let object = if off < objects * self.size {
+            self.obj_addr(slab.base, idx as u32)
+        } else {
+            0
+        };
+        let object = if object > p { 0 } else { object };
+        SlabFreeError::Interior {
+            addr: p,
+            object,
+            cache: CacheName::of(self),
+        }
+    }
+
+    #[cold]
+    pub(crate) fn double_free(&self, p: usize) -> SlabFreeError {
+        SlabFreeError::DoubleFree {
+            addr: p,
+            cache: CacheName::of(self),
+        }
+    }
+
+    /// Linux's `__slab_free`: pushes the chain `head..=tail` (`cnt` objects)
+    /// onto the slab's own list with a compare-and-swap, then fixes the
+    /// slab's list membership if the free changed it.
+    pub(crate) fn free_slow(
+        &self,
+        slab: SlabRef<'_>,
+        head: usize,
+        tail: usize,
+        cnt: u32,
+        c: &CpuSlab,
+    ) -> Result<(), SlabFreeError> {
+        c.stat(Stat::FreeSlowpath);
+        let node = slab.node();
+        let n = &self.nodes[node];
+        let has_cpu_partial = self.cpu_partial_slabs != 0;
+        let head_idx = self.idx_of(slab.base, head);
+        let mut guard = None;
+        let (old, new) = loop {
+            let old = slab.word();
+            if old.inuse() < cnt || old.has(DISABLED) {
+                drop(guard);
+                return Err(self.bad_slab_free(slab, head, old, cnt));
+            }
+            if !self.hardened && old.free() == head_idx {
+                drop(guard);
+                return Err(self.double_free(head));
+            }
+            let prior = if old.has_free() {
+                self.obj_addr(slab.base, old.free())
+            } else {
+                0
+            };
+            // SAFETY: tail is an object being freed by us.
+            unsafe { self.set_fp(tail, prior) };
+            let new = old.with_free(head_idx).with_inuse(old.inuse() - cnt);
+            if !old.has(FROZEN)
+                && (new.inuse() == 0 || !old.has_free())
+                && (old.has_free() || !has_cpu_partial)
+                && guard.is_none()
+            {
+                // The slab may change lists: decide under the node lock.
+                guard = Some(n.lists.lock());
+                continue;
+            }
+            if slab.cas(old, new) {
+                break (old, new);
+            }
+            c.stat(Stat::CmpxchgDoubleFail);
+        };
+        let needs_list = !old.has(FROZEN)
+            && (new.inuse() == 0 || !old.has_free())
+            && (old.has_free() || !has_cpu_partial);
+        let Some(mut lists) = guard.filter(|_| needs_list) else {
+            if old.has(FROZEN) {
+                c.stat(Stat::FreeFrozen);
+            } else if !old.has_free() && has_cpu_partial {
+                self.put_cpu_partial(slab);
+                c.stat(Stat::CpuPartialFree);
+            }
+            return Ok(());
+        };
+        if old.has_free() && !new.has(ON_PARTIAL) {
+            // On some CPU's partial list or being taken: not ours to move.
+            return Ok(());
+        }
+        if new.inuse() == 0 && lists.partial.len >= self.min_partial {
+            if new.has(ON_PARTIAL) {
+                self.remove_partial(node, &mut lists, slab);
+                c.stat(Stat::FreeRemovePartial);
+            } else if new.has(ON_FULL) {
+                self.list_del(node, &mut lists, Which::Full, slab);
+            }
+            drop(lists);
+            c.stat(Stat::FreeSlab);
+            self.discard_slab(slab);
+            return Ok(());
+        }
+        if !old.has_free() && !new.has(ON_PARTIAL) {
+            if new.has(ON_FULL) {
+                self.list_del(node, &mut lists, Which::Full, slab);
+            }
+            self.add_partial(node, &mut lists, slab, true);
+            c.stat(Stat::FreeAddPartial);
+        }
+        Ok(())
+    }
+
+    /// More objects freed than the slab has in use, or a disabled slab:
+    /// the slab metadata is not trustworthy, refuse.
+    #[cold]
+    fn bad_slab_free(&self, slab: SlabRef<'_>, p: usize, w: Word, cnt: u32) -> SlabFreeError {
+        if w.has(DISABLED) {
+            self.slab_err(
+                slab,
+                format_args!("Slab disabled since SLUB metadata consistency check failed"),
+            );
+        } else {
+            self.slab_err(
+                slab,
+                format_args!(
+                    "Slab has {} allocated objects but {cnt} are to be freed",
+                    w.inuse()
+                ),
+            );
+        }
+        SlabFreeError::Corrupt {
+            addr: p,
+            cache: CacheName::of(self),
+        }
+    }
+
+    /// Linux's `put_cpu_partial`: a slab that just became partial goes onto
+    /// this CPU's partial list; a full list is drained to the node first.
+    fn put_cpu_partial(&self, slab: SlabRef<'_>) {
+        let c = self.cpu_slab(self.platform().cpu_id());
+        match c.try_lock() {
+            Some(mut g) => {
+                if g.nr_partial >= self.cpu_partial_slabs {
+                    let chain = g.partial;
+                    let n = g.nr_partial;
+                    g.partial = NIL;
+                    g.nr_partial = 0;
+                    c.stat(Stat::CpuPartialDrain);
+                    self.put_partials_chain(chain, n, c);
+                }
+                slab.set_next(g.partial);
+                g.partial = slab.pfn;
+                g.nr_partial += 1;
+            }
+            None => {
+                slab.set_next(NIL);
+                self.put_partials_chain(slab.pfn, 1, c);
+            }
+        }
+    }
+
+    /// Linux's `__put_partials`: moves a chain of unfrozen partial slabs
+    /// (linked through `next`) to their node partial lists, giving empty
+    /// ones back beyond `min_partial`.
+    pub(crate) fn put_partials_chain(&self, mut pfn: u32, max: u32, c: &CpuSlab) {
+        let mut left = max;
+        while pfn != NIL && left > 0 {
+            let slab = self.slab_at(pfn);
+            pfn = slab.next();
+            left -= 1;
+            let node = slab.node();
+            let mut lists = self.nodes[node].lists.lock();
+            let w = slab.word();
+            if w.inuse() == 0 && lists.partial.len >= self.min_partial {
+                drop(lists);
+                c.stat(Stat::FreeSlab);
+                self.discard_slab(slab);
+            } else if w.has(DISABLED) || !w.has_free() {
+                // Nothing to hand out: stays off the lists like a full slab.
+            } else {
+                self.add_partial(node, &mut lists, slab, true);
+                c.stat(Stat::FreeAddPartial);
+            }
+        }
+    }
+
+    /// Counts a chain of free objects of `slab` and finds its tail,
+    /// cutting it at the first pointer that is not an object of the slab.
+    pub(crate) fn walk_chain(&self, slab: SlabRef<'_>, head: usize) -> (u32, usize) {
+        let objects = slab.word().objects();
+        let mut count = 0;
+        let mut tail = 0;
+        let mut cur = head;
+        while cur != 0 {
+            if count >= objects {
+                self.slab_err(slab, format_args!("Freelist cycle detected"));
+                // SAFETY: tail is an object of the slab on our list.
+                unsafe { self.set_fp(tail, 0) };
+                self.slab_fix(format_args!("Freelist cut"));
+                break;
+            }
+            tail = cur;
+            count += 1;
+            // SAFETY: cur was checked to be an object of the slab.
+            let next = unsafe { self.get_fp(cur) };
+            if next != 0 && self.obj_index(slab.base, objects, next).is_none() {
+                self.object_err(slab, cur, format_args!("Freechain corrupt"));
+                // SAFETY: as above.
+                unsafe { self.set_fp(cur, 0) };
+                self.slab_fix(format_args!("Freechain cut at {cur:#x}"));
+                break;
+            }
+            cur = next;
+        }
+        (count, tail)
+    }
+
+    /// Linux's `deactivate_slab`: gives the CPU's active slab up, merging
+    /// its private free list back into the slab and putting the slab where it
+    /// now belongs (partial list, nowhere if full, back to the page allocator
+    /// if empty and the node has enough).
+    pub(crate) fn deactivate(&self, g: &mut CpuInner, c: &CpuSlab) {
+        if g.slab == NIL {
+            return;
+        }
+        let slab = self.slab_at(g.slab);
+        let head = g.freelist;
+        g.slab = NIL;
+        g.freelist = 0;
+        g.base = 0;
+        g.bytes = 0;
+        let (count, tail) = self.walk_chain(slab, head);
+        let head_idx = if count > 0 {
+            self.idx_of(slab.base, head)
+        } else {
+            NO_FREE
+        };
+        let (old, new) = loop {
+            let old = slab.word();
+            let mut new = old.with(FROZEN, false);
+            if count > 0 {
+                let prior = if old.has_free() {
+                    self.obj_addr(slab.base, old.free())
+                } else {
+                    0
+                };
+                // SAFETY: tail is on our private list.
+                unsafe { self.set_fp(tail, prior) };
+                new = new
+                    .with_free(head_idx)
+                    .with_inuse(old.inuse().saturating_sub(count));
+            }
+            if slab.cas(old, new) {
+                break (old, new);
+            }
+            c.stat(Stat::CmpxchgDoubleFail);
+        };
+        if old.has_free() {
+            c.stat(Stat::DeactivateRemoteFrees);
+        }
+        let node = slab.node();
+        if new.has(DISABLED) {
+            c.stat(Stat::DeactivateFull);
+        } else if new.inuse() == 0 && self.nodes[node].nr_partial.load(Relaxed) >= self.min_partial
+        {
+            c.stat(Stat::DeactivateEmpty);
+            c.stat(Stat::FreeSlab);
+            self.discard_slab(slab);
+        } else if new.has_free() {
+            let tail_pos = old.has_free();
+            let mut lists = self.nodes[node].lists.lock();
+            self.add_partial(node, &mut lists, slab, tail_pos);
+            c.stat(if tail_pos {
+                Stat::DeactivateToTail
+            } else {
+                Stat::DeactivateToHead
+            });
+        } else {
+            c.stat(Stat::DeactivateFull);
+        }
+    }
+
+    /// Flushes one CPU: gives its active slab up and moves its partial
+    /// slabs to the node lists. Waits for the CPU's flag.
+    pub(crate) fn flush_cpu(&self, cpu: usize) {
+        let c = self.cpu_slab(cpu);
+        let p = self.platform();
+        let mut g = c.lock(|| p.relax());
+        if g.slab == NIL && g.partial == NIL {
+            return;
+        }
+        c.stat(Stat::CpuslabFlush);
+        self.deactivate(&mut g, c);
+        let chain = g.partial;
+        let n = g.nr_partial;
+        g.partial = NIL;
+        g.nr_partial = 0;
+        self.put_partials_chain(chain, n, c);
+    }
+
+    /// Flushes every CPU (Linux's `flush_all`).
+    pub fn flush_all(&self) {
+        for cpu in 0..self.nr_cpus {
+            self.flush_cpu(cpu);
+        }
+    }
+
+    /// Linux's `kmem_cache_shrink`: flushes every CPU and gives every empty
+    /// slab back. Returns the number of slabs freed.
+    pub fn shrink(&self) -> usize {
+        self.flush_all();
+        let mut freed = 0;
+        for node in 0..self.pages().nr_nodes() {
+            let mut discard = NIL;
+            {
+                let mut lists = self.nodes[node].lists.lock();
+                let mut cur = lists.partial.head;
+                while cur != NIL {
+                    let slab = self.slab_at(cur);
+                    cur = slab.next();
+                    if slab.word().inuse() == 0 {
+                        self.remove_partial(node, &mut lists, slab);
+                        self.dec_slabs_node(slab);
+                        slab.set_next(discard);
+                        discard = slab.pfn;
+                    }
+                }
+            }
+            while discard != NIL {
+                let slab = self.slab_at(discard);
+                discard = slab.next();
+                self.release_slab(slab);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Linux's `discard_slab`: the slab leaves the node counters and goes
+    /// back to the page allocator (after a grace period for
+    /// `SLAB_TYPESAFE_BY_RCU`).
+    pub(crate) fn discard_slab(&self, slab: SlabRef<'_>) {
+        self.dec_slabs_node(slab);
+        self.release_slab(slab);
+    }
+
+    /// Takes a slab out of its node's counters (under the node lock for
+    /// debug caches, so that validation sees lists and counters agree).
+    pub(crate) fn dec_slabs_node(&self, slab: SlabRef<'_>) {
+        let n = &self.nodes[slab.node()];
+        n.nr_slabs.fetch_sub(1, Relaxed);
+        n.total_objects
+            .fetch_sub(slab.word().objects() as usize, Relaxed);
+    }
+
+    /// Puts a slab into its node's counters (see [`Self::dec_slabs_node`]).
+    pub(crate) fn inc_slabs_node(&self, slab: SlabRef<'_>) {
+        let n = &self.nodes[slab.node()];
+        n.nr_slabs.fetch_add(1, Relaxed);
+        n.total_objects
+            .fetch_add(slab.word().objects() as usize, Relaxed);
+    }
+
+    /// Gives a slab already out of the node counters back to the page
+    /// allocator (after a grace period for `SLAB_TYPESAFE_BY_RCU`).
+    pub(crate) fn release_slab(&self, slab: SlabRef<'_>) {
+        if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
+            slab.frame.set_owner(OWNER_SLAB_RCU);
+            self.global().rcu.defer_slab(slab);
+            return;
+        }
+        self.free_slab_pages(slab);
+    }
+
+    /// Gives a slab's block back to the page allocator (Linux's
+    /// `__free_slab`), after the debug checks of a consistency-checked cache.
+    pub(crate) fn free_slab_pages(&self, slab: SlabRef<'_>) {
+        if self.flags.contains(super::SlabFlags::CONSISTENCY_CHECKS) {
+            self.check_slab_before_free(slab);
+        }
+        let order = slab.order();
+        let f = slab.frame;
+        f.set_owner(0);
+        f.private[0].store(0, Relaxed);
+        f.private[1].store(0, Relaxed);
+        f.next.store(NIL, Relaxed);
+        f.prev.store(NIL, Relaxed);
+        if let Err(e) = self.pages().free_pages(Pfn(slab.pfn as u64), order) {
+            self.platform().warn(format_args!(
+                "slab {}: giving a slab back failed: {e}",
+                self.name()
+            ));
+        }
+    }
+
+    /// `kmem_cache_destroy` with the caller's location.
+    pub(crate) fn destroy_at(&self, caller: &'static Location<'static>) -> Result<(), CacheLeak> {
+        let global = self.global();
+        if self.refcount.fetch_sub(1, Relaxed) > 1 {
+            return Ok(());
+        }
+        // kfree_rcu()s in flight may hold objects of ours.
+        global.rcu.run_all(self.pages());
+        self.flush_all();
+        let leak = self.shutdown();
+        if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
+            // Shutdown just queued our empty slabs for a grace period; they
+            // must be gone before the cache is (Linux: rcu_barrier()).
+            global.rcu.run_all(self.pages());
+        }
+        SlabAllocator::unlink_cache(global, self);
+        if let Some(leak) = leak {
+            self.platform().warn(format_args!(
+                "WARNING: kmem_cache_destroy {}: Slab cache still has objects when called from {caller} ({leak})",
+                self.name()
+            ));
+            return Err(leak);
+        }
+        let kc = global.kmem_cache.load(Relaxed);
+        // SAFETY: kmem_cache outlives every other cache.
+        let kc = unsafe { &*kc };
+        let me = self as *const Self as usize;
+        // Nothing may touch `self` after this.
+        let _ = kc.free_at(me, caller);
+        Ok(())
+    }
+
+    /// Linux's `__kmem_cache_shutdown` after the flush: gives back every
+    /// empty slab; lists objects still allocated.
+    fn shutdown(&self) -> Option<CacheLeak> {
+        let mut leak = CacheLeak {
+            objects: 0,
+            slabs: 0,
+        };
+        for node in 0..self.pages().nr_nodes() {
+            let mut discard = NIL;
+            {
+                let mut lists = self.nodes[node].lists.lock();
+                let mut cur = lists.partial.head;
+                while cur != NIL {
+                    let slab = self.slab_at(cur);
+                    cur = slab.next();
+                    let w = slab.word();
+                    if w.inuse() == 0 {
+                        self.remove_partial(node, &mut lists, slab);
+                        slab.set_next(discard);
+                        discard = slab.pfn;
+                    } else {
+                        leak.slabs += 1;
+                        leak.objects += self.list_slab_objects(slab);
+                    }
+                }
+                let mut cur = lists.full.head;
+                while cur != NIL {
+                    let slab = self.slab_at(cur);
+                    cur = slab.next();
+                    leak.slabs += 1;
+                    leak.objects += self.list_slab_objects(slab);
+                }
+            }
+            while discard != NIL {
+                let slab = self.slab_at(discard);
+                discard = slab.next();
+                self.discard_slab(slab);
+            }
+        }
+        // Full slabs of caches without a full list: find them through the
+        // frame records.
+        if self.nr_slabs() > leak.slabs {
+            self.for_each_unlisted_slab(|slab| {
+                leak.slabs += 1;
+                leak.objects += self.list_slab_objects(slab);
+            });
+        }
+        (leak.slabs > 0).then_some(leak)
+    }
+
+    /// Calls `f` on every slab of this cache that is on no node list (full
+    /// slabs of non-debug caches), by scanning the frame records. Used only
+    /// on error paths and teardown.
+    pub(crate) fn for_each_unlisted_slab(&self, mut f: impl FnMut(SlabRef<'_>)) {
+        let pages = self.pages();
+        let me = self as *const Self as usize;
+        let mut pfn = 0u64;
+        while pfn < pages.max_pfn() {
+            let Some(fr) = pages.frame(Pfn(pfn)) else {
+                pfn += 1;
+                continue;
+            };
+            let step = if fr.state() == FrameState::Allocated {
+                1u64 << fr.order()
+            } else {
+                1
+            };
+            if fr.state() == FrameState::Allocated
+                && fr.owner() == OWNER_SLAB
+                && fr.private[0].load(Relaxed) == me
+            {
+                let slab = self.slab_at(pfn as u32);
+                let w = slab.word();
+                if !w.has(ON_PARTIAL) && !w.has(ON_FULL) {
+                    f(slab);
+                }
+            }
+            pfn += step;
+        }
+    }
+
+    /// Gives every slab back, live objects or not (the allocator is being
+    /// dropped). The slab holding `self` (kmem_cache's own) goes last.
+    pub(crate) fn teardown(&self) {
+        self.flush_all();
+        let me = self as *const Self as usize;
+        let mut own: Option<u32> = None;
+        let mut victims = NIL;
+        // Full slabs on no list first (found by their frame records), while
+        // the listed ones still carry their list bits.
+        let listed: usize = (0..self.pages().nr_nodes())
+            .map(|n| {
+                let l = self.nodes[n].lists.lock();
+                l.partial.len + l.full.len
+            })
+            .sum();
+        if self.nr_slabs() > listed {
+            self.for_each_unlisted_slab(|slab| {
+                slab.set_next(victims);
+                victims = slab.pfn;
+            });
+        }
+        for node in 0..self.pages().nr_nodes() {
+            let mut lists = self.nodes[node].lists.lock();
+            for which in [Which::Partial, Which::Full] {
+                loop {
+                    let head = match which {
+                        Which::Partial => lists.partial.head,
+                        Which::Full => lists.full.head,
+                    };
+                    if head == NIL {
+                        break;
+                    }
+                    let slab = self.slab_at(head);
+                    self.list_del(node, &mut lists, which, slab);
+                    slab.set_next(victims);
+                    victims = slab.pfn;
+                }
+            }
+        }
+        while victims != NIL {
+            let slab = self.slab_at(victims);
+            victims = slab.next();
+            if me >= slab.base && me < slab.base + slab.bytes() {
+                own = Some(slab.pfn);
+                continue;
+            }
+            let n = &self.nodes[slab.node()];
+            n.nr_slabs.fetch_sub(1, Relaxed);
+            n.total_objects
+                .fetch_sub(slab.word().objects() as usize, Relaxed);
+            self.release_pages_quietly(slab);
+        }
+        if let Some(pfn) = own {
+            let slab = self.slab_at(pfn);
+            // `self` lives in this slab: nothing may touch it afterwards.
+            self.release_pages_quietly(slab);
+        }
+    }
+
+    fn release_pages_quietly(&self, slab: SlabRef<'_>) {
+        let order = slab.order();
+        let f = slab.frame;
+        let pages = self.pages();
+        f.set_owner(0);
+        f.private[0].store(0, Relaxed);
+        f.private[1].store(0, Relaxed);
+        let _ = pages.free_pages(Pfn(slab.pfn as u64), order);
+    }
+}

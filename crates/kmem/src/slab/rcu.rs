@@ -1,0 +1,169 @@
+//! RCU-deferred freeing: `kfree_rcu` and `SLAB_TYPESAFE_BY_RCU` slabs.
+//!
+//! Readers under `rcu_read_lock` may still look at an object after a writer
+//! unlinked it. Two ways to keep that safe, both Linux's:
+//!
+//! - `kfree_rcu(p, offset)` queues the object; it is freed after a grace
+//!   period. The link lives in a 16-byte `rcu_head` field of the object at
+//!   `offset` (which readers do not read), so queueing needs no memory.
+//! - A `SLAB_TYPESAFE_BY_RCU` cache reuses objects at once, but an emptied
+//!   slab's pages go back to the page allocator only after a grace period:
+//!   a reader may find a *different* object of the *same type* there, never
+//!   foreign memory. Such a slab waits with owner tag `OWNER_SLAB_RCU`,
+//!   linked through its frame's `next` field.
+//!
+//! kmem has no grace-period machinery of its own (the core cannot see other
+//! threads' read-side sections): [`crate::slab::SlabAllocator::rcu_barrier`]
+//! *is* the end of a grace period, called by whoever knows one has passed (a
+//! kernel's RCU callback, a test once no reader is left). It refuses to run
+//! inside a read-side section of the calling thread. `kmem_cache_destroy` and
+//! dropping the allocator call it, as Linux's destroy waits in
+//! `kvfree_rcu_barrier`.
+//!
+//! Both queues are lock-free stacks that are only pushed onto and taken
+//! whole, so they have no ABA problem.
+
+use super::slab::{SlabRef, NIL};
+use super::{find, Found, KmemCache};
+use crate::page::PageAllocator;
+use crate::platform::Platform;
+use core::panic::Location;
+use core::sync::atomic::{
+    AtomicU32, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
+
+/// Bytes of the `rcu_head` field `kfree_rcu` needs in an object.
+pub const RCU_HEAD_SIZE: usize = 16;
+
+/// Objects and slabs waiting for a grace period.
+#[derive(Debug)]
+pub struct RcuQueue {
+    /// Address of the newest queued `rcu_head` (0: none).
+    objs: AtomicUsize,
+    /// Pfn of the newest queued slab ([`NIL`]: none).
+    slabs: AtomicU32,
+    nr_objs: AtomicUsize,
+    nr_slabs: AtomicUsize,
+}
+
+impl Default for RcuQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RcuQueue {
+    /// Empty queues.
+    pub const fn new() -> RcuQueue {
+        RcuQueue {
+            objs: AtomicUsize::new(0),
+            slabs: AtomicU32::new(NIL),
+            nr_objs: AtomicUsize::new(0),
+            nr_slabs: AtomicUsize::new(0),
+        }
+    }
+
+    /// (objects, slabs) waiting.
+    pub fn pending(&self) -> (usize, usize) {
+        (self.nr_objs.load(Relaxed), self.nr_slabs.load(Relaxed))
+    }
+
+    /// Queues an object whose `rcu_head` is at `head`, `offset` bytes into it.
+    ///
+    /// # Safety
+    /// `head..head + RCU_HEAD_SIZE` must be writable memory of a live object
+    /// that nobody writes until it is freed.
+    pub(crate) unsafe fn defer_obj(&self, head: usize, offset: usize) {
+        let mut old = self.objs.load(Relaxed);
+        loop {
+            // SAFETY: per the contract.
+            unsafe {
+                (head as *mut usize).write(old);
+                (head as *mut usize).add(1).write(offset);
+            }
+            match self.objs.compare_exchange(old, head, AcqRel, Relaxed) {
+                Ok(_) => break,
+                Err(cur) => old = cur,
+            }
+        }
+        self.nr_objs.fetch_add(1, Relaxed);
+    }
+
+    /// Queues an emptied `SLAB_TYPESAFE_BY_RCU` slab.
+    pub(crate) fn defer_slab(&self, slab: SlabRef<'_>) {
+        let mut old = self.slabs.load(Relaxed);
+        loop {
+            slab.set_next(old);
+            match self.slabs.compare_exchange(old, slab.pfn, AcqRel, Relaxed) {
+                Ok(_) => break,
+                Err(cur) => old = cur,
+            }
+        }
+        self.nr_slabs.fetch_add(1, Relaxed);
+    }
+
+    /// Ends a grace period: frees every queued object and slab (including
+    /// slabs emptied by those frees).
+    #[track_caller]
+    pub(crate) fn run_all<P: Platform>(&self, pages: &PageAllocator<P>) {
+        let caller = Location::caller();
+        loop {
+            let mut h = self.objs.swap(0, Acquire);
+            let mut s = self.slabs.swap(NIL, Acquire);
+            if h == 0 && s == NIL {
+                return;
+            }
+            while h != 0 {
+                // SAFETY: queued heads are live objects nobody writes.
+                let (next, off) = unsafe {
+                    (
+                        (h as *const usize).read(),
+                        (h as *const usize).add(1).read(),
+                    )
+                };
+                self.nr_objs.fetch_sub(1, Relaxed);
+                free_any(pages, h - off, caller);
+                h = next;
+            }
+            while s != NIL {
+                let Some(frame) = pages.frame(crate::addr::Pfn(s as u64)) else {
+                    break;
+                };
+                let next = frame.next.load(Relaxed);
+                let c = frame.private[0].load(Relaxed) as *const KmemCache<P>;
+                self.nr_slabs.fetch_sub(1, Relaxed);
+                if frame.owner() != super::OWNER_SLAB_RCU {
+                    pages.platform().warn(format_args!(
+                        "slab: queued RCU slab at pfn {s:#x} is no longer one; skipped"
+                    ));
+                } else if !c.is_null() {
+                    // SAFETY: a queued slab's cache is alive: destroy runs
+                    // this queue before freeing a cache.
+                    let cache = unsafe { &*c };
+                    cache.free_slab_pages(cache.slab_at(s));
+                }
+                s = next;
+            }
+        }
+    }
+}
+
+/// Frees any slab object or large kmalloc block (reporting bad addresses).
+pub(crate) fn free_any<P: Platform>(
+    pages: &PageAllocator<P>,
+    addr: usize,
+    caller: &'static Location<'static>,
+) {
+    match find(pages, addr) {
+        Ok(Found::Slab { cache, slab }) => {
+            let _ = cache.free_checked(slab, addr, caller);
+        }
+        Ok(Found::Large { head, order, base }) => {
+            let _ = super::kmalloc::free_large(pages, None, head, order, base, addr, caller);
+        }
+        Err(e) => pages
+            .platform()
+            .warn(format_args!("{e} (kfree_rcu callback, queued at {caller})")),
+    }
+}

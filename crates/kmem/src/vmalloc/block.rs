@@ -1,0 +1,269 @@
+//! Per-CPU vmap blocks: the fast path of `vm_map_ram`.
+//!
+//! A `vm_map_ram` of up to [`VMAP_MAX_ALLOC`] pages does not get an area of
+//! its own: it is cut from the running CPU's current *vmap block*, an area
+//! of `VMAP_BBMAP_BITS` pages (4 MiB with few CPUs), aligned to its size and
+//! without guard pages. Within a block, space is handed out by bumping an
+//! offset in power-of-two page counts (Linux's `vb_alloc`); unmapped pieces
+//! become *dirty*. A block is freed — onto the lazy list, like any area —
+//! once every page handed out of it is dirty and nothing more can be handed
+//! out.
+//!
+//! When a request does not fit the current block, the block is retired (its
+//! remaining space counted dirty, as Linux's `purge_fragmented_block` does)
+//! and a new one started. Block state lives in the block's area record and
+//! is changed under the vmalloc state lock.
+
+use super::area::{VMAP_BLOCK, VMAP_RAM};
+use super::free::classify;
+use super::{VfreeError, Vmalloc, VmallocError, VMAP_MAX_ALLOC};
+use crate::addr::{get_order, VirtAddr, PAGE_SIZE};
+use crate::gfp::Gfp;
+use crate::page::MAX_CPUS;
+use crate::paging::PageTables;
+use crate::platform::Platform;
+use core::ptr::null_mut;
+use core::sync::atomic::Ordering::Relaxed;
+
+impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
+    /// Linux's `vb_alloc`: `size` bytes (rounded up to a power-of-two page
+    /// count) from this CPU's block.
+    pub(crate) fn vb_alloc(&self, size: usize, gfp: Gfp) -> Result<usize, VmallocError> {
+        let n = 1usize << get_order(size);
+        let bits = self.vb_bits;
+        let block_size = bits * PAGE_SIZE;
+        let cpu = self.pages.platform().cpu_id() % MAX_CPUS;
+        let mut purged = false;
+        loop {
+            let mut s = self.lock_with_spares(gfp, 2)?;
+            let b = s.vb_current[cpu];
+            if !b.is_null() {
+                // SAFETY: a current block is a live busy record.
+                let br = unsafe { &mut *b };
+                if br.vb_free as usize >= n {
+                    let off = bits - br.vb_free as usize;
+                    br.vb_free -= n as u32;
+                    self.stats.vb_allocs.fetch_add(1, Relaxed);
+                    return Ok(br.start + off * PAGE_SIZE);
+                }
+                // Retire it: what is left will never be handed out.
+                s.vb_current[cpu] = null_mut();
+                br.vb_dirty += br.vb_free;
+                br.vb_free = 0;
+                if br.vb_dirty as usize == bits {
+                    let start = br.start;
+                    let rec = s.areas.unlink_busy(start).expect("block is busy");
+                    drop(s);
+                    self.stats.vmap_blocks_freed.fetch_add(1, Relaxed);
+                    self.free_vmap_area_noflush(rec);
+                    continue;
+                }
+            }
+            match s
+                .areas
+                .alloc_range(block_size, block_size, self.config.start, self.config.end)
+            {
+                Ok(a) => {
+                    let r = s.areas.insert_busy(a, a + block_size);
+                    r.va_flags = VMAP_RAM | VMAP_BLOCK;
+                    r.vb_free = (bits - n) as u32;
+                    r.vb_dirty = 0;
+                    r.vb_dirty_min = bits as u32;
+                    r.vb_dirty_max = 0;
+                    r.vb_cpu = cpu as u32;
+                    s.vb_current[cpu] = r;
+                    self.stats.vmap_blocks.fetch_add(1, Relaxed);
+                    self.stats.vb_allocs.fetch_add(1, Relaxed);
+                    return Ok(a);
+                }
+                Err(_) => {
+                    drop(s);
+                    self.stats.va_failures.fetch_add(1, Relaxed);
+                    if gfp.allows_blocking() && !purged {
+                        self.purge_fragmented_blocks();
+                        self.purge();
+                        purged = true;
+                        continue;
+                    }
+                    return Err(VmallocError::NoVirtualSpace {
+                        size: block_size,
+                        align: block_size,
+                        start: self.config.start,
+                        end: self.config.end,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Linux's `vm_unmap_ram(mem, count)`: `count` must be what was passed
+    /// to `vm_map_ram`.
+    #[track_caller]
+    pub fn vm_unmap_ram(&self, addr: *const u8, count: usize) -> Result<(), VfreeError> {
+        let a = addr as usize;
+        if a == 0 {
+            return Err(self.refuse(VfreeError::NotAllocated { addr: a }));
+        }
+        self.check_addr(a)?;
+        self.vm_unmap_ram_inner(a, count, true)
+    }
+
+    /// The unmap; `check_mapped` refuses a range whose first page is not
+    /// mapped (an unmap of an unmapped range: a double unmap).
+    pub(crate) fn vm_unmap_ram_inner(
+        &self,
+        a: usize,
+        count: usize,
+        check_mapped: bool,
+    ) -> Result<(), VfreeError> {
+        if count == 0 {
+            return Err(self.refuse(VfreeError::NotAllocated { addr: a }));
+        }
+        let size = count * PAGE_SIZE;
+        if count <= VMAP_MAX_ALLOC {
+            let n = 1usize << get_order(size);
+            {
+                let s = self.state.lock();
+                let ok = s
+                    .areas
+                    .find_busy_containing(a)
+                    .is_some_and(|b| b.va_flags & VMAP_BLOCK != 0 && a + n * PAGE_SIZE <= b.end);
+                if !ok {
+                    let e = match classify(&s, a) {
+                        VfreeError::Interior { .. } => VfreeError::WrongKind {
+                            addr: a,
+                            kind: "vmalloc or vmap",
+                            use_instead: "vfree() or vunmap()",
+                        },
+                        e => e,
+                    };
+                    return Err(self.refuse(e));
+                }
+            }
+            if check_mapped && self.tables.translate(VirtAddr(a)).is_err() {
+                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
+            }
+            self.tables
+                .unmap_range(VirtAddr(a), VirtAddr(a + n * PAGE_SIZE), &mut |_, _, _| {})
+                .ignore();
+            let mut s = self.state.lock();
+            let b = s
+                .areas
+                .find_busy_containing_mut(a)
+                .expect("the block lives while it has mapped pages");
+            let off = ((a - b.start) / PAGE_SIZE) as u32;
+            b.vb_dirty_min = b.vb_dirty_min.min(off);
+            b.vb_dirty_max = b.vb_dirty_max.max(off + n as u32);
+            b.vb_dirty += n as u32;
+            self.stats.vb_frees.fetch_add(1, Relaxed);
+            if b.vb_dirty as usize == self.vb_bits {
+                let (start, cpu) = (b.start, b.vb_cpu as usize);
+                let me: *mut _ = b;
+                if s.vb_current[cpu] == me {
+                    s.vb_current[cpu] = null_mut();
+                }
+                let rec = s.areas.unlink_busy(start).expect("block is busy");
+                drop(s);
+                self.stats.vmap_blocks_freed.fetch_add(1, Relaxed);
+                self.free_vmap_area_noflush(rec);
+            }
+            return Ok(());
+        }
+        let rec = {
+            let mut s = self.state.lock();
+            let ok = s
+                .areas
+                .find_busy(a)
+                .is_some_and(|r| r.va_flags & VMAP_RAM != 0 && r.va_flags & VMAP_BLOCK == 0);
+            if !ok {
+                let e = match s.areas.find_busy(a) {
+                    Some(_) => VfreeError::WrongKind {
+                        addr: a,
+                        kind: "vmalloc or vmap",
+                        use_instead: "vfree() or vunmap()",
+                    },
+                    None => classify(&s, a),
+                };
+                return Err(self.refuse(e));
+            }
+            self.unlink_to_lazy(&mut s, a)
+        };
+        // Owns no pages: teardown only clears the entries.
+        self.teardown(rec);
+        self.stats.vb_frees.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Linux's `purge_fragmented_blocks_allcpus` (forced): current blocks
+    /// with nothing mapped any more are retired and freed.
+    pub(crate) fn purge_fragmented_blocks(&self) {
+        loop {
+            let rec = {
+                let mut s = self.state.lock();
+                let bits = self.vb_bits as u32;
+                let mut found = None;
+                for cpu in 0..MAX_CPUS {
+                    let b = s.vb_current[cpu];
+                    if b.is_null() {
+                        continue;
+                    }
+                    // SAFETY: current blocks are live busy records.
+                    let br = unsafe { &mut *b };
+                    if br.vb_free + br.vb_dirty == bits && br.vb_dirty != bits {
+                        s.vb_current[cpu] = null_mut();
+                        br.vb_free = 0;
+                        br.vb_dirty = bits;
+                        found = Some(br.start);
+                        break;
+                    }
+                }
+                match found {
+                    Some(start) => s.areas.unlink_busy(start),
+                    None => None,
+                }
+            };
+            match rec {
+                Some(rec) => {
+                    self.stats.vmap_blocks_freed.fetch_add(1, Relaxed);
+                    self.free_vmap_area_noflush(rec);
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Linux's `vm_unmap_aliases`: after it returns, no CPU's TLB holds a
+    /// translation of a range vmalloc has unmapped (lazy areas and the dirty
+    /// parts of vmap blocks).
+    pub fn vm_unmap_aliases(&self) {
+        let (mut lo, mut hi) = (usize::MAX, 0usize);
+        {
+            let mut s = self.state.lock();
+            let mut blocks = [0usize; 64];
+            let mut nb = 0;
+            s.areas.for_each_busy(&mut |r| {
+                if r.va_flags & VMAP_BLOCK != 0 && r.vb_dirty_max > 0 && nb < blocks.len() {
+                    blocks[nb] = r.start;
+                    nb += 1;
+                }
+            });
+            for &start in &blocks[..nb] {
+                if let Some(b) = s.areas.find_busy_mut(start) {
+                    lo = lo.min(b.start + b.vb_dirty_min as usize * PAGE_SIZE);
+                    hi = hi.max(b.start + b.vb_dirty_max as usize * PAGE_SIZE);
+                    b.vb_dirty_min = self.vb_bits as u32;
+                    b.vb_dirty_max = 0;
+                }
+            }
+            if nb == blocks.len() {
+                // Too many dirty blocks to list: flush everything.
+                lo = 0;
+                hi = usize::MAX;
+            }
+        }
+        self.purge();
+        if lo < hi {
+            self.tables.flush_range(VirtAddr(lo), VirtAddr(hi));
+        }
+    }
+}
