@@ -420,6 +420,8 @@ fn meminit_bulk() {
     c.destroy().unwrap();
 }
 
+/// Prints a full red-zone report and a double-free report (run with
+/// `--ignored --nocapture` to see what the reports look like).
 #[test]
 #[ignore]
 fn show_report() {

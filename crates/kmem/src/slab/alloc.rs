@@ -3,11 +3,15 @@
 //! ```text
 //!  slab_alloc ─ context check (once) ─┬─ debug cache ──────────────► alloc_single (node lock)
 //!                                     └─ alloc_fast: CPU flag, pop ─► alloc_slow
-//!  alloc_slow: 1. refill from frees to the active slab (take all)
+//!  alloc_slow (the CPU list is empty):
+//!              1. refill from frees to the active slab (take all)
 //!              2. a slab from the CPU partial list
 //!              3. a slab from a node partial list (+ a few more to the CPU list)
 //!              4. a new slab, no lock held while the page allocator runs
 //! ```
+//!
+//! A request for another node than the CPU's (`kmalloc_node`) bypasses the
+//! CPU list: one object from that node's partial lists.
 //!
 //! A thread that finds its CPU flag taken (another thread on the same CPU
 //! number, or an interrupt in a kernel) does not wait: it takes one object
@@ -190,15 +194,22 @@ impl<P: Platform> KmemCache<P> {
             c.stat(Stat::AllocContended);
             return self.alloc_single(gfp, node, self.object_size, caller);
         };
+        if node >= 0 && g.node != node as u32 {
+            // Another node than this CPU's: its partial lists, one object.
+            drop(g);
+            c.stat(Stat::AllocNodeMismatch);
+            return self.alloc_single(gfp, node, self.object_size, caller);
+        }
         let obj = g.freelist;
-        if obj != 0 && (node < 0 || g.node == node as u32) {
-            // SAFETY: `obj` heads the CPU's free list: a free object of the
-            // active slab, ours under the flag.
+        if obj != 0 {
+            // SAFETY: `obj` heads the CPU's free list: a free object of this
+            // cache, ours under the flag.
             let next = unsafe { self.get_fp(obj) };
-            if next != 0 && (next.wrapping_sub(g.base) >= g.bytes || next & 7 != 0) {
+            if next != 0 && !self.plausible_fp(next) {
                 return Ok(self.cpu_freelist_corrupt(&mut g, obj, next));
             }
             g.freelist = next;
+            g.count -= 1;
             if self.hardened {
                 // SAFETY: as above; the slot now marks the object allocated.
                 unsafe { self.set_fp(obj, FP_ALLOCATED) };
@@ -213,12 +224,13 @@ impl<P: Platform> KmemCache<P> {
     #[inline]
     fn pop(&self, g: &mut CpuInner) -> usize {
         let obj = g.freelist;
-        // SAFETY: a free object of the active slab, ours under the flag.
+        // SAFETY: a free object of this cache, ours under the flag.
         let next = unsafe { self.get_fp(obj) };
-        if next != 0 && (next.wrapping_sub(g.base) >= g.bytes || next & 7 != 0) {
+        if next != 0 && !self.plausible_fp(next) {
             return self.cpu_freelist_corrupt(g, obj, next);
         }
         g.freelist = next;
+        g.count -= 1;
         if self.hardened {
             // SAFETY: as above.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
@@ -226,23 +238,28 @@ impl<P: Platform> KmemCache<P> {
         obj
     }
 
-    /// A free pointer on the CPU list points outside the active slab: a
-    /// write after free hit it. Report, hand out `obj`, drop the rest of the
-    /// list (those objects are lost, not handed out twice).
+    /// A free pointer on the CPU list is not an object address: a write
+    /// after free hit it. Report, hand out `obj`, drop the rest of the list
+    /// (those objects are lost, never handed out twice).
     #[cold]
     fn cpu_freelist_corrupt(&self, g: &mut CpuInner, obj: usize, next: usize) -> usize {
-        let slab = self.slab_at(g.slab);
-        self.object_err(
-            slab,
-            obj,
-            format_args!("Freepointer corrupt (next {next:#x} is outside the slab)"),
-        );
+        match super::find(self.pages(), obj) {
+            Ok(super::Found::Slab { slab, .. }) => self.object_err(
+                slab,
+                obj,
+                format_args!("Freepointer corrupt (next {next:#x} is not an object address)"),
+            ),
+            _ => self.platform().warn(format_args!(
+                "BUG {}: Freepointer corrupt at {obj:#x} (next {next:#x})",
+                self.name()
+            )),
+        }
         self.slab_fix(format_args!(
-            "Dropping the CPU free list of the slab at pfn {:#x}",
-            g.slab
+            "Dropping the CPU free list ({} objects lost)",
+            g.count.saturating_sub(1)
         ));
-        slab.set_flag(DISABLED, true);
         g.freelist = 0;
+        g.count = 0;
         if self.hardened {
             // SAFETY: obj is ours.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
@@ -250,21 +267,20 @@ impl<P: Platform> KmemCache<P> {
         obj
     }
 
-    /// Makes `slab` (frozen, its free list taken into `head`) the CPU's
-    /// active slab.
+    /// Makes `slab` (frozen, its free list of `count` objects taken into
+    /// `head`) the CPU's active slab; the CPU list must be empty.
     #[inline]
-    fn install(&self, g: &mut CpuInner, slab: SlabRef<'_>, head: usize) {
-        g.slab = slab.pfn;
+    fn install(&self, g: &mut CpuGuard<'_>, slab: SlabRef<'_>, head: usize, count: u32) {
+        g.set_slab(slab.pfn);
         g.node = slab.node() as u32;
-        g.base = slab.base;
-        g.bytes = slab.bytes();
         g.freelist = head;
+        g.count = count;
     }
 
     /// Takes every object freed to the active slab, keeping it frozen if
     /// there were some; unfreezes it (full, on no list) if not. Linux's
-    /// `get_freelist`.
-    fn take_freelist_keep_frozen(&self, slab: SlabRef<'_>, c: &CpuSlab) -> usize {
+    /// `get_freelist`. Returns (head, count).
+    fn take_freelist_keep_frozen(&self, slab: SlabRef<'_>, c: &CpuSlab) -> (usize, u32) {
         loop {
             let old = slab.word();
             let has = old.has_free();
@@ -274,9 +290,12 @@ impl<P: Platform> KmemCache<P> {
                 .with(FROZEN, has);
             if slab.cas(old, new) {
                 return if has {
-                    self.obj_addr(slab.base, old.free())
+                    (
+                        self.obj_addr(slab.base, old.free()),
+                        old.objects() - old.inuse(),
+                    )
                 } else {
-                    0
+                    (0, 0)
                 };
             }
             c.stat(Stat::CmpxchgDoubleFail);
@@ -284,19 +303,23 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// Freezes a slab taken off a partial list: takes its whole free list.
-    /// Returns 0 (and leaves the slab alone) if the list is empty.
-    pub(crate) fn freeze(&self, slab: SlabRef<'_>, c: &CpuSlab) -> usize {
+    /// Returns (head, count), (0, 0) (and leaves the slab alone) if the list
+    /// is empty.
+    pub(crate) fn freeze(&self, slab: SlabRef<'_>, c: &CpuSlab) -> (usize, u32) {
         loop {
             let old = slab.word();
             if !old.has_free() || old.has(DISABLED) {
-                return 0;
+                return (0, 0);
             }
             let new = old
                 .with_free(NO_FREE)
                 .with_inuse(old.objects())
                 .with(FROZEN, true);
             if slab.cas(old, new) {
-                return self.obj_addr(slab.base, old.free());
+                return (
+                    self.obj_addr(slab.base, old.free()),
+                    old.objects() - old.inuse(),
+                );
             }
             c.stat(Stat::CmpxchgDoubleFail);
         }
@@ -308,6 +331,7 @@ impl<P: Platform> KmemCache<P> {
         self.pages().default_node
     }
 
+    /// The CPU list is empty: refill it (and maybe change active slab).
     #[cold]
     #[inline(never)]
     fn alloc_slow(
@@ -319,32 +343,26 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
         c.stat(Stat::AllocSlowpath);
-        // 1. The active slab: wrong node, or refill from remote frees.
+        // 1. Objects freed to the active slab by other CPUs.
         if g.slab != NIL {
-            if node >= 0 && g.node != node as u32 {
-                c.stat(Stat::AllocNodeMismatch);
+            let slab = self.slab_at(g.slab);
+            let (head, count) = if slab.word().has(DISABLED) {
+                (0, 0)
+            } else {
+                self.take_freelist_keep_frozen(slab, c)
+            };
+            if head != 0 {
+                c.stat(Stat::AllocRefill);
+                g.freelist = head;
+                g.count = count;
+                return Ok(self.pop(&mut g));
+            }
+            if slab.word().has(FROZEN) {
+                // Disabled slab: let go of it.
                 self.deactivate(&mut g, c);
             } else {
-                let slab = self.slab_at(g.slab);
-                let head = if slab.word().has(DISABLED) {
-                    0
-                } else {
-                    self.take_freelist_keep_frozen(slab, c)
-                };
-                if head != 0 {
-                    c.stat(Stat::AllocRefill);
-                    g.freelist = head;
-                    return Ok(self.pop(&mut g));
-                }
-                if slab.word().has(FROZEN) {
-                    // Disabled slab: let go of it.
-                    self.deactivate(&mut g, c);
-                } else {
-                    // Full and now unfrozen: on no list until a free.
-                    g.slab = NIL;
-                    g.freelist = 0;
-                    g.bytes = 0;
-                }
+                // Full and now unfrozen: on no list until a free.
+                g.set_slab(NIL);
             }
         }
         // 2. The per-CPU partial list.
@@ -352,22 +370,18 @@ impl<P: Platform> KmemCache<P> {
             let slab = self.slab_at(g.partial);
             g.partial = slab.next();
             g.nr_partial -= 1;
-            if node >= 0 && slab.node() != node as usize {
-                self.put_partials_chain(slab.pfn, 1, c);
-                continue;
-            }
-            let head = self.freeze(slab, c);
+            let (head, count) = self.freeze(slab, c);
             if head == 0 {
                 self.put_partials_chain(slab.pfn, 1, c);
                 continue;
             }
-            self.install(&mut g, slab, head);
+            self.install(&mut g, slab, head, count);
             c.stat(Stat::CpuPartialAlloc);
             return Ok(self.pop(&mut g));
         }
         // 3. A node partial list.
-        if let Some((slab, head)) = self.get_partial(&mut g, c, gfp, node) {
-            self.install(&mut g, slab, head);
+        if let Some((slab, head, count)) = self.get_partial(&mut g, c, gfp, node) {
+            self.install(&mut g, slab, head, count);
             c.stat(Stat::AllocFromPartial);
             return Ok(self.pop(&mut g));
         }
@@ -378,16 +392,18 @@ impl<P: Platform> KmemCache<P> {
         c.stat(Stat::AllocSlab);
         let objects = slab.word().objects();
         match c.try_lock() {
-            Some(mut g) => {
+            Some(mut g) if g.freelist == 0 && (node < 0 || slab.node() as u32 == g.node) => {
                 if g.slab != NIL {
                     self.deactivate(&mut g, c);
                 }
                 slab.store(Word::new(NO_FREE, objects, objects).with(FROZEN, true));
                 let head = self.obj_addr(slab.base, 0);
-                self.install(&mut g, slab, head);
+                self.install(&mut g, slab, head, objects);
                 Ok(self.pop(&mut g))
             }
-            None => {
+            _ => {
+                // The flag is taken, or the list was refilled meanwhile:
+                // one object from the new slab, the rest to its node.
                 c.stat(Stat::AllocContended);
                 Ok(self.take_first_of_new(slab, self.object_size, None))
             }
@@ -402,12 +418,12 @@ impl<P: Platform> KmemCache<P> {
         c: &CpuSlab,
         gfp: Gfp,
         node: i32,
-    ) -> Option<(SlabRef<'_>, usize)> {
+    ) -> Option<(SlabRef<'_>, usize, u32)> {
         let nr_nodes = self.pages().nr_nodes();
         let start = if node >= 0 && (node as usize) < nr_nodes {
             node as usize
         } else {
-            self.local_node()
+            g.node as usize
         };
         if let Some(r) = self.get_partial_node(start, g, c) {
             return Some(r);
@@ -433,7 +449,7 @@ impl<P: Platform> KmemCache<P> {
         n: usize,
         g: &mut CpuInner,
         c: &CpuSlab,
-    ) -> Option<(SlabRef<'_>, usize)> {
+    ) -> Option<(SlabRef<'_>, usize, u32)> {
         if self.nodes[n].nr_partial.load(Relaxed) == 0 {
             return None;
         }
@@ -444,17 +460,17 @@ impl<P: Platform> KmemCache<P> {
             let slab = self.slab_at(lists.partial.head);
             self.remove_partial(n, &mut lists, slab);
             if got.is_none() {
-                let head = self.freeze(slab, c);
+                let (head, count) = self.freeze(slab, c);
                 if head == 0 {
                     // Nothing free after all (a disabled slab): leave it off
                     // the lists, like a full slab.
                     continue;
                 }
-                got = Some((slab, head));
+                got = Some((slab, head, count));
                 if self.cpu_partial_slabs == 0 {
                     break;
                 }
-            } else {
+            } else if n as u32 == g.node {
                 slab.set_next(g.partial);
                 g.partial = slab.pfn;
                 g.nr_partial += 1;
@@ -463,6 +479,10 @@ impl<P: Platform> KmemCache<P> {
                 if moved > self.cpu_partial_slabs / 2 {
                     break;
                 }
+            } else {
+                // Not this CPU's node: back where it was.
+                self.add_partial(n, &mut lists, slab, true);
+                break;
             }
         }
         got

@@ -3,7 +3,7 @@
 //!
 //! A [`KmemCache`] is itself an object of the bootstrap cache `kmem_cache`
 //! (see [`super::SlabAllocator::new`]): the header below, followed in the same
-//! allocation by `nr_cpus` [`CpuSlab`]s. It never moves; slabs point at it
+//! allocation by `nr_cpus` `CpuSlab`s. It never moves; slabs point at it
 //! from their head frame record.
 //!
 //! # Layout computation
@@ -11,7 +11,7 @@
 //! word, add a right red zone if there is no padding to serve as one, place
 //! the free pointer (middle of the object, or after it when the object must
 //! keep its contents while free), add the tracking records and the saved
-//! request size, the left red zone, and align; then [`calculate_order`]
+//! request size, the left red zone, and align; then `calculate_order`
 //! picks the slab order that bounds the leftover to 1/16 (then 1/8, 1/4, 1/2)
 //! of the slab, up to order 3, starting from the order that holds
 //! `4 * (fls(nr_cpus) + 1)` objects.
@@ -301,6 +301,13 @@ pub struct KmemCache<P: Platform> {
     pub(crate) debug: bool,
     pub(crate) hardened: bool,
     pub(crate) pages: *const PageAllocator<P>,
+    /// The direct map, `[dm_start, dm_start + dm_len)`: where every object
+    /// lies (free-pointer sanity checks).
+    pub(crate) dm_start: usize,
+    pub(crate) dm_len: usize,
+    /// Most objects one CPU's free list holds before the colder half goes
+    /// back to the slabs.
+    pub(crate) cpu_list_max: u32,
     // ---- read-only after creation ----
     pub(crate) inuse: usize,
     pub(crate) align: usize,
@@ -386,6 +393,20 @@ impl<P: Platform> KmemCache<P> {
             120
         };
         let cpu_partial_slabs = (cpu_partial_objects * 2).div_ceil(layout.oo.objects);
+        // About 64 KiB of objects per CPU, at least two slabs' worth, within
+        // [16, 512].
+        let cpu_list_max = ((65536 / layout.size) as u32)
+            .max(2 * layout.oo.objects)
+            .clamp(16, 512);
+        // SAFETY: the page allocator is valid (contract).
+        let (dm_start, dm_len, local) = unsafe {
+            let pa = &*pages;
+            (
+                pa.platform().direct_map_offset(),
+                (pa.max_pfn() as usize) << crate::addr::PAGE_SHIFT,
+                pa.default_node as u32,
+            )
+        };
         // SAFETY: `at` is valid for writes per the contract.
         unsafe {
             at.write(KmemCache {
@@ -400,6 +421,9 @@ impl<P: Platform> KmemCache<P> {
                 debug,
                 hardened,
                 pages,
+                dm_start,
+                dm_len,
+                cpu_list_max,
                 inuse: layout.inuse,
                 align: layout.align,
                 oo: layout.oo,
@@ -420,7 +444,7 @@ impl<P: Platform> KmemCache<P> {
             });
             let cpus = (at as *mut u8).add(size_of::<KmemCache<P>>()) as *mut CpuSlab;
             for i in 0..nr_cpus {
-                cpus.add(i).write(CpuSlab::new());
+                cpus.add(i).write(CpuSlab::new(local));
             }
         }
     }
@@ -566,6 +590,15 @@ impl<P: Platform> KmemCache<P> {
     pub(crate) fn idx_of(&self, base: usize, obj: usize) -> u32 {
         let off = obj - base - self.red_left_pad;
         ((off as u64 * self.recip) >> RECIP_SHIFT) as u32
+    }
+
+    /// True if `p` could be an object of this cache: NULL, or a word-aligned
+    /// direct-map address. What a free object's free pointer decodes to; an
+    /// allocated object's (the `FP_ALLOCATED` marker, or user data under
+    /// hardening) does not, but for a chance of about 2^-37.
+    #[inline(always)]
+    pub(crate) fn plausible_fp(&self, v: usize) -> bool {
+        v == 0 || (v.wrapping_sub(self.dm_start) < self.dm_len && v & 7 == 0)
     }
 
     /// Encodes or decodes a free pointer stored at `slot` (XOR is its own

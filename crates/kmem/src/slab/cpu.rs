@@ -1,7 +1,8 @@
-//! Per-CPU slab state: the active slab with its private free list, the
+//! Per-CPU slab state: the active slab, the CPU's free list (objects of the
+//! active slab and objects freed on this CPU, of any slab of the cache), the
 //! per-CPU partial list, and the counters.
 //!
-//! One [`CpuSlab`] per CPU and cache, each on its own cache lines, stored
+//! One `CpuSlab` per CPU and cache, each on its own cache lines, stored
 //! right behind the [`super::KmemCache`] it belongs to (the cache object of
 //! the `kmem_cache` cache is sized for `nr_cpus` of them).
 //!
@@ -17,7 +18,9 @@
 //!
 //! The fast paths cost one uncontended compare-and-swap to take the flag and
 //! one plain store to release it; in between, alloc pops and free pushes with
-//! plain loads and stores.
+//! plain loads and stores. A kernel could drop the compare-and-swap (its
+//! per-CPU data is guarded by disabling preemption); the hosted machine, where
+//! several threads may share a CPU number, cannot.
 //!
 //! # Counters
 //! Named as Linux's `/sys/kernel/slab/<cache>/` statistics. They are atomics
@@ -35,7 +38,7 @@ use core::sync::atomic::{
 use super::slab::NIL;
 
 /// Per-cache event counters, summed over CPUs by
-/// [`super::KmemCacheRef::stats`].
+/// [`super::KmemCache::stats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
 pub enum Stat {
@@ -91,10 +94,13 @@ pub enum Stat {
     AllocContended,
     /// Free that found the CPU flag taken.
     FreeContended,
+    /// The CPU free list outgrew its limit; its colder half went back to the
+    /// slabs.
+    CpuListFlush,
 }
 
 /// Number of [`Stat`] counters.
-pub const NR_STATS: usize = 26;
+pub const NR_STATS: usize = 27;
 
 impl Stat {
     /// Every counter, in declaration order.
@@ -125,10 +131,11 @@ impl Stat {
         Stat::CpuPartialDrain,
         Stat::AllocContended,
         Stat::FreeContended,
+        Stat::CpuListFlush,
     ];
 
     /// The name Linux gives the counter in `/sys/kernel/slab/<cache>/`
-    /// (kmem's own two: `alloc_contended`, `free_contended`).
+    /// (kmem's own: `alloc_contended`, `free_contended`, `cpu_list_flush`).
     pub const fn name(self) -> &'static str {
         match self {
             Stat::AllocFastpath => "alloc_fastpath",
@@ -157,23 +164,25 @@ impl Stat {
             Stat::CpuPartialDrain => "cpu_partial_drain",
             Stat::AllocContended => "alloc_contended",
             Stat::FreeContended => "free_contended",
+            Stat::CpuListFlush => "cpu_list_flush",
         }
     }
 }
 
 /// What the CPU flag protects.
 pub(crate) struct CpuInner {
-    /// First object of the CPU's private free list (0: empty). Objects on it
-    /// all belong to `slab`.
+    /// First object of the CPU's free list (0: empty). It starts as the
+    /// whole free list of the active slab (taken at once); frees push any
+    /// object of the cache onto it (objects of the CPU's node only), so it
+    /// works like Linux's per-CPU sheaves without memory of its own. Every
+    /// object on it counts as in use in its own slab.
     pub(crate) freelist: usize,
+    /// Objects on `freelist`.
+    pub(crate) count: u32,
     /// Pfn of the active (frozen) slab, or [`NIL`].
     pub(crate) slab: u32,
-    /// Node of the active slab.
+    /// The CPU's node: of the active slab, and of every object on the list.
     pub(crate) node: u32,
-    /// Direct-map address of the active slab (valid while `slab != NIL`).
-    pub(crate) base: usize,
-    /// Bytes of the active slab (0 while `slab == NIL`).
-    pub(crate) bytes: usize,
     /// Head of the per-CPU partial list (linked through frame `next`).
     pub(crate) partial: u32,
     /// Slabs on the per-CPU partial list.
@@ -195,6 +204,14 @@ unsafe impl Sync for CpuSlab {}
 /// A held CPU flag.
 pub(crate) struct CpuGuard<'a> {
     cpu: &'a CpuSlab,
+}
+
+impl CpuGuard<'_> {
+    /// Sets the active slab.
+    #[inline(always)]
+    pub(crate) fn set_slab(&mut self, pfn: u32) {
+        self.slab = pfn;
+    }
 }
 
 impl Drop for CpuGuard<'_> {
@@ -222,16 +239,16 @@ impl DerefMut for CpuGuard<'_> {
 }
 
 impl CpuSlab {
-    /// Empty state: no active slab, no partial slabs, counters at zero.
-    pub(crate) fn new() -> CpuSlab {
+    /// Empty state on `node`: no active slab, no partial slabs, counters at
+    /// zero.
+    pub(crate) fn new(node: u32) -> CpuSlab {
         CpuSlab {
             locked: AtomicBool::new(false),
             inner: UnsafeCell::new(CpuInner {
                 freelist: 0,
+                count: 0,
                 slab: NIL,
-                node: 0,
-                base: 0,
-                bytes: 0,
+                node,
                 partial: NIL,
                 nr_partial: 0,
             }),

@@ -285,6 +285,11 @@ impl<P: Platform> fmt::Display for Trailer<'_, P> {
 }
 
 impl<P: Platform> KmemCache<P> {
+    /// Counts one error (for reports made outside this module).
+    pub(crate) fn count_error_pub(&self) {
+        self.count_error();
+    }
+
     #[inline]
     fn count_error(&self) {
         self.errors.fetch_add(1, Relaxed);

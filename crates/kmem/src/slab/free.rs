@@ -4,7 +4,8 @@
 //! ```text
 //!  kmem_cache_free / kfree ─ find(): direct map? slab head frame? cache? ─┐
 //!  free_checked: start of an object? already free? ─┬─ debug ─► free_debug (node lock)
-//!                                                   ├─ object of the CPU's active slab ─► push (fast)
+//!                                                   ├─ CPU flag free, CPU's node ─► push (fast);
+//!                                                   │    list too long ─► flush_cold_half
 //!                                                   └─ free_slow: CAS push onto the slab's list
 //!  free_slow, by the slab's state before the free:
 //!    frozen (some CPU's active slab) ............ nothing more
@@ -12,9 +13,9 @@
 //!    on the node partial list, now empty ........ node lock: discard if the node has min_partial
 //! ```
 
-use super::cpu::{CpuInner, CpuSlab, Stat};
+use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
 use super::node::Which;
-use super::slab::{SlabRef, Word, DISABLED, FROZEN, NIL, NO_FREE, ON_FULL, ON_PARTIAL};
+use super::slab::{SlabRef, Word, DISABLED, FROZEN, NIL, ON_FULL, ON_PARTIAL};
 use super::{
     find, report_free_error, CacheLeak, CacheName, Found, KmemCache, SlabAllocator, SlabFreeError,
     OWNER_SLAB, OWNER_SLAB_RCU,
@@ -98,34 +99,101 @@ impl<P: Platform> KmemCache<P> {
         if self.hardened {
             // SAFETY: p is an object of a live slab of this cache.
             let v = unsafe { self.get_fp(p) };
-            // A free object's slot holds NULL or another object of the slab.
-            let looks_free = v == 0
-                || (v.wrapping_sub(slab.base) < slab.bytes()
-                    && self.obj_index(slab.base, w.objects(), v).is_some());
-            if looks_free {
+            // A free object's slot decodes to NULL or another object.
+            if self.plausible_fp(v) {
                 return Err(self.refuse(self.double_free(p), caller));
             }
         }
         let c = self.cpu_slab(self.platform().cpu_id());
         if let Some(mut g) = c.try_lock() {
-            if g.slab == slab.pfn {
+            if slab.node() as u32 == g.node {
                 if !self.hardened && g.freelist == p {
                     drop(g);
                     return Err(self.refuse(self.double_free(p), caller));
                 }
-                // SAFETY: p is a live object of the active slab, now free.
+                // SAFETY: p is a live object of this cache, now free.
                 unsafe { self.set_fp(p, g.freelist) };
                 g.freelist = p;
+                g.count += 1;
+                if g.count > self.cpu_list_max {
+                    self.flush_cold_half(&mut g, c);
+                }
                 c.stat(Stat::FreeFastpath);
                 return Ok(());
             }
         } else {
             c.stat(Stat::FreeContended);
         }
-        self.free_slow(slab, p, p, 1, c)
+        self.free_slow(slab, p, p, 1, c, None)
             .map_err(|e| self.refuse(e, caller))
     }
 
+    /// The CPU list outgrew its limit: keep the most recently freed half
+    /// (hot in cache), give the rest back to the slabs.
+    #[cold]
+    fn flush_cold_half(&self, g: &mut CpuGuard<'_>, c: &CpuSlab) {
+        let keep = self.cpu_list_max / 2;
+        let mut cur = g.freelist;
+        for _ in 1..keep {
+            // SAFETY: objects on our list.
+            let next = unsafe { self.get_fp(cur) };
+            if next == 0 || !self.plausible_fp(next) {
+                return;
+            }
+            cur = next;
+        }
+        // SAFETY: as above.
+        let rest = unsafe { self.get_fp(cur) };
+        if rest == 0 || !self.plausible_fp(rest) {
+            return;
+        }
+        // SAFETY: cur is ours; cut the list after it.
+        unsafe { self.set_fp(cur, 0) };
+        g.count = keep;
+        c.stat(Stat::CpuListFlush);
+        self.flush_chain(rest, c, g);
+    }
+
+    /// Gives a chain of free objects (linked through their free pointers,
+    /// from any slabs of this cache) back to their slabs, one
+    /// compare-and-swap per run of objects of the same slab.
+    pub(crate) fn flush_chain(&self, mut cur: usize, c: &CpuSlab, g: &mut CpuInner) {
+        let pages = self.pages();
+        while cur != 0 {
+            let slab = match super::find(pages, cur) {
+                Ok(Found::Slab { cache, slab }) if core::ptr::eq(cache, self) => slab,
+                _ => {
+                    self.platform().warn(format_args!(
+                        "BUG {}: CPU free list holds {cur:#x}, not an object of the cache; rest of the list dropped",
+                        self.name()
+                    ));
+                    self.count_error_pub();
+                    return;
+                }
+            };
+            let objects = slab.word().objects();
+            let mut tail = cur;
+            let mut n = 1;
+            // SAFETY: objects on our list.
+            let mut next = unsafe { self.get_fp(tail) };
+            while next != 0 && next.wrapping_sub(slab.base) < slab.bytes() {
+                if self.obj_index(slab.base, objects, next).is_none() {
+                    break;
+                }
+                tail = next;
+                n += 1;
+                // SAFETY: as above.
+                next = unsafe { self.get_fp(tail) };
+            }
+            if next != 0 && !self.plausible_fp(next) {
+                self.object_err(slab, tail, format_args!("Freechain corrupt"));
+                next = 0;
+            }
+            // An error is reported inside; those objects stay allocated.
+            let _ = self.free_slow(slab, cur, tail, n, c, Some(&mut *g));
+            cur = next;
+        }
+    }
     #[cold]
     fn refuse(&self, e: SlabFreeError, caller: &'static Location<'static>) -> SlabFreeError {
         report_free_error(self.pages(), self.global(), Some(self), &e, caller);
@@ -161,6 +229,8 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `__slab_free`: pushes the chain `head..=tail` (`cnt` objects)
     /// onto the slab's own list with a compare-and-swap, then fixes the
     /// slab's list membership if the free changed it.
+    /// `held` is the CPU state when the caller holds its flag (flushes): a
+    /// slab that becomes partial then goes straight onto its partial list.
     pub(crate) fn free_slow(
         &self,
         slab: SlabRef<'_>,
@@ -168,6 +238,7 @@ impl<P: Platform> KmemCache<P> {
         tail: usize,
         cnt: u32,
         c: &CpuSlab,
+        held: Option<&mut CpuInner>,
     ) -> Result<(), SlabFreeError> {
         c.stat(Stat::FreeSlowpath);
         let node = slab.node();
@@ -214,7 +285,7 @@ impl<P: Platform> KmemCache<P> {
             if old.has(FROZEN) {
                 c.stat(Stat::FreeFrozen);
             } else if !old.has_free() && has_cpu_partial {
-                self.put_cpu_partial(slab);
+                self.put_cpu_partial(slab, held);
                 c.stat(Stat::CpuPartialFree);
             }
             return Ok(());
@@ -271,27 +342,34 @@ impl<P: Platform> KmemCache<P> {
 
     /// Linux's `put_cpu_partial`: a slab that just became partial goes onto
     /// this CPU's partial list; a full list is drained to the node first.
-    fn put_cpu_partial(&self, slab: SlabRef<'_>) {
+    fn put_cpu_partial(&self, slab: SlabRef<'_>, held: Option<&mut CpuInner>) {
         let c = self.cpu_slab(self.platform().cpu_id());
-        match c.try_lock() {
-            Some(mut g) => {
-                if g.nr_partial >= self.cpu_partial_slabs {
-                    let chain = g.partial;
-                    let n = g.nr_partial;
-                    g.partial = NIL;
-                    g.nr_partial = 0;
-                    c.stat(Stat::CpuPartialDrain);
-                    self.put_partials_chain(chain, n, c);
+        let mut guard;
+        let g: &mut CpuInner = match held {
+            Some(g) => g,
+            None => match c.try_lock() {
+                Some(g) => {
+                    guard = g;
+                    &mut guard
                 }
-                slab.set_next(g.partial);
-                g.partial = slab.pfn;
-                g.nr_partial += 1;
-            }
-            None => {
-                slab.set_next(NIL);
-                self.put_partials_chain(slab.pfn, 1, c);
-            }
+                None => {
+                    slab.set_next(NIL);
+                    self.put_partials_chain(slab.pfn, 1, c);
+                    return;
+                }
+            },
+        };
+        if g.nr_partial >= self.cpu_partial_slabs {
+            let chain = g.partial;
+            let n = g.nr_partial;
+            g.partial = NIL;
+            g.nr_partial = 0;
+            c.stat(Stat::CpuPartialDrain);
+            self.put_partials_chain(chain, n, c);
         }
+        slab.set_next(g.partial);
+        g.partial = slab.pfn;
+        g.nr_partial += 1;
     }
 
     /// Linux's `__put_partials`: moves a chain of unfrozen partial slabs
@@ -319,72 +397,25 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Counts a chain of free objects of `slab` and finds its tail,
-    /// cutting it at the first pointer that is not an object of the slab.
-    pub(crate) fn walk_chain(&self, slab: SlabRef<'_>, head: usize) -> (u32, usize) {
-        let objects = slab.word().objects();
-        let mut count = 0;
-        let mut tail = 0;
-        let mut cur = head;
-        while cur != 0 {
-            if count >= objects {
-                self.slab_err(slab, format_args!("Freelist cycle detected"));
-                // SAFETY: tail is an object of the slab on our list.
-                unsafe { self.set_fp(tail, 0) };
-                self.slab_fix(format_args!("Freelist cut"));
-                break;
-            }
-            tail = cur;
-            count += 1;
-            // SAFETY: cur was checked to be an object of the slab.
-            let next = unsafe { self.get_fp(cur) };
-            if next != 0 && self.obj_index(slab.base, objects, next).is_none() {
-                self.object_err(slab, cur, format_args!("Freechain corrupt"));
-                // SAFETY: as above.
-                unsafe { self.set_fp(cur, 0) };
-                self.slab_fix(format_args!("Freechain cut at {cur:#x}"));
-                break;
-            }
-            cur = next;
+    /// Linux's `deactivate_slab`: gives every object on the CPU list back to
+    /// its slab, then gives the active slab up, putting it where it now
+    /// belongs (partial list, nowhere if full, back to the page allocator if
+    /// empty and the node has enough).
+    pub(crate) fn deactivate(&self, g: &mut CpuGuard<'_>, c: &CpuSlab) {
+        let head = g.freelist;
+        g.freelist = 0;
+        g.count = 0;
+        if head != 0 {
+            self.flush_chain(head, c, g);
         }
-        (count, tail)
-    }
-
-    /// Linux's `deactivate_slab`: gives the CPU's active slab up, merging
-    /// its private free list back into the slab and putting the slab where it
-    /// now belongs (partial list, nowhere if full, back to the page allocator
-    /// if empty and the node has enough).
-    pub(crate) fn deactivate(&self, g: &mut CpuInner, c: &CpuSlab) {
         if g.slab == NIL {
             return;
         }
         let slab = self.slab_at(g.slab);
-        let head = g.freelist;
-        g.slab = NIL;
-        g.freelist = 0;
-        g.base = 0;
-        g.bytes = 0;
-        let (count, tail) = self.walk_chain(slab, head);
-        let head_idx = if count > 0 {
-            self.idx_of(slab.base, head)
-        } else {
-            NO_FREE
-        };
+        g.set_slab(NIL);
         let (old, new) = loop {
             let old = slab.word();
-            let mut new = old.with(FROZEN, false);
-            if count > 0 {
-                let prior = if old.has_free() {
-                    self.obj_addr(slab.base, old.free())
-                } else {
-                    0
-                };
-                // SAFETY: tail is on our private list.
-                unsafe { self.set_fp(tail, prior) };
-                new = new
-                    .with_free(head_idx)
-                    .with_inuse(old.inuse().saturating_sub(count));
-            }
+            let new = old.with(FROZEN, false);
             if slab.cas(old, new) {
                 break (old, new);
             }
@@ -402,14 +433,9 @@ impl<P: Platform> KmemCache<P> {
             c.stat(Stat::FreeSlab);
             self.discard_slab(slab);
         } else if new.has_free() {
-            let tail_pos = old.has_free();
             let mut lists = self.nodes[node].lists.lock();
-            self.add_partial(node, &mut lists, slab, tail_pos);
-            c.stat(if tail_pos {
-                Stat::DeactivateToTail
-            } else {
-                Stat::DeactivateToHead
-            });
+            self.add_partial(node, &mut lists, slab, true);
+            c.stat(Stat::DeactivateToTail);
         } else {
             c.stat(Stat::DeactivateFull);
         }
@@ -421,7 +447,7 @@ impl<P: Platform> KmemCache<P> {
         let c = self.cpu_slab(cpu);
         let p = self.platform();
         let mut g = c.lock(|| p.relax());
-        if g.slab == NIL && g.partial == NIL {
+        if g.slab == NIL && g.partial == NIL && g.freelist == 0 {
             return;
         }
         c.stat(Stat::CpuslabFlush);

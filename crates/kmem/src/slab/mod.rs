@@ -13,11 +13,24 @@
 //!   kmalloc(size, gfp) ──► size class + kmalloc type ──► KmemCache ─┐
 //!   kmem_cache_alloc(cache, gfp) ───────────────────────────────────┤
 //!                                                                   ▼
-//!     per-CPU: active slab + private free list ── pop (fast path, one CAS)
+//!     per-CPU free list ── pop (fast path: one CAS on the CPU flag)
 //!        │ empty
 //!        ├─► objects freed to the active slab by other CPUs (take all)
 //!        ├─► per-CPU partial list ─► node partial list ─► new slab (page allocator)
+//!
+//!   kfree(p) / kmem_cache_free ─► checks ─► push on the per-CPU free list
+//!        │ list over its limit ─► colder half back to the slabs, one CAS per
+//!        │                        run of objects of the same slab
+//!        └ flag taken / other node ─► straight to the slab (`__slab_free`)
 //! ```
+//!
+//! The per-CPU free list starts as the whole free list of the CPU's *active*
+//! slab, taken at once, as in SLUB; unlike classic SLUB, frees push objects
+//! of *any* slab of the cache onto it (Linux 6.18 added per-CPU "sheaves"
+//! for the same reason: a free to a slab that is not the active one was the
+//! common slow path). The list needs no memory: it is threaded through the
+//! free objects. Its objects count as in use in their slabs until they go
+//! back (list over `cpu_list_max`, CPU flush on shrink, validate, destroy).
 //!
 //! ## Object layout
 //! Objects follow each other from the first byte of the slab, `size` bytes
@@ -58,15 +71,32 @@
 //! ## Frees and double frees
 //! `kfree` first finds the head frame of the address (direct map only),
 //! checks the owner tag, the cache and that the address is the start of an
-//! object, then frees: to the CPU's active slab if it is that slab
-//! (fast path), else straight to the slab with a compare-and-swap (Linux's
-//! `__slab_free`), taking the node lock only when the slab changes lists. A
-//! double free is caught in O(1) with hardening on: a free object's pointer
-//! slot decodes to a pointer into its own slab (or NULL), and an allocated
-//! object's slot is overwritten on allocation with a value that cannot; the
-//! chance that user data mimics a free slot is about 2^-40. Debug caches
-//! check exactly by walking the free list under the node lock. Every refused
-//! free is reported through the platform and changes nothing.
+//! object, then frees onto the CPU's free list (fast path), or straight to
+//! the slab with a compare-and-swap (Linux's `__slab_free`), taking the node
+//! lock only when the slab changes lists. A double free is caught in O(1)
+//! with hardening on: a free object's pointer slot decodes to NULL or to a
+//! word-aligned direct-map address (the next free object), and an allocated
+//! object's slot is overwritten on allocation with a marker that decodes to
+//! neither, even when only part of it is overwritten; the chance that user
+//! data mimics a free slot is about 2^-37 per free. Without hardening only a
+//! free of the object at the head of a free list is caught (Linux's check).
+//! Debug caches check exactly by walking the free list under the node lock.
+//! Every refused free is reported through the platform and changes nothing.
+//!
+//! ## Drawbacks
+//! - The fast paths take the CPU flag with a compare-and-swap (about 20 ns a
+//!   pair with the checks on the hosted machine; Linux's per-CPU operations
+//!   need no atomic instruction). Peers without per-size caches or checks
+//!   (talc, rlsf) are faster on mixed-size batches.
+//! - Double-free detection without debugging is probabilistic (see above)
+//!   and needs hardening; a write after free that hits the free pointer slot
+//!   can hide a later double free of the same object.
+//! - kmem has no RCU of its own: `rcu_barrier` is the grace period, and the
+//!   caller vouches for it (see [`rcu`]).
+//! - Cache merging requires the new object size to fit the existing
+//!   cache's object size (Linux grows the existing cache's `object_size`).
+//! - A `kmem_cache` object holds the per-CPU state of every CPU inline, so
+//!   its size grows with `nr_cpus` (about 200 bytes per CPU).
 //!
 //! ## Why `SlabAllocator<'a, P>` borrows the page allocator
 //! [`SlabAllocator`] holds `&'a PageAllocator<P>` and a pointer to its

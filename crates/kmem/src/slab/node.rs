@@ -1,7 +1,7 @@
 //! Per-node slab lists: partial slabs (some objects free) and, for debug
 //! caches, full slabs.
 //!
-//! Each cache has one [`CacheNode`] per NUMA node. Its lists are doubly
+//! Each cache has one `CacheNode` per NUMA node. Its lists are doubly
 //! linked through the `next`/`prev` pfn fields of the slabs' head frame
 //! records, so they need no memory of their own; membership is mirrored in
 //! the slab word (`ON_PARTIAL`, `ON_FULL`) so that a lock-free free can tell,

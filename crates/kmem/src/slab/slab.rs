@@ -12,7 +12,7 @@
 //!   └─ next, prev  pfns                      (partial / full list links)
 //! ```
 //!
-//! [`Word`] packs what Linux updates with `cmpxchg_double` on (freelist,
+//! `Word` packs what Linux updates with `cmpxchg_double` on (freelist,
 //! counters) into one machine word, so a plain compare-and-swap suffices:
 //!
 //! ```text
