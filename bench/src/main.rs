@@ -11,12 +11,14 @@
 //! cargo run --release -p kmem-bench -- pages [--json] [--iters N] [--runs N]
 //! cargo run --release -p kmem-bench -- parse [--json] [--runs N] [--trace NAME]
 //! cargo run --release -p kmem-bench -- slab [--json] [--callgrind]
+//! cargo run --release -p kmem-bench -- vmalloc [--nr-threads N --test-loop-count N --run-test-mask M] [--json]
 //! ```
 
 mod harness;
 mod pages;
 mod replay;
 mod slab;
+mod vmalloc;
 
 use std::process::ExitCode;
 
@@ -48,6 +50,9 @@ enum Suite {
     /// Small objects: kmalloc/kfree against heap allocators, W1-W4 (--callgrind: instructions)
     #[command(long_about = slab::ABOUT)]
     Slab(slab::Args),
+    /// vmalloc: Linux's test_vmalloc scenarios, vmalloc+vfree pairs on two page-table backends
+    #[command(long_about = vmalloc::ABOUT)]
+    Vmalloc(vmalloc::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Suite::Pages(args) => pages::run(args),
         Suite::Parse(args) => replay::run_parse(args),
         Suite::Slab(args) => slab::run(args),
+        Suite::Vmalloc(args) => vmalloc::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,6 +102,39 @@ mod tests {
         assert_eq!(args.run.runs, 3);
         assert!(args.run.only.is_empty());
         assert!(super::Cli::try_parse_from(["kmem-bench", "pages", "--runs", "0"]).is_err());
+    }
+
+    #[test]
+    fn vmalloc_options_parse() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "kmem-bench",
+            "vmalloc",
+            "--nr-threads",
+            "2",
+            "--test-loop-count",
+            "1000",
+            "--run-test-mask",
+            "0x7",
+            "--json",
+        ])
+        .unwrap();
+        let super::Suite::Vmalloc(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
+        assert_eq!(args.nr_threads, 2);
+        assert_eq!(args.test_loop_count, 1000);
+        assert_eq!(args.run_test_mask, 7);
+        assert!(args.run.json);
+        let cli = super::Cli::try_parse_from(["kmem-bench", "vmalloc"]).unwrap();
+        let super::Suite::Vmalloc(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
+        assert_eq!(args.run_test_mask, 0x1fff);
+        assert_eq!(args.test_loop_count, 1_000_000);
+        assert!(
+            super::Cli::try_parse_from(["kmem-bench", "vmalloc", "--run-test-mask", "z"]).is_err()
+        );
     }
 
     #[test]

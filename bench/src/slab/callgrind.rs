@@ -203,7 +203,12 @@ fn print_text(workloads: &[usize], rows: &[(usize, &str, f64)]) {
         .max("allocator".len());
     for &w in workloads {
         println!();
-        println!("{}: {}", WORKLOADS[w].name, WORKLOADS[w].what);
+        let what = if w == W4 {
+            "W2 on 2 threads, half of each thread's frees done by the other (Ir of both threads per pair)"
+        } else {
+            WORKLOADS[w].what
+        };
+        println!("{}: {what}", WORKLOADS[w].name);
         println!(
             "  {:<width$}  {:>10}  {:>8}",
             "allocator", "Ir/op", "vs kmem"

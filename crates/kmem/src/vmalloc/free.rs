@@ -16,7 +16,7 @@ use crate::paging::{PageTables, PteFlags};
 use crate::platform::Platform;
 use crate::slab::{OWNER_KMALLOC_LARGE, OWNER_SLAB, OWNER_SLAB_RCU};
 use core::panic::Location;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
@@ -194,11 +194,59 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         Ok(())
     }
 
-    /// Ends a grace period for `vfree_rcu`: frees everything queued.
-    /// Refused (returns false) inside an RCU read-side section.
+    /// Linux's `kvfree_rcu_mightsleep(p)` (the one-argument form, for
+    /// objects without an `rcu_head`) for vmalloc memory: `addr` is freed
+    /// after the next grace period ([`Self::rcu_barrier`]). Nothing is
+    /// written into the area: it is queued through its record, so RCU
+    /// readers see every byte unchanged until the grace period ends. A
+    /// double queueing is refused.
+    pub fn vfree_rcu_mightsleep(&self, addr: *const u8) -> Result<(), VfreeError> {
+        let a = addr as usize;
+        if a == 0 {
+            return Ok(());
+        }
+        self.check_addr(a)?;
+        let mut s = self.state.lock();
+        let rec = match s.areas.find_busy_mut(a) {
+            Some(r) => r as *mut VmapArea,
+            None => return Err(self.refuse(classify(&s, a))),
+        };
+        // SAFETY: a busy record, under the state lock.
+        unsafe {
+            if (*rec).va_flags & VMAP_RAM != 0 {
+                return Err(self.refuse(VfreeError::WrongKind {
+                    addr: a,
+                    kind: "vm_map_ram",
+                    use_instead: "vm_unmap_ram()",
+                }));
+            }
+            let prev = (*rec)
+                .vm_flags
+                .fetch_or(VmFlags::DEFERRED_FREE.bits(), Relaxed);
+            if prev & VmFlags::DEFERRED_FREE.bits() != 0 {
+                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
+            }
+            (*rec).next = s.rcu_records;
+        }
+        s.rcu_records = rec;
+        Ok(())
+    }
+
+    /// Ends a grace period for `vfree_rcu` and `vfree_rcu_mightsleep`: frees
+    /// everything queued. Refused (returns false) inside an RCU read-side
+    /// section.
     pub fn rcu_barrier(&self) -> bool {
         if self.pages.platform().context().rcu_depth > 0 {
             return false;
+        }
+        let mut r = core::mem::replace(&mut self.state.lock().rcu_records, ptr::null_mut());
+        while !r.is_null() {
+            // SAFETY: queued records are busy areas marked DEFERRED_FREE,
+            // which only this drain frees; their link and start are read
+            // before the free reuses the link.
+            let (next, start) = unsafe { ((*r).next, (*r).start) };
+            let _ = self.vfree_now(start, true);
+            r = next;
         }
         let mut h = self.rcu_pending.swap(0, Acquire);
         while h != 0 {
@@ -218,9 +266,10 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         true
     }
 
-    /// Objects queued by `vfree_rcu` and not yet freed.
+    /// Objects queued by `vfree_rcu` or `vfree_rcu_mightsleep` and not yet
+    /// freed.
     pub fn rcu_pending(&self) -> bool {
-        self.rcu_pending.load(Relaxed) != 0
+        self.rcu_pending.load(Relaxed) != 0 || !self.state.lock().rcu_records.is_null()
     }
 
     pub(crate) fn drain_deferred_if_allowed(&self) {

@@ -479,6 +479,9 @@ pub(crate) struct State {
     pub(crate) pool_head: u64,
     /// Current vmap block of each CPU.
     pub(crate) vb_current: [*mut VmapArea; crate::page::MAX_CPUS],
+    /// `vfree_rcu_mightsleep` queue: busy areas linked through their
+    /// records' `next` (unused while an area is busy), newest first.
+    pub(crate) rcu_records: *mut VmapArea,
 }
 
 // SAFETY: the raw pointers are records in pool pages, used under the lock.
@@ -562,6 +565,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                 areas,
                 pool_head: pfn.0 + 1,
                 vb_current: [core::ptr::null_mut(); crate::page::MAX_CPUS],
+                rcu_records: core::ptr::null_mut(),
             }),
             purge_lock: lock_api::Mutex::new(()),
             deferred: AtomicUsize::new(0),
