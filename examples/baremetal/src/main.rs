@@ -14,8 +14,9 @@
 //! 5. [`run`]: the page allocator on real zones, kmalloc and kmem_cache,
 //!    allocation from the timer interrupt (with one deliberate GFP_KERNEL
 //!    there that kmem reports), kmem's x86-64 page tables walked by the CPU
-//!    with a faulting guard page; the vmalloc section reports itself skipped
-//!    until kmem's vmalloc layer exists;
+//!    with a faulting guard page, and kmem's vmalloc over those tables
+//!    (vmalloc, vzalloc, vmalloc_huge, vfree and purge with real TLB
+//!    flushes, guard pages that fault);
 //! 6. a summary on COM1, and an exit status through isa-debug-exit
 //!    (33 = pass, 35 = fail).
 //!

@@ -1,7 +1,8 @@
 //! kmem's x86-64 page tables under the real MMU, and a guard page that
 //! faults.
 //!
-//! What vmalloc does, done by hand until `kmem::vmalloc` lands: [`NR_PAGES`]
+//! What vmalloc does, done by hand with kmem's page-table layer alone (the
+//! [`super::vmalloc`] section then runs `kmem::vmalloc` itself): [`NR_PAGES`]
 //! frames taken one by one (with spacer allocations between them, so they
 //! are physically scattered) are mapped contiguously at [`AREA`] in vmalloc
 //! space by kmem's own page-table code ([`kmem::paging::X86PageTables`], whose
