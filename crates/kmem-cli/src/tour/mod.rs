@@ -16,9 +16,9 @@
 //!   prints one object with the sections as keys instead of the text.
 //! - Sections: [`machine`] (zones, watermarks, reserves, per-CPU lists),
 //!   [`pages`] (reserves, reclaim, wrong context, fragmentation),
+//!   [`slab`] (kmalloc's classes, limit, red zones, fast-path cost),
 //!   [`vmalloc`] (fragmentation, kmalloc against vmalloc cost, TLB) and
-//!   [`dma`] (why DMA needs physical contiguity). A slab section will sit
-//!   beside them.
+//!   [`dma`] (why DMA needs physical contiguity).
 //!
 //! The tour must leave the machine as it found it: after the last section
 //! every CPU's lists are drained and the free page count must equal the one
@@ -34,6 +34,7 @@ macro_rules! say {
 mod dma;
 mod machine;
 mod pages;
+mod slab;
 mod vmalloc;
 
 use clap::Args;
@@ -64,16 +65,22 @@ happened. Every number is measured during the run; nothing is canned.
      reported as a sleeping allocation in atomic context and fails.
   4. Fragmentation: with half of a zone free in single pages, an order-4
      allocation fails; once the buddies are freed, it succeeds.
-  5. vmalloc and fragmentation: with no 1 MiB block left, kmalloc(1 MiB,
+  5. kmalloc: ksize shows each request's size class (kmalloc-96, ...,
+     pages above 8 KiB) and the bytes wasted; kmalloc(4 MiB) works while
+     kmalloc(4 MiB + 1) fails with a warning (silent with __GFP_NOWARN);
+     kmalloc(0) is ZERO_SIZE_PTR; with slab_debug, writes past the request
+     and past the object are reported as Linux reports them; the cost of
+     kmalloc(64)+kfree beside an order-0 page pair.
+  6. vmalloc and fragmentation: with no 1 MiB block left, kmalloc(1 MiB,
      GFP_ATOMIC) fails while vmalloc(64 MiB) succeeds from scattered pages;
      kvmalloc falls back to vmalloc with GFP_KERNEL, not with GFP_ATOMIC.
-  6. Cost: kmalloc+kfree against vmalloc+vfree at 4 KiB, 64 KiB, 1 MiB and
+  7. Cost: kmalloc+kfree against vmalloc+vfree at 4 KiB, 64 KiB, 1 MiB and
      4 MiB, on kmem's in-memory x86-64 tables and on the hosted mapping,
      with the page-table entries each allocation writes.
-  7. TLB: a 64 MiB scan through the TLB model (misses, page-walk memory
+  8. TLB: a 64 MiB scan through the TLB model (misses, page-walk memory
      references) for the direct map with 2 MiB and 1 GiB entries, vmalloc
      and vmalloc_huge, beside the same scans timed on this machine.
-  8. Why contiguous? A simulated NIC fills a kmalloc buffer by physical
+  9. Why contiguous? A simulated NIC fills a kmalloc buffer by physical
      address; the same transfer into a vmalloc buffer treated as contiguous
      lands in other frames (named, with the damage); the scatter-gather
      mapping of that buffer works; a 32-bit device bounces a buffer above
@@ -85,9 +92,10 @@ A line starting with `NOT SHOWN:` means the run did not bear out a claim;
 the command then exits with status 1.
 
 --json prints one object instead: one key per section (machine, reserves,
-reclaim, wrong_context, fragmentation, vmalloc_fragmentation, vmalloc_cost,
-vmalloc_tlb, dma), plus clean, failures and ok. Numbers are JSON numbers
-(times in nanoseconds, sizes in pages unless the key says bytes).";
+reclaim, wrong_context, fragmentation, kmalloc, vmalloc_fragmentation,
+vmalloc_cost, vmalloc_tlb, dma), plus clean, failures and ok. Numbers are
+JSON numbers (times in nanoseconds, sizes in pages unless the key says
+bytes).";
 
 /// Arguments of `kmem tour`.
 #[derive(Args, Debug)]
@@ -138,8 +146,9 @@ pub fn tour(m: &Machine) -> (Out, Map<String, Value>) {
             obj.insert("machine".into(), v);
         })
         .and_then(|()| pages::run(m, &mut o, &mut obj))
-        .and_then(|()| vmalloc::run(m, &mut o, &mut obj, 5))
-        .and_then(|()| dma::run(m, &mut o, &mut obj, 8));
+        .and_then(|()| slab::run(m, &mut o, &mut obj, 5))
+        .and_then(|()| vmalloc::run(m, &mut o, &mut obj, 6))
+        .and_then(|()| dma::run(m, &mut o, &mut obj, 9));
     if let Err(e) = result {
         o.fail(format!("the tour stopped on an unexpected error: {e}"));
     }
@@ -337,6 +346,7 @@ mod tests {
             "reclaim",
             "wrong_context",
             "fragmentation",
+            "kmalloc",
             "vmalloc_fragmentation",
             "vmalloc_cost",
             "vmalloc_tlb",
