@@ -10,6 +10,7 @@
 //! ```text
 //! cargo run --release -p kmem-bench -- pages [--json] [--iters N] [--runs N]
 //! cargo run --release -p kmem-bench -- parse [--json] [--runs N] [--trace NAME]
+//! cargo run --release -p kmem-bench -- replay [--json] [--runs N] [--trace NAME]
 //! cargo run --release -p kmem-bench -- slab [--json] [--callgrind]
 //! cargo run --release -p kmem-bench -- vmalloc [--nr-threads N --test-loop-count N --run-test-mask M] [--json]
 //! ```
@@ -47,6 +48,9 @@ enum Suite {
     /// Trace parsing: kmem-trace on the shared Linux traces, MB/s and events/s
     #[command(long_about = replay::PARSE_ABOUT)]
     Parse(replay::ParseArgs),
+    /// Trace replay: kmem replay end to end on the shared Linux traces, events/s
+    #[command(long_about = replay::REPLAY_ABOUT)]
+    Replay(replay::ReplayArgs),
     /// Small objects: kmalloc/kfree against heap allocators, W1-W4 (--callgrind: instructions)
     #[command(long_about = slab::ABOUT)]
     Slab(slab::Args),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     let result = match &cli.suite {
         Suite::Pages(args) => pages::run(args),
         Suite::Parse(args) => replay::run_parse(args),
+        Suite::Replay(args) => replay::run_replay(args),
         Suite::Slab(args) => slab::run(args),
         Suite::Vmalloc(args) => vmalloc::run(args),
     };

@@ -20,7 +20,11 @@
 //! checked: every line accounted for, no malformed line, and all contenders see
 //! the same number of events.
 //!
-//! The `replay` suite of issue 6 will join this module.
+//! The `replay` suite ([`run_replay`]) measures `kmem replay` itself: each
+//! trace replayed end to end through kmem (open the `.zst`, decompress,
+//! parse, build the machine, drive every event through the page allocator,
+//! slab and vmalloc, build the report), beside the parse-only rate of the same
+//! text from memory.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -28,6 +32,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use kmem_trace::replay::{replay_file, ReplayConfig};
 use kmem_trace::{Mode, SliceLines, TextReader, TraceReader};
 use serde::Serialize;
 
@@ -464,5 +469,304 @@ mod tests {
         assert_eq!(lines, 319);
         assert_eq!(events, 306);
         assert!(rows.iter().all(|r| r.mb_per_s() > 0.0 && r.secs.len() == 2));
+    }
+}
+
+/// Help text for `kmem-bench replay --help`.
+pub const REPLAY_ABOUT: &str = "\
+How fast `kmem replay` runs the shared Linux 6.18 traces through kmem.
+
+Workloads: the traces build, fs and net (../shared/traces/NAME/trace.zst, or
+--traces DIR); one op is one full replay.
+
+Contenders:
+  kmem-replay     end to end, as `kmem replay TRACE` runs it: open the .zst,
+                  decompress (one thread), parse (a second thread), build the
+                  machine sized from before.meminfo (while parsing), replay
+                  every event through kmem's page allocator, slab and vmalloc
+                  on the calling thread, build the report, tear down.
+  kmem-replay-1t  the same on one thread (no pipeline).
+  parse-only      the text decompressed into memory first, then only parsed
+                  (every event typed, every line counted): the parser's rate.
+
+Reading the numbers: Mevents/s is trace events per second, MB/s decompressed
+text (10^6 bytes) per second, both from the median of --runs passes; setup is
+the median time until the machine was ready (events are parsed meanwhile).
+--json prints one object per line:
+{\"suite\":\"replay\",\"workload\":\"net\",\"allocator\":\"kmem-replay\",\"seconds\":...,\"events_per_s\":...,\"mb_per_s\":...}";
+
+/// Options of `kmem-bench replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Print one JSON object per line instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Passes per trace and contender; the median is reported.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+
+    /// Measure only this contender (repeatable).
+    #[arg(long, value_name = "CONTENDER")]
+    pub only: Vec<String>,
+
+    /// Directory holding NAME/trace.zst for each trace [default: ../shared/traces
+    /// next to the repository]
+    #[arg(long, value_name = "DIR")]
+    pub traces: Option<PathBuf>,
+
+    /// Measure only this trace (repeatable): build, fs or net.
+    #[arg(long = "trace", value_name = "NAME")]
+    pub trace: Vec<String>,
+}
+
+/// The replay contenders, in report order.
+const REPLAY_CONTENDERS: [&str; 3] = ["kmem-replay", "kmem-replay-1t", "parse-only"];
+
+/// One measured (trace, contender) pair of the replay suite.
+struct ReplayRow {
+    trace: &'static str,
+    contender: &'static str,
+    secs: Vec<f64>,
+    setup: Vec<f64>,
+    text_bytes: u64,
+    events: u64,
+}
+
+impl ReplayRow {
+    fn median(&self) -> f64 {
+        harness::median(&self.secs)
+    }
+    fn spread(&self) -> f64 {
+        let lo = self.secs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self.secs.iter().copied().fold(0.0, f64::max);
+        (hi - lo) / self.median()
+    }
+}
+
+/// JSON line of one replay row; field order is the output order.
+#[derive(Serialize)]
+struct ReplayJson<'a> {
+    suite: &'a str,
+    workload: &'a str,
+    allocator: &'a str,
+    seconds: f64,
+    events_per_s: f64,
+    mb_per_s: f64,
+    setup_seconds: Option<f64>,
+    events: u64,
+}
+
+/// One pass of `contender` over the trace at `path`: (seconds, setup seconds, events).
+fn replay_pass(
+    contender: &str,
+    path: &Path,
+    text: &[u8],
+) -> Result<(f64, Option<f64>, u64), String> {
+    let t = std::time::Instant::now();
+    match contender {
+        "parse-only" => {
+            let stats = SliceLines::new(black_box(text), Mode::Lenient)
+                .for_each_event(|r| {
+                    black_box(r);
+                })
+                .map_err(|e| e.to_string())?;
+            Ok((t.elapsed().as_secs_f64(), None, stats.event_total()))
+        }
+        c => {
+            let cfg = ReplayConfig {
+                background: c == "kmem-replay",
+                ..ReplayConfig::default()
+            };
+            let r = replay_file(path, &cfg, None).map_err(|e| e.to_string())?;
+            let secs = t.elapsed().as_secs_f64();
+            if r.accounting.accounted() != r.events || r.kmalloc_class_mismatches != 0 {
+                return Err(format!("{}: replay check failed", path.display()));
+            }
+            black_box(&r);
+            Ok((secs, Some(r.setup_seconds), r.events))
+        }
+    }
+}
+
+/// Runs the replay suite.
+pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
+    let dir = args.traces.clone().unwrap_or_else(default_traces_dir);
+    for t in &args.trace {
+        if !TRACES.contains(&t.as_str()) {
+            return Err(format!(
+                "no trace named {t:?}; there are: {}",
+                TRACES.join(", ")
+            ));
+        }
+    }
+    for c in &args.only {
+        if !REPLAY_CONTENDERS.contains(&c.as_str()) {
+            return Err(format!(
+                "no contender named {c:?}; there are: {}",
+                REPLAY_CONTENDERS.join(", ")
+            ));
+        }
+    }
+    let contenders: Vec<&'static str> = REPLAY_CONTENDERS
+        .iter()
+        .copied()
+        .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c))
+        .collect();
+    let mut rows = Vec::new();
+    for name in TRACES {
+        if !args.trace.is_empty() && !args.trace.iter().any(|t| t == name) {
+            continue;
+        }
+        let path = dir.join(name).join("trace.zst");
+        if !path.is_file() {
+            return Err(format!(
+                "trace {} not found (the shared traces sit in ../shared/traces; or pass --traces DIR)",
+                path.display()
+            ));
+        }
+        let text = kmem_trace::read_text(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cells: Vec<ReplayRow> = contenders
+            .iter()
+            .map(|c| ReplayRow {
+                trace: name,
+                contender: c,
+                secs: Vec::new(),
+                setup: Vec::new(),
+                text_bytes: text.len() as u64,
+                events: 0,
+            })
+            .collect();
+        // Interleaved: run r of every contender, then run r + 1.
+        for _ in 0..args.runs {
+            for cell in &mut cells {
+                let (secs, setup, events) = replay_pass(cell.contender, &path, &text)?;
+                if cell.events != 0 && cell.events != events {
+                    return Err(format!(
+                        "{name}: {} saw {events} events, then {}",
+                        cell.contender, cell.events
+                    ));
+                }
+                cell.events = events;
+                cell.secs.push(secs);
+                if let Some(s) = setup {
+                    cell.setup.push(s);
+                }
+            }
+        }
+        rows.extend(cells);
+    }
+    if args.json {
+        for r in &rows {
+            let row = ReplayJson {
+                suite: "replay",
+                workload: r.trace,
+                allocator: r.contender,
+                seconds: (r.median() * 1e4).round() / 1e4,
+                events_per_s: (r.events as f64 / r.median()).round(),
+                mb_per_s: (r.text_bytes as f64 / r.median() / 1e5).round() / 10.0,
+                setup_seconds: (!r.setup.is_empty())
+                    .then(|| (harness::median(&r.setup) * 1e4).round() / 1e4),
+                events: r.events,
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&row).expect("a flat struct serialises")
+            );
+        }
+        return Ok(());
+    }
+    println!(
+        "kmem-bench replay: kmem replay end to end, median of {} run{}",
+        args.runs,
+        if args.runs == 1 { "" } else { "s" }
+    );
+    println!("machine: {}, threads not pinned", machine());
+    if cfg!(debug_assertions) {
+        println!("WARNING: debug build; these numbers mean nothing, use --release");
+    }
+    let mut last = "";
+    for r in &rows {
+        if r.trace != last {
+            last = r.trace;
+            println!();
+            println!(
+                "{}: {:.1} MB of text, {} events",
+                r.trace,
+                r.text_bytes as f64 / 1e6,
+                r.events
+            );
+            println!(
+                "  {:<15}  {:>10}  {:>8}  {:>9}  {:>9}  {:>7}",
+                "contender", "Mevents/s", "MB/s", "s/pass", "setup s", "spread"
+            );
+        }
+        let setup = if r.setup.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.3}", harness::median(&r.setup))
+        };
+        println!(
+            "  {:<15}  {:>10.2}  {:>8.0}  {:>9.3}  {:>9}  {:>6.1}%",
+            r.contender,
+            r.events as f64 / r.median() / 1e6,
+            r.text_bytes as f64 / r.median() / 1e6,
+            r.median(),
+            setup,
+            r.spread() * 100.0
+        );
+    }
+    println!();
+    println!("Mevents/s and MB/s from the median pass; spread: (slowest - fastest) / median.");
+    println!(
+        "kmem-replay and kmem-replay-1t include everything `kmem replay` does (the machine is"
+    );
+    println!("sized from before.meminfo: 23.5 GiB for these traces); setup is the time until the");
+    println!("machine was ready. parse-only parses the text already in memory.");
+    println!();
+    println!("command: {}", harness::reproducing_command());
+    Ok(())
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use clap::Parser;
+
+    #[test]
+    fn replay_options() {
+        let cli = crate::Cli::try_parse_from([
+            "kmem-bench",
+            "replay",
+            "--json",
+            "--trace",
+            "net",
+            "--only",
+            "kmem-replay",
+            "--runs",
+            "1",
+        ])
+        .unwrap();
+        let crate::Suite::Replay(args) = cli.suite else {
+            panic!("parsed as another suite")
+        };
+        assert!(args.json);
+        assert_eq!(args.trace, ["net"]);
+        assert_eq!(args.only, ["kmem-replay"]);
+        assert_eq!(args.runs, 1);
+    }
+
+    /// Every contender on the repository's sample trace agrees on the events.
+    #[test]
+    fn replays_a_small_trace() {
+        let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/kmem-trace/tests/data/sample.trace");
+        let text = std::fs::read(&sample).unwrap();
+        for c in super::REPLAY_CONTENDERS {
+            let (secs, setup, events) = super::replay_pass(c, &sample, &text).unwrap();
+            assert_eq!(events, 306, "{c}");
+            assert!(secs > 0.0);
+            assert_eq!(setup.is_some(), c != "parse-only");
+        }
     }
 }

@@ -13,6 +13,9 @@
 //! Each command prints readable text by default and one JSON object with
 //! `--json`; a command that cannot show what it claims exits non-zero.
 
+mod analyze;
+mod record;
+mod replay;
 mod stat;
 mod tour;
 
@@ -41,6 +44,19 @@ enum Command {
     /// meminfo, vmstat.
     #[command(long_about = stat::LONG_ABOUT)]
     Stat(stat::StatArgs),
+    /// Replay a Linux allocation trace through kmem: conformance, memory by
+    /// kind, fragmentation, perf kmem stat tables.
+    #[command(long_about = replay::LONG_ABOUT)]
+    Replay(replay::ReplayArgs),
+    /// Rank a trace's call sites by what to change: blocking masks in atomic
+    /// context, costly kmalloc, GFP_ATOMIC where GFP_KERNEL may serve,
+    /// small vmalloc, churn.
+    #[command(long_about = analyze::LONG_ABOUT)]
+    Analyze(analyze::AnalyzeArgs),
+    /// Record a Linux allocation trace through tracefs while a command runs
+    /// (root): the files capture-trace writes.
+    #[command(long_about = record::LONG_ABOUT)]
+    Record(record::RecordArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +64,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Tour(args) => tour::run(&args),
         Command::Stat(args) => stat::run(&args),
+        Command::Replay(args) => replay::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
+        Command::Record(args) => record::run(&args),
     }
 }
 

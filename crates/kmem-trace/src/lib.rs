@@ -61,6 +61,7 @@
 
 #![warn(missing_docs)]
 
+pub mod analyze;
 mod cursor;
 pub mod error;
 pub mod event;
@@ -68,6 +69,7 @@ mod gfp;
 pub mod line;
 pub mod parser;
 pub mod reader;
+pub mod replay;
 pub mod stats;
 
 pub use error::{Error, ErrorKind, ParseError};
