@@ -14,8 +14,8 @@
 //! - batches of strings sent over a channel to a collector thread, which
 //!   checks and drops them: objects freed on another CPU than their own.
 //!
-//! At the end it prints what kmem saw: the allocations and frees per path
-//! (summed over every kmalloc cache), the large (page-backed) kmallocs, the
+//! At the end it prints what kmem saw: Linux's per-cache counters (fast and
+//! slow paths, slabs taken and given back; summed over every kmalloc cache), the large (page-backed) kmallocs, the
 //! few allocations that went to the system allocator (the machine's own
 //! bookkeeping, made while it was being built), `/proc/slabinfo`, and the
 //! page allocator's consistency check (`pages().verify()`).
@@ -24,7 +24,7 @@
 //! cargo run --release -p kmem-host --example rust_workload
 //! ```
 
-use kmem::slab::Stat;
+use kmem::slab::{Stat, NR_STATS};
 use kmem_host::global::KmemGlobal;
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -135,30 +135,30 @@ fn worker(t: u64, to_collector: mpsc::Sender<Vec<String>>) -> u64 {
     work
 }
 
-/// Per-path allocation counters, summed over every kmalloc cache.
-#[derive(Default, Debug)]
-struct Paths {
-    alloc_fast: u64,
-    alloc_slow: u64,
-    free_fast: u64,
-    free_slow: u64,
-    new_slabs: u64,
-    freed_slabs: u64,
-}
+/// The counters printed, by Linux's `/sys/kernel/slab/<cache>/` names.
+const SHOWN: [Stat; 9] = [
+    Stat::AllocFastpath,
+    Stat::AllocSlowpath,
+    Stat::FreeFastpath,
+    Stat::FreeSlowpath,
+    Stat::AllocSlab,
+    Stat::FreeSlab,
+    Stat::CpuListFlush,
+    Stat::AllocContended,
+    Stat::FreeContended,
+];
 
-fn paths() -> Paths {
-    let mut p = Paths::default();
+/// Every counter, summed over every kmalloc cache and CPU.
+fn counters() -> [u64; NR_STATS] {
+    let mut sum = [0u64; NR_STATS];
     KMEM.slab().expect("built").for_each_cache(|c| {
         if c.name().contains("kmalloc-") {
-            p.alloc_fast += c.stat(Stat::AllocFastpath);
-            p.alloc_slow += c.stat(Stat::AllocSlowpath);
-            p.free_fast += c.stat(Stat::FreeFastpath);
-            p.free_slow += c.stat(Stat::FreeSlowpath);
-            p.new_slabs += c.stat(Stat::AllocSlab);
-            p.freed_slabs += c.stat(Stat::FreeSlab);
+            for (total, n) in sum.iter_mut().zip(c.stats()) {
+                *total += n;
+            }
         }
     });
-    p
+    sum
 }
 
 fn main() -> ExitCode {
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         eprintln!("kmem could not be set up; nothing ran on it");
         return ExitCode::FAILURE;
     }
-    let before = paths();
+    let before = counters();
     let start = Instant::now();
 
     let (tx, rx) = mpsc::channel::<Vec<String>>();
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
     let strings = collector.join().expect("collector panicked");
     let elapsed = start.elapsed();
 
-    let after = paths();
+    let after = counters();
     let slab = KMEM.slab().expect("built");
     let machine = KMEM.machine().expect("built");
     let (large_allocs, large_frees, large_pages) = slab.large_kmalloc_stats();
@@ -215,25 +215,15 @@ fn main() -> ExitCode {
     );
     println!("  work checksum {work}, {strings} strings collected across threads");
     println!();
-    println!("kmalloc caches, this run (summed over every kmalloc-* cache and CPU):");
-    let d = |a: u64, b: u64| a - b;
-    let allocs = d(after.alloc_fast, before.alloc_fast) + d(after.alloc_slow, before.alloc_slow);
-    let frees = d(after.free_fast, before.free_fast) + d(after.free_slow, before.free_slow);
     println!(
-        "  allocations {allocs:>10}  (fast path {}, slow path {})",
-        d(after.alloc_fast, before.alloc_fast),
-        d(after.alloc_slow, before.alloc_slow)
+        "kmalloc caches, this run (Linux's /sys/kernel/slab counters, summed over every kmalloc-* cache and CPU):"
     );
-    println!(
-        "  frees       {frees:>10}  (fast path {}, to the slab directly {})",
-        d(after.free_fast, before.free_fast),
-        d(after.free_slow, before.free_slow)
-    );
-    println!(
-        "  slabs taken from the page allocator {}, given back {}",
-        d(after.new_slabs, before.new_slabs),
-        d(after.freed_slabs, before.freed_slabs)
-    );
+    let delta = |s: Stat| after[s as usize] - before[s as usize];
+    for s in SHOWN {
+        println!("  {:<16} {:>10}", s.name(), delta(s));
+    }
+    let allocs = delta(Stat::AllocFastpath) + delta(Stat::AllocSlowpath);
+    println!("  = {allocs} slab allocations");
     println!(
         "large kmalloc (above 8 KiB, whole pages), whole process: {large_allocs} allocations, {large_frees} frees, {large_pages} pages held now"
     );
