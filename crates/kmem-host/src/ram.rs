@@ -118,32 +118,7 @@ impl Ram {
         let fd = memfd_create("kmem-ram", MemfdFlags::CLOEXEC)?;
         ftruncate(&fd, total_bytes)?;
 
-        // Reserve one alignment granule more than needed, then trim both ends
-        // so that the direct map starts on a 2 MiB boundary.
-        let span = len + DIRECT_MAP_ALIGN;
-        // SAFETY: a fresh anonymous mapping at an address of the kernel's
-        // choosing touches no existing memory.
-        let raw = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                span,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )?
-        } as usize;
-        let base = raw.next_multiple_of(DIRECT_MAP_ALIGN);
-        let head = base - raw;
-        let tail = span - head - len;
-        // SAFETY: both trimmed pieces lie inside the reservation just made,
-        // which nothing else refers to yet.
-        unsafe {
-            if head > 0 {
-                munmap(raw as *mut c_void, head)?;
-            }
-            if tail > 0 {
-                munmap((base + len) as *mut c_void, tail)?;
-            }
-        }
+        let base = reserve_aligned(len, DIRECT_MAP_ALIGN)?;
 
         // From here on, Drop cleans up whatever happens.
         let ram = Ram {
@@ -253,4 +228,35 @@ impl std::fmt::Debug for Ram {
             .field("segments", &self.segments.len())
             .finish()
     }
+}
+
+/// Reserves `len` bytes of inaccessible address space (PROT_NONE,
+/// MAP_NORESERVE) starting on an `align` boundary: one granule more is
+/// reserved, then both ends are trimmed. Returns the start.
+pub(crate) fn reserve_aligned(len: usize, align: usize) -> io::Result<usize> {
+    let span = len + align;
+    // SAFETY: a fresh anonymous reservation at an address of the kernel's
+    // choosing touches no existing memory.
+    let raw = unsafe {
+        mmap_anonymous(
+            std::ptr::null_mut(),
+            span,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )?
+    } as usize;
+    let base = raw.next_multiple_of(align);
+    let head = base - raw;
+    let tail = span - head - len;
+    // SAFETY: both trimmed pieces lie inside the reservation just made,
+    // which nothing else refers to yet.
+    unsafe {
+        if head > 0 {
+            munmap(raw as *mut c_void, head)?;
+        }
+        if tail > 0 {
+            munmap((base + len) as *mut c_void, tail)?;
+        }
+    }
+    Ok(base)
 }

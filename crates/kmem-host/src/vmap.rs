@@ -87,29 +87,7 @@ impl<'m> HostVmap<'m> {
     /// aligned, for the vmalloc range of `machine`.
     pub fn new(machine: &'m Machine, len: usize) -> io::Result<Self> {
         let len = len.max(2 << 20).next_multiple_of(2 << 20);
-        let span = len + RESERVATION_ALIGN;
-        // SAFETY: a fresh anonymous reservation at an address of the
-        // kernel's choosing touches no existing memory.
-        let raw = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                span,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )?
-        } as usize;
-        let base = raw.next_multiple_of(RESERVATION_ALIGN);
-        let head = base - raw;
-        let tail = span - head - len;
-        // SAFETY: both trimmed pieces lie inside the reservation just made.
-        unsafe {
-            if head > 0 {
-                munmap(raw as *mut c_void, head)?;
-            }
-            if tail > 0 {
-                munmap((base + len) as *mut c_void, tail)?;
-            }
-        }
+        let base = crate::ram::reserve_aligned(len, RESERVATION_ALIGN)?;
         let tables = match X86PageTables::new(machine.pages()) {
             Ok(t) => t,
             Err(e) => {
