@@ -146,6 +146,10 @@ pub trait Heap {
     /// # Safety
     /// `p` came from `alloc(layout)` on this heap and is not freed yet.
     unsafe fn free(&mut self, p: NonNull<u8>, layout: Layout);
+    /// Called on the timing thread before a run (kmem claims its CPU here).
+    fn enter(&mut self) {}
+    /// Called on the timing thread after a run.
+    fn leave(&mut self) {}
 }
 
 /// A heap used from several threads at once.
@@ -155,6 +159,8 @@ pub trait SharedHeap: Sync {
     /// Called once on each worker thread before it allocates (kmem picks the
     /// thread's CPU here).
     fn enter_thread(&self, _index: usize) {}
+    /// Called once on each worker thread when it is done.
+    fn leave_thread(&self) {}
     /// Allocate a block for `layout` (size > 0).
     fn alloc(&self, layout: Layout) -> NonNull<u8>;
     /// Free a block returned by `alloc` with the same layout, from any thread.
@@ -179,6 +185,12 @@ impl<S: SharedHeap> Heap for Single<S> {
     unsafe fn free(&mut self, p: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded contract.
         unsafe { self.0.free(p, layout) }
+    }
+    fn enter(&mut self) {
+        self.0.enter_thread(0);
+    }
+    fn leave(&mut self) {
+        self.0.leave_thread();
     }
 }
 
@@ -377,6 +389,7 @@ impl<H: Heap> Contender for HeapContender<H> {
 
     fn run(&mut self, workload: usize, n: u64) {
         let inputs = &*INPUTS;
+        self.heap.enter();
         match workload {
             0 => lifo(&mut self.heap, &mut self.held, w1_layout(), n),
             1 | 2 => {
@@ -391,6 +404,7 @@ impl<H: Heap> Contender for HeapContender<H> {
             }
             _ => unreachable!("single-thread workloads are W1-W3"),
         }
+        self.heap.leave();
     }
 }
 

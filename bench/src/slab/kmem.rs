@@ -7,19 +7,29 @@
 //! every free `kfree(p)`: kmalloc takes no alignment, and none of the
 //! workloads needs more than it guarantees (8 bytes, and natural alignment
 //! for power-of-two sizes, which covers W3's 4 KiB). The single-thread
-//! workloads run as kmem CPU 0; W4's threads are CPUs 0 and 1.
+//! workloads run as kmem CPU 0; W4's threads are CPUs 0 and 1. Each timing
+//! thread claims its CPU ([`kmem_host::claim_cpu`]) for the run, as a kernel
+//! runs the allocator with preemption off: the per-CPU state is then guarded
+//! by plain stores, not a compare-and-swap. (The checks before timing run
+//! unclaimed, on the shared paths.)
 
 use std::alloc::Layout;
+use std::cell::RefCell;
 use std::ptr::NonNull;
 
 use kmem::gfp::GFP_KERNEL;
 use kmem::slab::{SlabAllocator, SlabConfig};
-use kmem_host::{HostPlatform, Machine};
+use kmem_host::{claim_cpu, CpuClaim, HostPlatform, Machine};
 
 use super::SharedHeap;
 
 /// The line the text report prints for kmem.
-pub const DESCRIPTION: &str = "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU slabs, thread-safe";
+pub const DESCRIPTION: &str = "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu)";
+
+thread_local! {
+    /// The calling thread's claim on its kmem CPU, held during a run.
+    static CLAIM: RefCell<Option<CpuClaim>> = const { RefCell::new(None) };
+}
 
 /// A machine and the slab allocator over its page allocator.
 pub struct Kmem {
@@ -49,7 +59,25 @@ impl SharedHeap for Kmem {
     }
 
     fn enter_thread(&self, index: usize) {
-        kmem_host::set_cpu(index % self.machine.config().nr_cpus);
+        let cpu = index % self.machine.config().nr_cpus;
+        CLAIM.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.as_ref().is_some_and(|c| c.cpu() == cpu) {
+                return;
+            }
+            *c = None;
+            match claim_cpu(cpu) {
+                Ok(claim) => *c = Some(claim),
+                Err(e) => {
+                    eprintln!("kmem: {e}; running CPU {cpu} unclaimed (shared paths)");
+                    kmem_host::set_cpu(cpu);
+                }
+            }
+        });
+    }
+
+    fn leave_thread(&self) {
+        CLAIM.with(|c| *c.borrow_mut() = None);
     }
 
     #[inline]

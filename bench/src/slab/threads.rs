@@ -139,6 +139,7 @@ pub fn w4<S: SharedHeap>(heap: &S, inputs: &Inputs, n: u64) {
                 pin(t);
                 heap.enter_thread(t);
                 worker(heap, inputs, rounds, &boxes[t], &boxes[1 - t]);
+                heap.leave_thread();
             });
         }
     });

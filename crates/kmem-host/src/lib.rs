@@ -41,7 +41,10 @@ pub use context::{
     rcu_read_lock, softirq, spin_lock, spin_lock_bh, spin_lock_irqsave, ContextGuard, SpinLock,
     SpinLockGuard,
 };
-pub use cpu::{cpu_slot, current_cpu, run_on_cpu, set_cpu};
+pub use cpu::{
+    claim_cpu, cpu_claimed, cpu_slot, current_cpu, run_on_cpu, set_cpu, ClaimError, CpuClaim,
+    MAX_CLAIMABLE_CPUS,
+};
 pub use global::{KmemGlobal, KmemHeap};
 pub use kmem;
 pub use platform::HostPlatform;

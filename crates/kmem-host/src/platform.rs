@@ -2,7 +2,7 @@
 //!
 //! Every answer comes from another module of this crate: the direct-map
 //! offset from [`crate::Ram`], the CPU from [`crate::cpu`] (thread slot modulo
-//! the CPU count), the execution context from [`crate::context`] (the calling
+//! the CPU count, and whether the thread has claimed it), the execution context from [`crate::context`] (the calling
 //! thread's guards). Warnings go to an in-memory log that tests read back with
 //! [`HostPlatform::take_log`] or [`HostPlatform::log_contains`], and to stderr
 //! when echo is on.
@@ -85,6 +85,24 @@ impl Platform for HostPlatform {
     #[inline]
     fn nr_cpus(&self) -> usize {
         self.nr_cpus
+    }
+
+    /// True for a thread that holds a [`crate::CpuClaim`] and runs as the
+    /// claimed CPU (see [`cpu::current_cpu_exclusive`]).
+    #[inline]
+    fn cpu_exclusive(&self) -> bool {
+        cpu::current_cpu_exclusive(self.nr_cpus)
+    }
+
+    #[inline]
+    fn cpu_has_exclusive(&self, cpu: usize) -> bool {
+        cpu::cpu_claimed(cpu)
+    }
+
+    /// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` once any CPU has been
+    /// claimed, a local fence before.
+    fn cpu_barrier(&self) {
+        cpu::cpu_barrier();
     }
 
     #[inline]

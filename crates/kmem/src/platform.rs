@@ -31,6 +31,43 @@ pub trait Platform: Send + Sync + 'static {
     /// Number of CPUs kmem keeps per-CPU state for.
     fn nr_cpus(&self) -> usize;
 
+    /// Whether the caller is the only code that runs as its CPU
+    /// ([`Self::cpu_id`]) until it returns, apart from interrupts that nest
+    /// inside it and finish before it resumes: in a kernel, code with
+    /// preemption disabled (or a kernel without preemption); on the hosted
+    /// machine, a thread that has claimed its CPU.
+    ///
+    /// When true, kmem guards the CPU's per-CPU state with plain loads and
+    /// stores instead of a compare-and-swap (Linux's `local_trylock`), which
+    /// is what makes the slab fast paths cheap. A platform that returns true
+    /// anywhere must implement [`Self::cpu_has_exclusive`] and
+    /// [`Self::cpu_barrier`] too. The default, false, is always safe.
+    #[inline(always)]
+    fn cpu_exclusive(&self) -> bool {
+        false
+    }
+
+    /// Whether code running as `cpu` may currently rely on
+    /// [`Self::cpu_exclusive`]. Other code that must touch that CPU's state
+    /// (a flush from another CPU, or a second host thread that shares the CPU
+    /// number) then waits for the owner with [`Self::cpu_barrier`]; if false,
+    /// a compare-and-swap is enough.
+    #[inline(always)]
+    fn cpu_has_exclusive(&self, _cpu: usize) -> bool {
+        false
+    }
+
+    /// A full memory barrier executed on every CPU that runs exclusive code,
+    /// before this returns (Linux's `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
+    /// from user space, an IPI to every CPU in a kernel). Together with the
+    /// owner's plain store, load order this is the slow half of an asymmetric
+    /// Dekker lock: the owner pays nothing, the rare remote side pays the
+    /// barrier. The default is a local fence, enough for a platform that is
+    /// never exclusive or has one CPU.
+    fn cpu_barrier(&self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The execution context of the running code (Linux's `preempt_count()`,
     /// `irqs_disabled()` and RCU depth).
     fn context(&self) -> ExecContext;

@@ -181,7 +181,8 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Pop from the CPU's free list; anything else goes to `alloc_slow`.
+    /// Pop from the CPU's sheaf, or (no sheaf) from its free list; anything
+    /// else goes to `alloc_slow`.
     #[inline(always)]
     fn alloc_fast(
         &self,
@@ -189,8 +190,8 @@ impl<P: Platform> KmemCache<P> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
-        let c = self.cpu_slab(self.platform().cpu_id());
-        let Some(mut g) = c.try_lock() else {
+        let (c, g) = self.this_cpu();
+        let Some(mut g) = g else {
             c.stat(Stat::AllocContended);
             return self.alloc_single(gfp, node, self.object_size, caller);
         };
@@ -200,8 +201,22 @@ impl<P: Platform> KmemCache<P> {
             c.stat(Stat::AllocNodeMismatch);
             return self.alloc_single(gfp, node, self.object_size, caller);
         }
+        let n = g.sheaf_n;
+        if n != 0 {
+            let n = n - 1;
+            // SAFETY: the sheaf holds `sheaf_n` free objects of this cache,
+            // ours under the flag.
+            let obj = unsafe { *g.sheaf.add(n as usize) };
+            g.sheaf_n = n;
+            if self.hardened {
+                // SAFETY: as above; the slot now marks the object allocated.
+                unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            }
+            c.stat(Stat::AllocFastpath);
+            return Ok(obj);
+        }
         let obj = g.freelist;
-        if obj != 0 {
+        if obj != 0 && g.sheaf.is_null() {
             // SAFETY: `obj` heads the CPU's free list: a free object of this
             // cache, ours under the flag.
             let next = unsafe { self.get_fp(obj) };
@@ -220,9 +235,114 @@ impl<P: Platform> KmemCache<P> {
         self.alloc_slow(g, c, gfp, node, caller)
     }
 
+    /// Refills the CPU's empty sheaf to half its capacity from the CPU free
+    /// list and the slabs behind it (steps 1-3 of `alloc_slow`), getting the
+    /// sheaf's block first if the CPU has none. Returns an object popped from
+    /// it, or None if nothing was free short of a new slab.
+    #[cold]
+    fn refill_sheaf(
+        &self,
+        g: &mut CpuGuard<'_>,
+        c: &CpuSlab,
+        gfp: Gfp,
+        node: i32,
+    ) -> Option<usize> {
+        if g.sheaf.is_null() && !self.get_sheaf(g) {
+            return None;
+        }
+        let target = g.sheaf_cap.div_ceil(2);
+        let mut n = g.sheaf_n;
+        while n < target {
+            if g.freelist == 0 && !self.refill_freelist(g, c, gfp, node) {
+                break;
+            }
+            while n < target && g.freelist != 0 {
+                // Its free pointer stays: it marks the object free.
+                let obj = self.pop_free(g);
+                // SAFETY: n < sheaf_cap slots of our sheaf.
+                unsafe { *g.sheaf.add(n as usize) = obj };
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        c.stat(Stat::SheafRefill);
+        n -= 1;
+        g.sheaf_n = n;
+        // SAFETY: slot n was just filled with a free object, now ours.
+        unsafe {
+            let obj = *g.sheaf.add(n as usize);
+            if self.hardened {
+                self.set_fp(obj, FP_ALLOCATED);
+            }
+            Some(obj)
+        }
+    }
+
+    /// Gives the CPU a sheaf block from the page allocator (quietly, without
+    /// reclaim: a sheaf is an optimisation). False if none was free.
+    #[cold]
+    fn get_sheaf(&self, g: &mut CpuInner) -> bool {
+        if self.sheaf_cap == 0 {
+            return false;
+        }
+        let pages = self.pages();
+        let gfp = crate::gfp::GFP_NOWAIT | Gfp::NOWARN;
+        let Ok(pfn) =
+            pages.alloc_pages_node_at(g.node as i32, gfp, super::SHEAF_ORDER, Location::caller())
+        else {
+            return false;
+        };
+        if let Some(f) = pages.frame(pfn) {
+            f.set_owner(super::OWNER_SHEAF);
+        }
+        g.sheaf = pages.page_address(pfn).0 as *mut usize;
+        g.sheaf_n = 0;
+        g.sheaf_cap = self.sheaf_cap;
+        true
+    }
+
+    /// Gives the CPU's sheaf back: every object to its slab, the block to
+    /// the page allocator.
+    pub(crate) fn put_sheaf(&self, g: &mut CpuInner, c: &CpuSlab) {
+        if g.sheaf.is_null() {
+            return;
+        }
+        self.flush_sheaf(g, c, g.sheaf_n);
+        let pages = self.pages();
+        let pfn = pages.virt_to_page(crate::addr::VirtAddr(g.sheaf as usize));
+        g.sheaf = core::ptr::null_mut();
+        g.sheaf_cap = 0;
+        if let Some(pfn) = pfn {
+            if let Some(f) = pages.frame(pfn) {
+                f.set_owner(0);
+            }
+            if let Err(e) = pages.free_pages(pfn, super::SHEAF_ORDER) {
+                self.platform().warn(format_args!(
+                    "slab {}: freeing a sheaf failed: {e}",
+                    self.name()
+                ));
+            }
+        }
+    }
+
     /// Pops the head of the CPU free list (known non-empty).
     #[inline]
     fn pop(&self, g: &mut CpuInner) -> usize {
+        let obj = self.pop_free(g);
+        if self.hardened {
+            // SAFETY: the object is ours now; the slot marks it allocated.
+            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+        }
+        obj
+    }
+
+    /// Pops the head of the CPU free list (known non-empty), leaving its
+    /// free pointer as it was: the object stays marked free (for the sheaf).
+    /// Returns it, or the corrupt-list fallback.
+    #[inline]
+    fn pop_free(&self, g: &mut CpuInner) -> usize {
         let obj = g.freelist;
         // SAFETY: a free object of this cache, ours under the flag.
         let next = unsafe { self.get_fp(obj) };
@@ -231,10 +351,6 @@ impl<P: Platform> KmemCache<P> {
         }
         g.freelist = next;
         g.count -= 1;
-        if self.hardened {
-            // SAFETY: as above.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
-        }
         obj
     }
 
@@ -343,55 +459,20 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
         c.stat(Stat::AllocSlowpath);
-        // 1. Objects freed to the active slab by other CPUs.
-        if g.slab != NIL {
-            let slab = self.slab_at(g.slab);
-            let (head, count) = if slab.word().has(DISABLED) {
-                (0, 0)
-            } else {
-                self.take_freelist_keep_frozen(slab, c)
-            };
-            if head != 0 {
-                c.stat(Stat::AllocRefill);
-                g.freelist = head;
-                g.count = count;
-                return Ok(self.pop(&mut g));
+        if self.sheaf_cap != 0 {
+            if let Some(obj) = self.refill_sheaf(&mut g, c, gfp, node) {
+                return Ok(obj);
             }
-            if slab.word().has(FROZEN) {
-                // Disabled slab: let go of it.
-                self.deactivate(&mut g, c);
-            } else {
-                // Full and now unfrozen: on no list until a free.
-                g.set_slab(NIL);
-            }
-        }
-        // 2. The per-CPU partial list.
-        while g.partial != NIL {
-            let slab = self.slab_at(g.partial);
-            g.partial = slab.next();
-            g.nr_partial -= 1;
-            let (head, count) = self.freeze(slab, c);
-            if head == 0 {
-                self.put_partials_chain(slab.pfn, 1, c);
-                continue;
-            }
-            self.install(&mut g, slab, head, count);
-            c.stat(Stat::CpuPartialAlloc);
+        } else if self.refill_freelist(&mut g, c, gfp, node) {
             return Ok(self.pop(&mut g));
         }
-        // 3. A node partial list.
-        if let Some((slab, head, count)) = self.get_partial(&mut g, c, gfp, node) {
-            self.install(&mut g, slab, head, count);
-            c.stat(Stat::AllocFromPartial);
-            return Ok(self.pop(&mut g));
-        }
-        // 4. A new slab; the page allocator runs with no slab lock held.
+        // A new slab; the page allocator runs with no slab lock held.
         drop(g);
         let slab = self.new_slab(gfp, node, caller)?;
-        let c = self.cpu_slab(self.platform().cpu_id());
+        let (c, g) = self.this_cpu();
         c.stat(Stat::AllocSlab);
         let objects = slab.word().objects();
-        match c.try_lock() {
+        match g {
             Some(mut g) if g.freelist == 0 && (node < 0 || slab.node() as u32 == g.node) => {
                 if g.slab != NIL {
                     self.deactivate(&mut g, c);
@@ -410,6 +491,54 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
+    /// Steps 1-3 of the slow path: refills the empty CPU free list from
+    /// frees to the active slab, the CPU partial list, or a node partial
+    /// list. False if all three are empty (a new slab is needed).
+    fn refill_freelist(&self, g: &mut CpuGuard<'_>, c: &CpuSlab, gfp: Gfp, node: i32) -> bool {
+        // 1. Objects freed to the active slab by other CPUs.
+        if g.slab != NIL {
+            let slab = self.slab_at(g.slab);
+            let (head, count) = if slab.word().has(DISABLED) {
+                (0, 0)
+            } else {
+                self.take_freelist_keep_frozen(slab, c)
+            };
+            if head != 0 {
+                c.stat(Stat::AllocRefill);
+                g.freelist = head;
+                g.count = count;
+                return true;
+            }
+            if slab.word().has(FROZEN) {
+                // Disabled slab: let go of it.
+                self.deactivate(g, c);
+            } else {
+                // Full and now unfrozen: on no list until a free.
+                g.set_slab(NIL);
+            }
+        }
+        // 2. The per-CPU partial list.
+        while g.partial != NIL {
+            let slab = self.slab_at(g.partial);
+            g.partial = slab.next();
+            g.nr_partial -= 1;
+            let (head, count) = self.freeze(slab, c);
+            if head == 0 {
+                self.put_partials_chain(slab.pfn, 1, c);
+                continue;
+            }
+            self.install(g, slab, head, count);
+            c.stat(Stat::CpuPartialAlloc);
+            return true;
+        }
+        // 3. A node partial list.
+        if let Some((slab, head, count)) = self.get_partial(g, c, gfp, node) {
+            self.install(g, slab, head, count);
+            c.stat(Stat::AllocFromPartial);
+            return true;
+        }
+        false
+    }
     /// Linux's `get_partial`: a slab from the requested (or local) node's
     /// partial list, else from another node's if allowed.
     fn get_partial(

@@ -23,7 +23,7 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
 
-use super::cpu::{CpuSlab, Stat, NR_STATS};
+use super::cpu::{CpuGuard, CpuSlab, Stat, NR_STATS};
 use super::node::CacheNode;
 use super::slab::{SlabRef, MAX_OBJS_PER_SLAB};
 use super::{SlabConfig, SlabFlags, SlabGlobal, KMALLOC_MAX_SIZE};
@@ -308,6 +308,8 @@ pub struct KmemCache<P: Platform> {
     /// Most objects one CPU's free list holds before the colder half goes
     /// back to the slabs.
     pub(crate) cpu_list_max: u32,
+    /// Objects one CPU's sheaf holds at most (0: no sheaves).
+    pub(crate) sheaf_cap: u32,
     // ---- read-only after creation ----
     pub(crate) inuse: usize,
     pub(crate) align: usize,
@@ -398,6 +400,16 @@ impl<P: Platform> KmemCache<P> {
         let cpu_list_max = ((65536 / layout.size) as u32)
             .max(2 * layout.oo.objects)
             .clamp(16, 512);
+        let sheaf_cap = if debug {
+            0
+        } else {
+            let n = (cfg.sheaf_bytes / layout.size).min(super::SHEAF_SLOTS);
+            if n < 8 {
+                0
+            } else {
+                n as u32
+            }
+        };
         // SAFETY: the page allocator is valid (contract).
         let (dm_start, dm_len, local) = unsafe {
             let pa = &*pages;
@@ -424,6 +436,7 @@ impl<P: Platform> KmemCache<P> {
                 dm_start,
                 dm_len,
                 cpu_list_max,
+                sheaf_cap,
                 inuse: layout.inuse,
                 align: layout.align,
                 oo: layout.oo,
@@ -534,6 +547,32 @@ impl<P: Platform> KmemCache<P> {
             let base = (self as *const Self as *const u8).add(size_of::<Self>()) as *const CpuSlab;
             &*base.add(cpu)
         }
+    }
+
+    /// The running CPU's state, with its flag if it could be taken without
+    /// waiting (see [`super::cpu`] for the two ways of taking it).
+    #[inline(always)]
+    pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
+        let p = self.platform();
+        let cpu = p.cpu_id();
+        let c = self.cpu_slab(cpu);
+        let g = if p.cpu_exclusive() {
+            c.try_lock_owner()
+        } else {
+            c.try_lock_shared(|| p.cpu_has_exclusive(cpu))
+        };
+        (c, g)
+    }
+
+    /// `cpu`'s state, waiting for its flag (flushes and reports from any
+    /// CPU).
+    pub(crate) fn lock_cpu(&self, cpu: usize) -> CpuGuard<'_> {
+        let p = self.platform();
+        self.cpu_slab(cpu).lock_remote(
+            || p.cpu_has_exclusive(cpu),
+            || p.cpu_barrier(),
+            || p.relax(),
+        )
     }
 
     /// Sum of one counter over all CPUs.
@@ -666,9 +705,8 @@ impl<P: Platform> KmemCache<P> {
 
     /// Slabs on per-CPU partial lists, all CPUs (takes each CPU flag).
     pub fn nr_cpu_partial(&self) -> usize {
-        let p = self.platform();
         (0..self.nr_cpus)
-            .map(|c| self.cpu_slab(c).lock(|| p.relax()).nr_partial as usize)
+            .map(|c| self.lock_cpu(c).nr_partial as usize)
             .sum()
     }
 }

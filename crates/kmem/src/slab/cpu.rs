@@ -1,38 +1,45 @@
-//! Per-CPU slab state: the active slab, the CPU's free list (objects of the
-//! active slab and objects freed on this CPU, of any slab of the cache), the
-//! per-CPU partial list, and the counters.
+//! Per-CPU slab state: the sheaf (an array of free objects, the fast path),
+//! the active slab and the CPU's free list (objects of the active slab and
+//! objects freed on this CPU, of any slab of the cache), the per-CPU partial
+//! list, and the counters.
 //!
 //! One `CpuSlab` per CPU and cache, each on its own cache lines, stored
 //! right behind the [`super::KmemCache`] it belongs to (the cache object of
 //! the `kmem_cache` cache is sized for `nr_cpus` of them).
 //!
 //! # Locking
-//! The state is guarded by a per-CPU flag taken with a *try*-lock, the way the
-//! page allocator's per-CPU lists are (and Linux's `local_trylock`). In a
-//! kernel the flag is only ever contended by an interrupt on the same CPU; on
-//! the hosted machine two threads can share a CPU number, and whoever loses
-//! the try-lock takes a path that needs no per-CPU state at all (a single
-//! object from a node partial list under the node lock, or a free straight to
-//! the slab). Only flushing another CPU's state (shrink, destroy, validate)
-//! waits for the flag.
+//! Two flags guard the state, in the manner of an asymmetric Dekker lock:
 //!
-//! The fast paths cost one uncontended compare-and-swap to take the flag and
-//! one plain store to release it; in between, alloc pops and free pushes with
-//! plain loads and stores. A kernel could drop the compare-and-swap (its
-//! per-CPU data is guarded by disabling preemption); the hosted machine, where
-//! several threads may share a CPU number, cannot.
+//! - `busy`, set and cleared with plain stores by code that owns its CPU
+//!   ([`Platform::cpu_exclusive`]: a kernel with preemption off, a host
+//!   thread that claimed its CPU). It sets `busy`, then looks at `locked`;
+//!   an interrupt that nests inside it finds `busy` set and goes elsewhere.
+//!   This is Linux's `local_trylock`: no atomic read-modify-write at all.
+//! - `locked`, taken with a compare-and-swap by everyone else: threads that
+//!   share a CPU number on the hosted machine, and flushes of another CPU's
+//!   state (shrink, destroy, validate). If the CPU may have an owner, the
+//!   taker then runs [`Platform::cpu_barrier`] (membarrier, or an IPI) and
+//!   waits for `busy` to clear; an owner that then sees `locked` backs off.
+//!
+//! Whoever loses takes a path that needs no per-CPU state at all (a single
+//! object from a node partial list under the node lock, or a free straight to
+//! the slab). A thread that shares the number of an *owned* CPU always does,
+//! without trying: it must not make the owner pay a barrier.
 //!
 //! # Counters
 //! Named as Linux's `/sys/kernel/slab/<cache>/` statistics. They are atomics
 //! updated by load and store (not read-modify-write): exact under the flag,
 //! possibly short by a count when two threads sharing a CPU race outside it,
 //! which Linux accepts for its own counters too.
+//!
+//! [`Platform::cpu_exclusive`]: crate::platform::Platform::cpu_exclusive
+//! [`Platform::cpu_barrier`]: crate::platform::Platform::cpu_barrier
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{
-    AtomicBool, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    compiler_fence, AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
 use super::slab::NIL;
@@ -42,11 +49,12 @@ use super::slab::NIL;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(usize)]
 pub enum Stat {
-    /// Allocation from the CPU's free list (no lock but the CPU flag).
+    /// Allocation from the CPU's sheaf or free list (no lock but the CPU
+    /// flag).
     AllocFastpath,
     /// Allocation that had to refill the CPU's free list or bypass it.
     AllocSlowpath,
-    /// Free to the CPU's active slab.
+    /// Free to the CPU's sheaf or free list.
     FreeFastpath,
     /// Free straight to a slab's own free list.
     FreeSlowpath,
@@ -97,10 +105,14 @@ pub enum Stat {
     /// The CPU free list outgrew its limit; its colder half went back to the
     /// slabs.
     CpuListFlush,
+    /// The empty sheaf was refilled from the slabs.
+    SheafRefill,
+    /// The full sheaf gave its older half back to the slabs.
+    SheafFlush,
 }
 
 /// Number of [`Stat`] counters.
-pub const NR_STATS: usize = 27;
+pub const NR_STATS: usize = 29;
 
 impl Stat {
     /// Every counter, in declaration order.
@@ -132,10 +144,13 @@ impl Stat {
         Stat::AllocContended,
         Stat::FreeContended,
         Stat::CpuListFlush,
+        Stat::SheafRefill,
+        Stat::SheafFlush,
     ];
 
     /// The name Linux gives the counter in `/sys/kernel/slab/<cache>/`
-    /// (kmem's own: `alloc_contended`, `free_contended`, `cpu_list_flush`).
+    /// (kmem's own: `alloc_contended`, `free_contended`, `cpu_list_flush`,
+    /// `sheaf_refill`, `sheaf_flush`).
     pub const fn name(self) -> &'static str {
         match self {
             Stat::AllocFastpath => "alloc_fastpath",
@@ -165,12 +180,24 @@ impl Stat {
             Stat::AllocContended => "alloc_contended",
             Stat::FreeContended => "free_contended",
             Stat::CpuListFlush => "cpu_list_flush",
+            Stat::SheafRefill => "sheaf_refill",
+            Stat::SheafFlush => "sheaf_flush",
         }
     }
 }
 
-/// What the CPU flag protects.
+/// What the CPU flags protect.
 pub(crate) struct CpuInner {
+    /// The sheaf: an array of free objects of the CPU's node, most recently
+    /// freed last (null: none yet). Allocation pops from its end, free pushes
+    /// onto it; no object memory is read on either path. Every object in it
+    /// counts as in use in its own slab. Its block comes from the page
+    /// allocator ([`super::OWNER_SHEAF`]).
+    pub(crate) sheaf: *mut usize,
+    /// Objects in the sheaf.
+    pub(crate) sheaf_n: u32,
+    /// Objects the sheaf may hold (0 while there is none).
+    pub(crate) sheaf_cap: u32,
     /// First object of the CPU's free list (0: empty). It starts as the
     /// whole free list of the active slab (taken at once); frees push any
     /// object of the cache onto it (objects of the CPU's node only), so it
@@ -192,18 +219,25 @@ pub(crate) struct CpuInner {
 /// One CPU's state for one cache.
 #[repr(C, align(64))]
 pub(crate) struct CpuSlab {
+    /// The owner's flag (plain stores; see the module comment).
+    busy: AtomicBool,
+    /// Everyone else's flag (compare-and-swap).
     locked: AtomicBool,
     inner: UnsafeCell<CpuInner>,
     stats: [AtomicU64; NR_STATS],
 }
 
-// SAFETY: `inner` is only accessed while `locked` is held; the stats are
-// atomics.
+// SAFETY: `inner` is only accessed while a flag is held as the module
+// comment describes; the stats are atomics.
 unsafe impl Sync for CpuSlab {}
+// SAFETY: the sheaf pointer is a direct-map address owned by the cache.
+unsafe impl Send for CpuSlab {}
 
 /// A held CPU flag.
 pub(crate) struct CpuGuard<'a> {
     cpu: &'a CpuSlab,
+    /// Which flag: `busy` (owner) or `locked`.
+    owner: bool,
 }
 
 impl CpuGuard<'_> {
@@ -217,7 +251,11 @@ impl CpuGuard<'_> {
 impl Drop for CpuGuard<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        self.cpu.locked.store(false, Release);
+        if self.owner {
+            self.cpu.busy.store(false, Release);
+        } else {
+            self.cpu.locked.store(false, Release);
+        }
     }
 }
 
@@ -243,8 +281,12 @@ impl CpuSlab {
     /// zero.
     pub(crate) fn new(node: u32) -> CpuSlab {
         CpuSlab {
+            busy: AtomicBool::new(false),
             locked: AtomicBool::new(false),
             inner: UnsafeCell::new(CpuInner {
+                sheaf: core::ptr::null_mut(),
+                sheaf_n: 0,
+                sheaf_cap: 0,
                 freelist: 0,
                 count: 0,
                 slab: NIL,
@@ -256,24 +298,83 @@ impl CpuSlab {
         }
     }
 
-    /// Takes the flag if it is free.
+    /// Takes the owner's flag if the state is free: the caller owns the CPU
+    /// ([`crate::platform::Platform::cpu_exclusive`]). Plain loads and stores
+    /// only; fails if an interrupted owner or another taker holds the state.
     #[inline(always)]
-    pub(crate) fn try_lock(&self) -> Option<CpuGuard<'_>> {
-        self.locked
-            .compare_exchange(false, true, Acquire, Relaxed)
-            .ok()
-            .map(|_| CpuGuard { cpu: self })
+    pub(crate) fn try_lock_owner(&self) -> Option<CpuGuard<'_>> {
+        if self.busy.load(Relaxed) {
+            return None;
+        }
+        self.busy.store(true, Relaxed);
+        // The store must come before the load of `locked` as the compiler
+        // emits them; the hardware half of the ordering is the taker's
+        // `cpu_barrier`.
+        compiler_fence(SeqCst);
+        if self.locked.load(Acquire) {
+            self.busy.store(false, Release);
+            return None;
+        }
+        Some(CpuGuard {
+            cpu: self,
+            owner: true,
+        })
     }
 
-    /// Takes the flag, waiting (with `relax` between attempts) while another
-    /// thread holds it.
-    pub(crate) fn lock(&self, relax: impl Fn()) -> CpuGuard<'_> {
-        loop {
-            if let Some(g) = self.try_lock() {
-                return g;
-            }
+    /// Takes the shared flag with one compare-and-swap, for a caller that
+    /// does not own the CPU; `owned` says whether the CPU has an owner now.
+    /// Fails if the flag is taken or the CPU has an owner (whose fast path
+    /// must not be made to wait for us).
+    #[inline(always)]
+    pub(crate) fn try_lock_shared(&self, owned: impl Fn() -> bool) -> Option<CpuGuard<'_>> {
+        if owned() {
+            return None;
+        }
+        self.locked
+            .compare_exchange(false, true, SeqCst, Relaxed)
+            .ok()?;
+        let g = CpuGuard {
+            cpu: self,
+            owner: false,
+        };
+        // Claimed between the check and the swap: the owner may be inside.
+        if owned() {
+            return None;
+        }
+        Some(g)
+    }
+
+    /// Takes the state from anywhere (another CPU's flush, validation):
+    /// the shared flag, waiting while it is taken; then, if the CPU may have
+    /// an owner (`owned`, asked only after the swap, so that an owner who
+    /// claims the CPU meanwhile sees the flag), `barrier` and a wait for the
+    /// owner to leave.
+    pub(crate) fn lock_remote(
+        &self,
+        owned: impl Fn() -> bool,
+        barrier: impl Fn(),
+        relax: impl Fn(),
+    ) -> CpuGuard<'_> {
+        while self
+            .locked
+            .compare_exchange(false, true, SeqCst, Relaxed)
+            .is_err()
+        {
             relax();
         }
+        let g = CpuGuard {
+            cpu: self,
+            owner: false,
+        };
+        if owned() {
+            // After the barrier the owner's `busy` store is visible to us,
+            // and its next fast path sees `locked`.
+            barrier();
+            while self.busy.load(Acquire) {
+                relax();
+            }
+        }
+        g
     }
 
     /// Counts one event.

@@ -104,9 +104,45 @@ impl<P: Platform> KmemCache<P> {
                 return Err(self.refuse(self.double_free(p), caller));
             }
         }
-        let c = self.cpu_slab(self.platform().cpu_id());
-        if let Some(mut g) = c.try_lock() {
+        let (c, g) = self.this_cpu();
+        if let Some(mut g) = g {
             if slab.node() as u32 == g.node {
+                let n = g.sheaf_n;
+                if n < g.sheaf_cap {
+                    // SAFETY: n < sheaf_cap slots of our sheaf; the top
+                    // object (if any) is slot n - 1.
+                    unsafe {
+                        if !self.hardened && n != 0 && *g.sheaf.add(n as usize - 1) == p {
+                            drop(g);
+                            return Err(self.refuse(self.double_free(p), caller));
+                        }
+                        *g.sheaf.add(n as usize) = p;
+                        if self.hardened {
+                            // A free object's slot decodes to NULL: a second
+                            // free of it is caught above.
+                            self.set_fp(p, 0);
+                        }
+                    }
+                    g.sheaf_n = n + 1;
+                    c.stat(Stat::FreeFastpath);
+                    return Ok(());
+                }
+                if g.sheaf_cap != 0 {
+                    // Full: the older half goes back to the slabs.
+                    let half = g.sheaf_cap / 2;
+                    self.flush_sheaf(&mut g, c, half);
+                    // SAFETY: the flush left room in our sheaf.
+                    unsafe {
+                        let n = g.sheaf_n;
+                        *g.sheaf.add(n as usize) = p;
+                        if self.hardened {
+                            self.set_fp(p, 0);
+                        }
+                        g.sheaf_n = n + 1;
+                    }
+                    c.stat(Stat::FreeFastpath);
+                    return Ok(());
+                }
                 if !self.hardened && g.freelist == p {
                     drop(g);
                     return Err(self.refuse(self.double_free(p), caller));
@@ -124,8 +160,35 @@ impl<P: Platform> KmemCache<P> {
         } else {
             c.stat(Stat::FreeContended);
         }
+        c.stat(Stat::FreeSlowpath);
         self.free_slow(slab, p, p, 1, c, None)
             .map_err(|e| self.refuse(e, caller))
+    }
+
+    /// Gives the `n` oldest objects of the CPU's sheaf (its bottom) back to
+    /// their slabs, and moves the rest down.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn flush_sheaf(&self, g: &mut CpuInner, c: &CpuSlab, n: u32) {
+        let n = n.min(g.sheaf_n);
+        if n == 0 {
+            return;
+        }
+        c.stat(Stat::SheafFlush);
+        // SAFETY: the first sheaf_n slots hold free objects of this cache,
+        // ours under the flag; linking them through their free pointers
+        // makes the chain `flush_chain` takes.
+        unsafe {
+            let s = core::slice::from_raw_parts_mut(g.sheaf, g.sheaf_n as usize);
+            for i in 0..n as usize {
+                let next = if i + 1 < n as usize { s[i + 1] } else { 0 };
+                self.set_fp(s[i], next);
+            }
+            let head = s[0];
+            s.copy_within(n as usize.., 0);
+            g.sheaf_n -= n;
+            self.flush_chain(head, c, g);
+        }
     }
 
     /// The CPU list outgrew its limit: keep the most recently freed half
@@ -240,7 +303,6 @@ impl<P: Platform> KmemCache<P> {
         c: &CpuSlab,
         held: Option<&mut CpuInner>,
     ) -> Result<(), SlabFreeError> {
-        c.stat(Stat::FreeSlowpath);
         let node = slab.node();
         let n = &self.nodes[node];
         let has_cpu_partial = self.cpu_partial_slabs != 0;
@@ -343,16 +405,15 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `put_cpu_partial`: a slab that just became partial goes onto
     /// this CPU's partial list; a full list is drained to the node first.
     fn put_cpu_partial(&self, slab: SlabRef<'_>, held: Option<&mut CpuInner>) {
-        let c = self.cpu_slab(self.platform().cpu_id());
         let mut guard;
-        let g: &mut CpuInner = match held {
-            Some(g) => g,
-            None => match c.try_lock() {
-                Some(g) => {
+        let (c, g): (&CpuSlab, &mut CpuInner) = match held {
+            Some(g) => (self.cpu_slab(self.platform().cpu_id()), g),
+            None => match self.this_cpu() {
+                (c, Some(g)) => {
                     guard = g;
-                    &mut guard
+                    (c, &mut guard)
                 }
-                None => {
+                (c, None) => {
                     slab.set_next(NIL);
                     self.put_partials_chain(slab.pfn, 1, c);
                     return;
@@ -445,12 +506,12 @@ impl<P: Platform> KmemCache<P> {
     /// slabs to the node lists. Waits for the CPU's flag.
     pub(crate) fn flush_cpu(&self, cpu: usize) {
         let c = self.cpu_slab(cpu);
-        let p = self.platform();
-        let mut g = c.lock(|| p.relax());
-        if g.slab == NIL && g.partial == NIL && g.freelist == 0 {
+        let mut g = self.lock_cpu(cpu);
+        if g.slab == NIL && g.partial == NIL && g.freelist == 0 && g.sheaf.is_null() {
             return;
         }
         c.stat(Stat::CpuslabFlush);
+        self.put_sheaf(&mut g, c);
         self.deactivate(&mut g, c);
         let chain = g.partial;
         let n = g.nr_partial;

@@ -159,6 +159,13 @@ pub const OWNER_KMALLOC_LARGE: u8 = 0x52;
 /// Frame owner tag of an emptied `SLAB_TYPESAFE_BY_RCU` slab waiting for a
 /// grace period before it goes back to the page allocator.
 pub const OWNER_SLAB_RCU: u8 = 0x53;
+/// Owner tag of a sheaf's block (an array of free objects of one CPU).
+pub const OWNER_SHEAF: u8 = 0x54;
+/// Order of a sheaf's block.
+pub const SHEAF_ORDER: u32 = 1;
+/// Object slots in one sheaf.
+pub const SHEAF_SLOTS: usize =
+    (crate::addr::PAGE_SIZE << SHEAF_ORDER) / core::mem::size_of::<usize>();
 
 /// Byte written over free objects by `SLAB_POISON`.
 pub const POISON_FREE: u8 = 0x6b;
@@ -193,6 +200,12 @@ pub struct SlabConfig {
     pub cpu_partial: bool,
     /// Merge compatible caches (off: `slab_nomerge`).
     pub merge: bool,
+    /// Bytes of free objects one CPU's sheaf may hold per cache (a sheaf
+    /// holds at most [`SHEAF_SLOTS`] objects; caches whose objects are so
+    /// large that fewer than 8 fit get none). 0 turns sheaves off: the fast
+    /// paths then use the CPU free list alone, as SLUB before Linux 6.18.
+    /// Debug caches never use sheaves. Default 4 MiB.
+    pub sheaf_bytes: usize,
 }
 
 impl Default for SlabConfig {
@@ -206,6 +219,7 @@ impl Default for SlabConfig {
             max_order: crate::addr::PAGE_ALLOC_COSTLY_ORDER,
             cpu_partial: true,
             merge: true,
+            sheaf_bytes: 4 << 20,
         }
     }
 }
