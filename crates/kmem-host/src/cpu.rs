@@ -173,6 +173,19 @@ pub fn current_cpu_exclusive(nr_cpus: usize) -> bool {
     })
 }
 
+/// [`current_cpu`] and [`current_cpu_exclusive`] with one thread-local
+/// access: `HostPlatform::this_cpu`, on every slab fast path.
+#[inline]
+pub fn current_cpu_and_exclusive(nr_cpus: usize) -> (usize, bool) {
+    let (slot, claimed) = THIS.with(|t| (t.slot.get(), t.claimed.get()));
+    if slot < nr_cpus {
+        // NO_CLAIM is usize::MAX, never equal to a slot below nr_cpus.
+        (slot, slot == claimed)
+    } else {
+        (current_cpu(nr_cpus), false)
+    }
+}
+
 /// Whether some thread currently holds a claim on CPU `cpu` (false for
 /// numbers `>= MAX_CLAIMABLE_CPUS`, which cannot be claimed).
 ///

@@ -94,6 +94,12 @@ impl Platform for HostPlatform {
         cpu::current_cpu_exclusive(self.nr_cpus)
     }
 
+    /// One thread-local access for both answers.
+    #[inline]
+    fn this_cpu(&self) -> (usize, bool) {
+        cpu::current_cpu_and_exclusive(self.nr_cpus)
+    }
+
     #[inline]
     fn cpu_has_exclusive(&self, cpu: usize) -> bool {
         cpu::cpu_claimed(cpu)

@@ -47,6 +47,14 @@ pub trait Platform: Send + Sync + 'static {
         false
     }
 
+    /// [`Self::cpu_id`] and [`Self::cpu_exclusive`] at once, for platforms
+    /// that can answer both with one look at their per-CPU (per-thread)
+    /// data. This is what the slab fast paths call.
+    #[inline(always)]
+    fn this_cpu(&self) -> (usize, bool) {
+        (self.cpu_id(), self.cpu_exclusive())
+    }
+
     /// Whether code running as `cpu` may currently rely on
     /// [`Self::cpu_exclusive`]. Other code that must touch that CPU's state
     /// (a flush from another CPU, or a second host thread that shares the CPU

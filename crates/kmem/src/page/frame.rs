@@ -103,6 +103,13 @@ impl Frame {
     pub(crate) fn info(&self) -> u32 {
         self.info.load(Relaxed)
     }
+    /// True if an info word is that of an allocated block head whose owner
+    /// tag is `owner` (one mask and compare; the slab free fast path).
+    #[inline(always)]
+    pub(crate) const fn info_is_allocated_by(info: u32, owner: u8) -> bool {
+        info & (0xff << OWNER_SHIFT | 0xf)
+            == (owner as u32) << OWNER_SHIFT | FrameState::Allocated as u32
+    }
     /// The info word an allocated head of `order` without flags would have,
     /// ignoring the migrate type and owner bits.
     #[inline]

@@ -554,9 +554,9 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
-        let cpu = p.cpu_id();
+        let (cpu, exclusive) = p.this_cpu();
         let c = self.cpu_slab(cpu);
-        let g = if p.cpu_exclusive() {
+        let g = if exclusive {
             c.try_lock_owner()
         } else {
             c.try_lock_shared(|| p.cpu_has_exclusive(cpu))

@@ -31,8 +31,15 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_free`. An address that is not a live object of
     /// this cache is reported and refused; nothing changes.
     #[track_caller]
+    #[inline]
     pub fn free(&self, p: NonNull<u8>) -> Result<(), SlabFreeError> {
-        self.free_at(p.as_ptr() as usize, Location::caller())
+        let addr = p.as_ptr() as usize;
+        if let Some((cache, slab)) = super::find_slab(self.pages(), addr) {
+            if core::ptr::eq(cache, self) && self.free_fast(slab, addr) {
+                return Ok(());
+            }
+        }
+        self.free_at(addr, Location::caller())
     }
 
     /// Linux's `kmem_cache_free_bulk`: frees each object; returns the first
@@ -52,6 +59,7 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// [`Self::free`] with an explicit call site.
+    #[inline]
     pub fn free_at(
         &self,
         p: usize,
@@ -80,9 +88,67 @@ impl<P: Platform> KmemCache<P> {
         r
     }
 
+    /// The free fast path alone: `p` (in `slab` of this cache) onto this
+    /// CPU's sheaf. False, with nothing changed, for anything it does not
+    /// handle — a debug cache, an address that is not an object's start, a
+    /// slot that looks free (a double free), a taken CPU flag, another
+    /// node, a full or missing sheaf — which [`Self::free_checked`] then
+    /// handles and reports. Plain loads and stores only when the CPU is
+    /// owned.
+    #[inline(always)]
+    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> bool {
+        if self.debug
+            || self
+                .obj_index(slab.base, slab.word().objects(), p)
+                .is_none()
+        {
+            return false;
+        }
+        // SAFETY: p is an object of a live slab of this cache.
+        if self.hardened && self.plausible_fp(unsafe { self.get_fp(p) }) {
+            return false;
+        }
+        let (c, g) = self.this_cpu();
+        let Some(mut g) = g else {
+            return false;
+        };
+        let n = g.sheaf_n;
+        // SAFETY: slot n - 1 is the sheaf's top object.
+        if n >= g.sheaf_cap
+            || slab.node() as u32 != g.node
+            || (!self.hardened && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
+        {
+            return false;
+        }
+        // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object of
+        // this cache, now free.
+        unsafe { self.sheaf_push(&mut g, n, p) };
+        c.stat(Stat::FreeFastpath);
+        true
+    }
+
+    /// Puts `p` in slot `n` (the first free one) of the CPU's sheaf.
+    ///
+    /// # Safety
+    /// The CPU flag is held, `n == sheaf_n < sheaf_cap`, and `p` is an
+    /// object of this cache being freed.
+    #[inline(always)]
+    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize) {
+        // SAFETY: per the contract.
+        unsafe {
+            *g.sheaf.add(n as usize) = p;
+            if self.hardened {
+                // A free object's slot decodes to NULL: a second free of it
+                // is refused.
+                self.set_fp(p, 0);
+            }
+        }
+        g.sheaf_n = n + 1;
+    }
+
     /// Frees `p`, known to lie in `slab` of this cache. Checks it is the
     /// start of a live object first; reports and refuses otherwise.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free_checked(
         &self,
         slab: SlabRef<'_>,
@@ -91,7 +157,7 @@ impl<P: Platform> KmemCache<P> {
     ) -> Result<(), SlabFreeError> {
         let w = slab.word();
         if self.obj_index(slab.base, w.objects(), p).is_none() {
-            return Err(self.refuse(self.interior(slab, p), caller));
+            return Err(self.refuse_interior(slab, p, caller));
         }
         if self.debug {
             return self.free_debug(slab, p, caller);
@@ -101,68 +167,112 @@ impl<P: Platform> KmemCache<P> {
             let v = unsafe { self.get_fp(p) };
             // A free object's slot decodes to NULL or another object.
             if self.plausible_fp(v) {
-                return Err(self.refuse(self.double_free(p), caller));
+                return Err(self.refuse_double_free(p, caller));
             }
         }
         let (c, g) = self.this_cpu();
-        if let Some(mut g) = g {
-            if slab.node() as u32 == g.node {
-                let n = g.sheaf_n;
-                if n < g.sheaf_cap {
-                    // SAFETY: n < sheaf_cap slots of our sheaf; the top
-                    // object (if any) is slot n - 1.
-                    unsafe {
-                        if !self.hardened && n != 0 && *g.sheaf.add(n as usize - 1) == p {
-                            drop(g);
-                            return Err(self.refuse(self.double_free(p), caller));
-                        }
-                        *g.sheaf.add(n as usize) = p;
-                        if self.hardened {
-                            // A free object's slot decodes to NULL: a second
-                            // free of it is caught above.
-                            self.set_fp(p, 0);
-                        }
-                    }
-                    g.sheaf_n = n + 1;
-                    c.stat(Stat::FreeFastpath);
-                    return Ok(());
-                }
-                if g.sheaf_cap != 0 {
-                    // Full: the older half goes back to the slabs.
-                    let half = g.sheaf_cap / 2;
-                    self.flush_sheaf(&mut g, c, half);
-                    // SAFETY: the flush left room in our sheaf.
-                    unsafe {
-                        let n = g.sheaf_n;
-                        *g.sheaf.add(n as usize) = p;
-                        if self.hardened {
-                            self.set_fp(p, 0);
-                        }
-                        g.sheaf_n = n + 1;
-                    }
-                    c.stat(Stat::FreeFastpath);
-                    return Ok(());
-                }
-                if !self.hardened && g.freelist == p {
-                    drop(g);
-                    return Err(self.refuse(self.double_free(p), caller));
-                }
-                // SAFETY: p is a live object of this cache, now free.
-                unsafe { self.set_fp(p, g.freelist) };
-                g.freelist = p;
-                g.count += 1;
-                if g.count > self.cpu_list_max {
-                    self.flush_cold_half(&mut g, c);
-                }
-                c.stat(Stat::FreeFastpath);
-                return Ok(());
-            }
-        } else {
-            c.stat(Stat::FreeContended);
+        let Some(mut g) = g else {
+            return self.free_contended(slab, p, c, caller);
+        };
+        let n = g.sheaf_n;
+        // SAFETY (both reads): slot n - 1 is the sheaf's top object.
+        if n < g.sheaf_cap
+            && slab.node() as u32 == g.node
+            && (self.hardened || n == 0 || unsafe { *g.sheaf.add(n as usize - 1) } != p)
+        {
+            // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object
+            // of this cache, now free.
+            unsafe { self.sheaf_push(&mut g, n, p) };
+            c.stat(Stat::FreeFastpath);
+            return Ok(());
         }
+        self.free_cpu_slow(slab, p, g, c, caller)
+    }
+
+    /// The CPU flag is held but the sheaf cannot take `p`: it is full (the
+    /// older half goes back to the slabs first), or there is none (the CPU
+    /// free list takes it), or `p` is of another node (straight to its
+    /// slab), or it is the sheaf's top object (a double free).
+    #[cold]
+    #[inline(never)]
+    fn free_cpu_slow(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        mut g: CpuGuard<'_>,
+        c: &CpuSlab,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        if slab.node() as u32 != g.node {
+            drop(g);
+            c.stat(Stat::FreeSlowpath);
+            return self
+                .free_slow(slab, p, p, 1, c, None)
+                .map_err(|e| self.refuse(e, caller));
+        }
+        if g.sheaf_cap != 0 {
+            let n = g.sheaf_n;
+            // SAFETY: slot n - 1 is the sheaf's top object.
+            if !self.hardened && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p {
+                drop(g);
+                return Err(self.refuse_double_free(p, caller));
+            }
+            // Full: the older half goes back to the slabs.
+            let half = g.sheaf_cap / 2;
+            self.flush_sheaf(&mut g, c, half);
+            let n = g.sheaf_n;
+            // SAFETY: the flush left room in our sheaf.
+            unsafe { self.sheaf_push(&mut g, n, p) };
+            c.stat(Stat::FreeFastpath);
+            return Ok(());
+        }
+        if !self.hardened && g.freelist == p {
+            drop(g);
+            return Err(self.refuse_double_free(p, caller));
+        }
+        // SAFETY: p is a live object of this cache, now free.
+        unsafe { self.set_fp(p, g.freelist) };
+        g.freelist = p;
+        g.count += 1;
+        if g.count > self.cpu_list_max {
+            self.flush_cold_half(&mut g, c);
+        }
+        c.stat(Stat::FreeFastpath);
+        Ok(())
+    }
+
+    /// The CPU flag is taken (another thread on this CPU number, or an
+    /// interrupted owner): straight to the slab.
+    #[cold]
+    #[inline(never)]
+    fn free_contended(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        c: &CpuSlab,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        c.stat(Stat::FreeContended);
         c.stat(Stat::FreeSlowpath);
         self.free_slow(slab, p, p, 1, c, None)
             .map_err(|e| self.refuse(e, caller))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse_interior(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        caller: &'static Location<'static>,
+    ) -> SlabFreeError {
+        self.refuse(self.interior(slab, p), caller)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuse_double_free(&self, p: usize, caller: &'static Location<'static>) -> SlabFreeError {
+        self.refuse(self.double_free(p), caller)
     }
 
     /// Gives the `n` oldest objects of the CPU's sheaf (its bottom) back to
@@ -326,9 +436,13 @@ impl<P: Platform> KmemCache<P> {
             // SAFETY: tail is an object being freed by us.
             unsafe { self.set_fp(tail, prior) };
             let new = old.with_free(head_idx).with_inuse(old.inuse() - cnt);
+            // A full slab still marked on the partial list is being taken
+            // off it by `alloc_single`, which holds the node lock: wait for
+            // that, or the slab would end up on two lists.
+            let full_listed = !old.has_free() && old.has(ON_PARTIAL);
             if !old.has(FROZEN)
-                && (new.inuse() == 0 || !old.has_free())
-                && (old.has_free() || !has_cpu_partial)
+                && ((new.inuse() == 0 || !old.has_free()) && (old.has_free() || !has_cpu_partial)
+                    || full_listed)
                 && guard.is_none()
             {
                 // The slab may change lists: decide under the node lock.

@@ -20,8 +20,8 @@
 
 use super::rcu::{free_any, RCU_HEAD_SIZE};
 use super::{
-    find, CacheName, Found, KmemCache, SlabAllocator, SlabFlags, SlabFreeError, SlabGlobal,
-    KMALLOC_INDEXES, KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, OWNER_KMALLOC_LARGE,
+    find, find_slab, CacheName, Found, KmemCache, SlabAllocator, SlabFlags, SlabFreeError,
+    SlabGlobal, KMALLOC_INDEXES, KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, OWNER_KMALLOC_LARGE,
     SLUB_RED_ACTIVE, ZERO_SIZE_PTR,
 };
 use crate::addr::{get_order, Pfn, PAGE_SIZE};
@@ -295,8 +295,13 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
 
     /// Linux's `kmalloc`.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if size.wrapping_sub(1) < KMALLOC_MAX_CACHE_SIZE {
+            if let Some(p) = self.kmalloc_slab(size, gfp).alloc_fast_path(gfp) {
+                return Ok(p);
+            }
+        }
         self.kmalloc_node_at(size, gfp, NUMA_NO_NODE, Location::caller())
     }
 
@@ -304,7 +309,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     #[track_caller]
     #[inline]
     pub fn kzalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        self.kmalloc_node_at(size, gfp | Gfp::ZERO, NUMA_NO_NODE, Location::caller())
+        self.kmalloc(size, gfp | Gfp::ZERO)
     }
 
     /// Linux's `kmalloc_node`.
@@ -351,7 +356,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     }
 
     /// [`Self::kmalloc_node`] with an explicit call site.
-    #[inline]
+    #[inline(never)]
     pub fn kmalloc_node_at(
         &self,
         size: usize,
@@ -416,17 +421,23 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     /// free, interior pointer, foreign or vmalloc address, a page-allocator
     /// page) is reported and refused; nothing changes.
     #[track_caller]
-    #[inline]
+    #[inline(always)]
     pub fn kfree(&self, p: *const u8) -> Result<(), SlabFreeError> {
         let addr = p as usize;
         if addr <= ZERO_SIZE_PTR {
             return Ok(());
         }
+        if let Some((cache, slab)) = find_slab(self.pages, addr) {
+            if cache.free_fast(slab, addr) {
+                return Ok(());
+            }
+        }
         self.kfree_at(addr, Location::caller())
     }
 
-    /// [`Self::kfree`] with an explicit call site (no NULL check).
-    #[inline]
+    /// [`Self::kfree`] with an explicit call site (no NULL check, no fast
+    /// path of its own).
+    #[inline(never)]
     pub fn kfree_at(
         &self,
         addr: usize,

@@ -13,26 +13,32 @@
 //!   kmalloc(size, gfp) ──► size class + kmalloc type ──► KmemCache ─┐
 //!   kmem_cache_alloc(cache, gfp) ───────────────────────────────────┤
 //!                                                                   ▼
-//!     per-CPU free list ── pop (fast path: one CAS on the CPU flag)
-//!        │ empty
-//!        ├─► objects freed to the active slab by other CPUs (take all)
+//!     per-CPU sheaf ── pop (fast path: plain loads and stores on an owned CPU)
+//!        │ empty: refill half of it from
+//!        ├─► the per-CPU free list ─► objects freed to the active slab by other CPUs
 //!        ├─► per-CPU partial list ─► node partial list ─► new slab (page allocator)
 //!
-//!   kfree(p) / kmem_cache_free ─► checks ─► push on the per-CPU free list
-//!        │ list over its limit ─► colder half back to the slabs, one CAS per
-//!        │                        run of objects of the same slab
+//!   kfree(p) / kmem_cache_free ─► checks ─► push onto the per-CPU sheaf
+//!        │ sheaf full ─► its older half back to the slabs, one CAS per
+//!        │               run of objects of the same slab
 //!        └ flag taken / other node ─► straight to the slab (`__slab_free`)
 //! ```
 //!
-//! The per-CPU free list starts as the whole free list of the CPU's *active*
-//! slab, taken at once, as in SLUB; unlike classic SLUB, frees push objects
-//! of *any* slab of the cache onto it (Linux 6.18 added per-CPU "sheaves"
-//! for the same reason: a free to a slab that is not the active one was the
-//! common slow path). The list needs no memory: it is threaded through the
-//! free objects. Its objects count as in use in their slabs until they go
-//! back (list over `cpu_list_max`, CPU flush on shrink, validate, destroy).
+//! The *sheaf* (Linux 6.18's name) is an array of free objects of the
+//! cache, one per CPU, in a block of its own from the page allocator
+//! ([`OWNER_SHEAF`], [`SHEAF_SLOTS`] slots, capped per cache by
+//! [`SlabConfig::sheaf_bytes`]). It takes objects of *any* slab of the cache:
+//! a free to a slab that is not the CPU's active one, the common slow path
+//! of classic SLUB, is as fast as any other. Allocation pops the most
+//! recently freed object (warm in the cache); neither path reads object
+//! memory, so a batch of cold objects costs no dependent cache misses. The
+//! sheaf is refilled to half from the *CPU free list*: the whole free list
+//! of the CPU's active slab, taken at once as in SLUB, threaded through the
+//! free objects. Objects in either count as in use in their slabs until they
+//! go back (sheaf full, CPU flush on shrink, validate, destroy). With
+//! [`SlabConfig::sheaf_bytes`] 0 the CPU free list alone is the fast path.
 //!
-//! ## Object layout
+//! //! ## Object layout
 //! Objects follow each other from the first byte of the slab, `size` bytes
 //! apart (Linux's `calculate_sizes`, see [`cache::Layout`]):
 //!
@@ -59,7 +65,8 @@
 //!
 //! ## Locking order
 //! 1. the cache list lock (Linux's `slab_mutex`): create, destroy, slabinfo;
-//! 2. a CPU flag of one cache (try-lock; only flushes wait for it), see [`cpu`];
+//! 2. a CPU flag of one cache (try-lock, plain stores for the CPU's owner;
+//!    only flushes wait for it), see [`cpu`];
 //! 3. a node lock of one cache (`list_lock`), see [`node`];
 //! 4. a slab word: lock-free compare-and-swap, see [`slab`].
 //!
@@ -413,6 +420,41 @@ pub(crate) enum Found<'a, P: Platform> {
     },
     /// An address inside a large kmalloc block.
     Large { head: Pfn, order: u32, base: usize },
+}
+
+/// The fast half of [`find`]: the slab holding `addr` and its cache, or
+/// None for anything else (which the full path then classifies and
+/// reports). One frame record read, two for a slab of order > 0.
+#[inline(always)]
+pub(crate) fn find_slab<P: Platform>(
+    pages: &PageAllocator<P>,
+    addr: usize,
+) -> Option<(&KmemCache<P>, SlabRef<'_>)> {
+    let mut pfn = pages.virt_to_phys(VirtAddr(addr))?.pfn();
+    let mut f = pages.frame(pfn)?;
+    let mut info = f.info();
+    if info & frame_flags::COMPOUND_TAIL != 0 {
+        pfn = Pfn(f.private[0].load(Relaxed) as u64);
+        f = pages.frame(pfn)?;
+        info = f.info();
+    }
+    if !crate::page::frame::Frame::info_is_allocated_by(info, OWNER_SLAB) {
+        return None;
+    }
+    let c = f.private[0].load(Relaxed) as *const KmemCache<P>;
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: as in `find`: a slab head's private[0] is its live cache.
+    let cache = unsafe { &*c };
+    Some((
+        cache,
+        SlabRef {
+            pfn: pfn.0 as u32,
+            frame: f,
+            base: pages.page_address(pfn).0,
+        },
+    ))
 }
 
 /// Classifies `addr` through the frame records. Never writes.

@@ -1,0 +1,800 @@
+//! Per-CPU sheaves: the array of free objects each CPU keeps per cache.
+//!
+//! Alloc pops from the sheaf, free pushes onto it; an empty sheaf is refilled
+//! to half its capacity from the slabs, a full one gives its older half back.
+//! These tests check the counters against the capacity the configuration
+//! implies, the LIFO order, double-free refusal of objects sitting in a
+//! sheaf (hardened or not, whatever the sheaf's fill level), that every page
+//! (sheaf blocks included) comes back on shrink, destroy and drop, that a
+//! leak report counts only objects really allocated, that sheaves can be
+//! turned off, and, with a shadow model over random sequences, that no object
+//! is handed out twice and no content is disturbed while sheaves flush
+//! constantly.
+//!
+//! No test here claims a CPU; each uses its own machine and allocator, so
+//! they may run in parallel.
+
+use kmem::addr::Pfn;
+use kmem::gfp::GFP_KERNEL;
+use kmem::page::FrameState;
+use kmem::slab::kmalloc::kmalloc_size_roundup;
+use kmem::slab::{
+    KmemCache, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, Stat, OWNER_SHEAF, SHEAF_ORDER,
+    SHEAF_SLOTS,
+};
+use kmem_host::{run_on_cpu, HostPlatform, Machine, MachineConfig};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use std::collections::{BTreeMap, HashSet};
+use std::ptr::NonNull;
+
+fn machine(ram: u64) -> Machine {
+    Machine::new(MachineConfig {
+        ram_bytes: ram,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Free pages, per-CPU page lists included.
+fn free_pages(m: &Machine) -> usize {
+    m.pages().nr_free_pages() + m.pages().pcp_pages()
+}
+
+/// Sheaf blocks currently allocated (head frames tagged `OWNER_SHEAF`).
+fn sheaf_blocks(m: &Machine) -> usize {
+    let pages = m.pages();
+    let mut n = 0;
+    let mut pfn = 0;
+    while pfn < pages.max_pfn() {
+        let Some(f) = pages.frame(Pfn(pfn)) else {
+            pfn += 1;
+            continue;
+        };
+        if f.state() == FrameState::Allocated && f.owner() == OWNER_SHEAF {
+            assert_eq!(f.order(), SHEAF_ORDER, "a sheaf block has SHEAF_ORDER");
+            n += 1;
+            pfn += 1 << f.order();
+        } else {
+            pfn += 1;
+        }
+    }
+    n
+}
+
+/// A counter summed over every cache of the allocator.
+fn total_stat(s: &SlabAllocator<'_, HostPlatform>, st: Stat) -> u64 {
+    let mut n = 0;
+    s.for_each_cache(|c| n += c.stat(st));
+    n
+}
+
+fn pattern(tag: u8, i: usize) -> u8 {
+    tag ^ (i as u8).wrapping_mul(29)
+}
+
+fn fill(p: usize, size: usize, tag: u8) {
+    for i in 0..size {
+        unsafe { ((p + i) as *mut u8).write(pattern(tag, i)) };
+    }
+}
+
+fn check(p: usize, size: usize, tag: u8) {
+    for i in 0..size {
+        let b = unsafe { ((p + i) as *const u8).read() };
+        assert_eq!(
+            b,
+            pattern(tag, i),
+            "object {p:#x} ({size} bytes) byte {i} changed while allocated"
+        );
+    }
+}
+
+/// Frees every kept object, then asks for `n` objects of `size` and checks
+/// they are distinct from each other (nothing handed out twice after an
+/// error) and writable; frees them again.
+fn assert_unique(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: usize) {
+    let mut seen = HashSet::new();
+    let mut v = Vec::new();
+    for i in 0..n {
+        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize;
+        assert!(seen.insert(p), "object {p:#x} handed out twice");
+        fill(p, size, i as u8);
+        v.push((p, i as u8));
+    }
+    for (p, t) in v {
+        check(p, size, t);
+        s.kfree(p as *const u8).unwrap();
+    }
+}
+
+/// Sheaf flushes `cap`-slot sheaf takes over `frees` frees starting with
+/// `n0` objects in it (each free of a full sheaf first flushes `cap / 2`).
+fn expected_flushes(cap: usize, n0: usize, frees: usize) -> usize {
+    let half = cap / 2;
+    let mut n = n0;
+    let mut flushes = 0;
+    for _ in 0..frees {
+        if n == cap {
+            n -= half;
+            flushes += 1;
+        }
+        n += 1;
+    }
+    flushes
+}
+
+/// Allocating and freeing more objects than a sheaf holds, on one CPU:
+/// the counters show refills and flushes in the numbers the capacity
+/// (`sheaf_bytes / size`) implies, every pointer is distinct, every object
+/// keeps its contents until freed, and everything goes back on shrink.
+#[test]
+fn sheaf_refill_and_flush_counters() {
+    let m = machine(128 << 20);
+    for (sheaf_bytes, cap) in [(64 * 64, 64usize), (4 << 20, SHEAF_SLOTS)] {
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                sheaf_bytes,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = s
+            .kmem_cache_create("sheaf64", 64, 0, SlabFlags::NO_MERGE, None)
+            .unwrap();
+        assert_eq!(c.slab_size(), 64);
+        let n = 3 * cap + 17;
+        run_on_cpu(0, || {
+            let mut v: Vec<(usize, u8)> = Vec::new();
+            let mut seen = HashSet::new();
+            for i in 0..n {
+                let p = c.alloc(GFP_KERNEL).unwrap().as_ptr() as usize;
+                assert!(seen.insert(p), "object {p:#x} handed out twice");
+                let tag = (i * 7) as u8;
+                fill(p, 64, tag);
+                v.push((p, tag));
+            }
+            for &(p, t) in &v {
+                check(p, 64, t);
+            }
+            let refills = c.stat(Stat::SheafRefill) as usize;
+            let new_slabs = c.stat(Stat::AllocSlab) as usize;
+            assert_eq!(
+                c.stat(Stat::AllocFastpath) + c.stat(Stat::AllocSlowpath),
+                n as u64,
+                "every allocation is counted once"
+            );
+            // Every object comes from the sheaf (filled by refills of at most
+            // cap / 2 objects each) or straight from a new slab.
+            assert!(refills > 0, "no sheaf refill over {n} allocations");
+            assert!(
+                refills * cap.div_ceil(2) + new_slabs >= n,
+                "{refills} refills of at most {} and {new_slabs} new slabs cannot give {n} objects: \
+                 the sheaf holds more than sheaf_bytes / size",
+                cap.div_ceil(2)
+            );
+            assert_eq!(c.stat(Stat::SheafFlush), 0, "no flush while allocating");
+            // Free in a scrambled order, checking the survivors as we go.
+            let mut order: Vec<usize> = (0..n).collect();
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            for i in (1..n).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            for (k, &i) in order.iter().enumerate() {
+                let (p, t) = v[i];
+                check(p, 64, t);
+                c.free(NonNull::new(p as *mut u8).unwrap()).unwrap();
+                if k % 500 == 0 {
+                    for &j in &order[k + 1..] {
+                        check(v[j].0, 64, v[j].1);
+                    }
+                }
+            }
+            assert_eq!(c.stat(Stat::FreeFastpath), n as u64);
+            let flushes = c.stat(Stat::SheafFlush) as usize;
+            // The sheaf held between 0 and cap objects when the frees began.
+            let lo = expected_flushes(cap, 0, n);
+            let hi = expected_flushes(cap, cap, n);
+            assert!(
+                (lo..=hi).contains(&flushes),
+                "{flushes} sheaf flushes for {n} frees, expected {lo}..={hi} for a {cap}-slot sheaf"
+            );
+        });
+        assert_eq!(c.errors(), 0);
+        c.shrink();
+        assert_eq!(c.nr_slabs(), 0, "every slab back after shrink");
+        assert_eq!(c.active_objects(), 0);
+        c.destroy().unwrap();
+    }
+    assert!(m.platform().take_log().is_empty());
+}
+
+/// A freed object sits on top of the sheaf: the next allocation on the
+/// same CPU returns it, and a run of frees comes back in reverse order.
+#[test]
+fn sheaf_is_lifo() {
+    let m = machine(64 << 20);
+    for hardened in [true, false] {
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                freelist_hardened: hardened,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        run_on_cpu(1, || {
+            for size in [8usize, 64, 96, 256, 1024, 4096] {
+                // Warm: the CPU gets its sheaf.
+                let warm: Vec<usize> = (0..4)
+                    .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize)
+                    .collect();
+                let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize;
+                s.kfree(p as *const u8).unwrap();
+                let q = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize;
+                assert_eq!(q, p, "kmalloc({size}) after kfree returns the freed object");
+                s.kfree(q as *const u8).unwrap();
+                let v: Vec<usize> = (0..10)
+                    .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize)
+                    .collect();
+                for &p in &v {
+                    s.kfree(p as *const u8).unwrap();
+                }
+                let back: Vec<usize> = (0..10)
+                    .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize)
+                    .collect();
+                let mut rev = v.clone();
+                rev.reverse();
+                assert_eq!(back, rev, "kmalloc({size}) hands the sheaf out LIFO");
+                for p in back.into_iter().chain(warm) {
+                    s.kfree(p as *const u8).unwrap();
+                }
+            }
+        });
+        assert_eq!(s.errors(), 0, "hardened={hardened}");
+    }
+}
+
+/// Under hardening a double free of an object anywhere in the sheaf is
+/// refused (its free pointer says it is free), not just of the top one.
+#[test]
+fn double_free_inside_the_sheaf_is_refused_hardened() {
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    run_on_cpu(0, || {
+        let a = s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+        let b = s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+        s.kfree(a).unwrap();
+        s.kfree(b).unwrap();
+        m.platform().take_log();
+        let e = s.kfree(a).unwrap_err();
+        assert!(
+            matches!(e, SlabFreeError::DoubleFree { addr, .. } if addr == a as usize),
+            "{e:?}"
+        );
+        assert!(m
+            .platform()
+            .log_contains("BUG kmalloc-64: Object already free: double free"));
+        // The top one too.
+        let e = s.kfree(b).unwrap_err();
+        assert!(matches!(e, SlabFreeError::DoubleFree { addr, .. } if addr == b as usize));
+        assert_eq!(s.errors(), 2);
+        // Deeper in the sheaf: 100 objects freed, every one freed again.
+        let v: Vec<*mut u8> = (0..100)
+            .map(|_| s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr())
+            .collect();
+        for &p in &v {
+            s.kfree(p).unwrap();
+        }
+        for &p in v.iter().step_by(3) {
+            assert!(matches!(s.kfree(p), Err(SlabFreeError::DoubleFree { .. })));
+        }
+        assert_eq!(s.errors(), 2 + v.iter().step_by(3).count());
+        assert_unique(&s, 64, 3000);
+    });
+    // The refused frees left nothing behind.
+    s.shrink_all();
+    assert_eq!(s.kmalloc_slab(64, GFP_KERNEL).nr_slabs(), 0);
+}
+
+/// Whatever the sheaf's fill level (empty, half, full, just flushed), a
+/// second free of the object just freed is refused, hardened or not; the
+/// hardened cache also refuses it after more frees buried it. Afterwards no
+/// object is handed out twice.
+#[test]
+fn double_free_of_the_top_at_every_fill_level() {
+    let m = machine(64 << 20);
+    for hardened in [false, true] {
+        // 64-slot sheaves: 300 frees fill and flush them several times.
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                freelist_hardened: hardened,
+                sheaf_bytes: 64 * 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = s.kmalloc_slab(64, GFP_KERNEL);
+        run_on_cpu(0, || {
+            let v: Vec<*mut u8> = (0..300)
+                .map(|_| s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr())
+                .collect();
+            let mut refused = 0;
+            for (i, &p) in v.iter().enumerate() {
+                s.kfree(p).unwrap();
+                let e = s.kfree(p);
+                assert!(
+                    matches!(e, Err(SlabFreeError::DoubleFree { addr, .. }) if addr == p as usize),
+                    "hardened={hardened}: second free of the sheaf's top object #{i} {p:p} \
+                     (sheaf flushes so far: {}) gave {e:?}",
+                    c.stat(Stat::SheafFlush)
+                );
+                refused += 1;
+            }
+            assert!(
+                c.stat(Stat::SheafFlush) >= 3,
+                "the sheaf filled up and flushed"
+            );
+            assert_eq!(s.errors(), refused);
+            assert_unique(&s, 64, 2000);
+        });
+        s.shrink_all();
+        assert_eq!(c.nr_slabs(), 0, "hardened={hardened}: nothing lost or kept");
+    }
+}
+
+/// Without hardening the naive check still refuses a second free of the
+/// sheaf's top object, and the sheaf is intact afterwards.
+#[test]
+fn unhardened_top_double_free_is_refused() {
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(
+        m.pages(),
+        SlabConfig {
+            freelist_hardened: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    run_on_cpu(1, || {
+        let a = s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+        let b = s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+        s.kfree(a).unwrap();
+        s.kfree(a).unwrap_err();
+        s.kfree(b).unwrap();
+        s.kfree(b).unwrap_err();
+        assert_eq!(s.errors(), 2);
+        // Take b and a back (LIFO) so the state is clean again.
+        assert_eq!(s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr(), b);
+        assert_eq!(s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr(), a);
+        s.kfree(a).unwrap();
+        s.kfree(b).unwrap();
+    });
+}
+
+/// Every page comes back: objects of every kmalloc class (and large ones)
+/// allocated and freed on both CPUs, a user cache created and destroyed,
+/// then `shrink_all`: free pages are back at the baseline and no sheaf
+/// block is left; dropping the allocator returns the rest.
+#[test]
+fn shrink_and_drop_return_every_page_and_sheaf() {
+    let m = machine(128 << 20);
+    let before = free_pages(&m);
+    {
+        let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+        // Warm every kmalloc class on both CPUs, then settle.
+        let sizes = [
+            8usize, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+        ];
+        for cpu in 0..2 {
+            run_on_cpu(cpu, || {
+                for &size in &sizes {
+                    let p = s.kmalloc(size, GFP_KERNEL).unwrap();
+                    s.kfree(p.as_ptr()).unwrap();
+                }
+            });
+        }
+        assert!(sheaf_blocks(&m) > 0, "warming gave CPUs sheaves");
+        s.shrink_all();
+        assert_eq!(sheaf_blocks(&m), 0, "shrink_all frees every sheaf block");
+        let baseline = free_pages(&m);
+        for round in 0..3 {
+            let mut live: Vec<(usize, usize, u8)> = Vec::new();
+            for cpu in 0..2 {
+                run_on_cpu(cpu, || {
+                    for (i, &size) in sizes.iter().chain(&[20_000, 100_000]).enumerate() {
+                        let n = if size <= 256 { 700 } else { 40 };
+                        for k in 0..n {
+                            let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize;
+                            let tag = (i * 13 + k + round) as u8;
+                            fill(p, size.min(256), tag);
+                            live.push((p, size, tag));
+                        }
+                    }
+                });
+            }
+            let c = s
+                .kmem_cache_create("sheaf_user", 200, 0, SlabFlags::NO_MERGE, None)
+                .unwrap();
+            let objs: Vec<_> = (0..500).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect();
+            // Free half on the other CPU (frees go to that CPU's sheaf).
+            run_on_cpu(1, || {
+                for (p, size, tag) in live.drain(..live.len() / 2) {
+                    check(p, size.min(256), tag);
+                    s.kfree(p as *const u8).unwrap();
+                }
+                for &o in &objs[..250] {
+                    c.free(o).unwrap();
+                }
+            });
+            run_on_cpu(0, || {
+                for (p, size, tag) in live.drain(..) {
+                    check(p, size.min(256), tag);
+                    s.kfree(p as *const u8).unwrap();
+                }
+                for &o in &objs[250..] {
+                    c.free(o).unwrap();
+                }
+            });
+            assert!(sheaf_blocks(&m) > 0);
+            c.destroy().unwrap();
+            s.shrink_all();
+            assert_eq!(sheaf_blocks(&m), 0, "round {round}");
+            assert_eq!(
+                free_pages(&m),
+                baseline,
+                "round {round}: every page back after shrink_all"
+            );
+        }
+        // Leave objects in sheaves for drop to deal with.
+        for cpu in 0..2 {
+            run_on_cpu(cpu, || {
+                let v: Vec<_> = (0..300)
+                    .map(|_| s.kmalloc(64, GFP_KERNEL).unwrap())
+                    .collect();
+                for p in v {
+                    s.kfree(p.as_ptr()).unwrap();
+                }
+            });
+        }
+        assert!(sheaf_blocks(&m) > 0);
+        assert_eq!(s.errors(), 0);
+    }
+    assert_eq!(sheaf_blocks(&m), 0, "drop frees every sheaf block");
+    assert_eq!(free_pages(&m), before, "every page back after drop");
+}
+
+/// Destroying a cache with objects still allocated reports exactly those,
+/// not the freed ones that were sitting in a sheaf; destroying a cache whose
+/// freed objects all sit in sheaves (of both CPUs) succeeds and gives every
+/// page back.
+#[test]
+fn destroy_counts_live_objects_not_sheaf_objects() {
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    s.shrink_all();
+    let baseline = free_pages(&m);
+    let c = s
+        .kmem_cache_create("sheaf_clean", 64, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let v: Vec<_> = run_on_cpu(0, || {
+        (0..300).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect()
+    });
+    run_on_cpu(0, || v[..150].iter().for_each(|&p| c.free(p).unwrap()));
+    run_on_cpu(1, || v[150..].iter().for_each(|&p| c.free(p).unwrap()));
+    assert!(c.nr_slabs() > 0, "the sheaves hold the objects");
+    c.destroy().expect("sheaf objects are free, not leaked");
+    s.shrink_all();
+    assert_eq!(free_pages(&m), baseline);
+
+    let c = s
+        .kmem_cache_create("sheaf_leak", 64, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let v: Vec<_> = run_on_cpu(0, || {
+        (0..100).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect()
+    });
+    // 60 freed (into the sheaves of both CPUs), 40 still allocated.
+    run_on_cpu(0, || v[..30].iter().for_each(|&p| c.free(p).unwrap()));
+    run_on_cpu(1, || v[30..60].iter().for_each(|&p| c.free(p).unwrap()));
+    m.platform().take_log();
+    let leak = c.destroy().unwrap_err();
+    assert_eq!(leak.objects, 40, "{leak:?}: only the live objects leak");
+    assert!(m.platform().log_contains("Slab cache still has objects"));
+}
+
+/// `sheaf_bytes: 0` turns sheaves off: no refill, no flush, no sheaf block,
+/// and kmalloc still works (distinct objects, contents kept, pages back).
+#[test]
+fn sheaf_bytes_zero_disables_sheaves() {
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(
+        m.pages(),
+        SlabConfig {
+            sheaf_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.shrink_all();
+    let baseline = free_pages(&m);
+    for cpu in 0..2 {
+        run_on_cpu(cpu, || {
+            let mut seen = HashSet::new();
+            let mut v = Vec::new();
+            for i in 0..3000usize {
+                let size = [8usize, 64, 200, 1000, 4000][i % 5];
+                let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize;
+                assert!(seen.insert(p), "{p:#x} handed out twice");
+                fill(p, size, i as u8);
+                v.push((p, size, i as u8));
+            }
+            assert_eq!(sheaf_blocks(&m), 0);
+            for (p, size, t) in v {
+                check(p, size, t);
+                s.kfree(p as *const u8).unwrap();
+            }
+        });
+    }
+    assert_eq!(total_stat(&s, Stat::SheafRefill), 0);
+    assert_eq!(total_stat(&s, Stat::SheafFlush), 0);
+    assert!(
+        total_stat(&s, Stat::AllocFastpath) > 0,
+        "the CPU lists work"
+    );
+    assert_eq!(sheaf_blocks(&m), 0);
+    assert_eq!(s.errors(), 0);
+    s.shrink_all();
+    assert_eq!(free_pages(&m), baseline);
+}
+
+/// A cache gets a sheaf only if at least 8 objects fit in `sheaf_bytes`;
+/// huge objects and debug caches get none.
+#[test]
+fn sheaf_needs_eight_objects_and_no_debug() {
+    let m = machine(256 << 20);
+    let with = |c: &KmemCache<HostPlatform>, n: usize| {
+        run_on_cpu(0, || {
+            let v: Vec<_> = (0..n).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect();
+            for p in v {
+                c.free(p).unwrap();
+            }
+        });
+        (c.stat(Stat::SheafRefill), c.stat(Stat::SheafFlush))
+    };
+    // 8 objects of 64 bytes: a sheaf; 7: none.
+    for (bytes, has) in [(8 * 64, true), (8 * 64 - 1, false), (7 * 64, false)] {
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                sheaf_bytes: bytes,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = s
+            .kmem_cache_create("edge", 64, 0, SlabFlags::NO_MERGE, None)
+            .unwrap();
+        let (refill, flush) = with(&c, 200);
+        assert_eq!(
+            (refill > 0, flush > 0),
+            (has, has),
+            "sheaf_bytes {bytes}: refills {refill}, flushes {flush}"
+        );
+        s.shrink_all();
+        assert_eq!(sheaf_blocks(&m), 0);
+        assert_eq!(c.nr_slabs(), 0);
+    }
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    // 4 MiB / 1 MiB = 4 objects: no sheaf.
+    let huge = s
+        .kmem_cache_create("huge", 1 << 20, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let (refill, flush) = with(&huge, 20);
+    assert_eq!((refill, flush), (0, 0), "1 MiB objects get no sheaf");
+    let dbg = s
+        .kmem_cache_create("dbg", 64, 0, SlabFlags::DEBUG_DEFAULT, None)
+        .unwrap();
+    assert!(dbg.is_debug());
+    let (refill, flush) = with(&dbg, 2000);
+    assert_eq!((refill, flush), (0, 0), "debug caches get no sheaf");
+    assert_eq!(s.errors(), 0);
+    huge.destroy().unwrap();
+    dbg.destroy().unwrap();
+}
+
+// ---- shadow model ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Kmalloc { size: usize, cpu: usize },
+    Kfree { pick: usize, cpu: usize },
+    CacheAlloc { cpu: usize },
+    CacheFree { pick: usize, cpu: usize },
+    DoubleFree { pick: usize, cpu: usize },
+    Shrink { all: bool },
+    Burst { size: usize, n: usize, cpu: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let size = prop_oneof![
+        6 => 1usize..=128,
+        3 => 129usize..=2048,
+        1 => 2049usize..=9000,
+    ];
+    prop_oneof![
+        10 => (size.clone(), 0usize..2).prop_map(|(size, cpu)| Op::Kmalloc { size, cpu }),
+        9 => (any::<usize>(), 0usize..2).prop_map(|(pick, cpu)| Op::Kfree { pick, cpu }),
+        4 => (0usize..2).prop_map(|cpu| Op::CacheAlloc { cpu }),
+        4 => (any::<usize>(), 0usize..2).prop_map(|(pick, cpu)| Op::CacheFree { pick, cpu }),
+        1 => (any::<usize>(), 0usize..2).prop_map(|(pick, cpu)| Op::DoubleFree { pick, cpu }),
+        1 => any::<bool>().prop_map(|all| Op::Shrink { all }),
+        2 => (size, 1usize..120, 0usize..2).prop_map(|(size, n, cpu)| Op::Burst { size, n, cpu }),
+    ]
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    size: usize,
+    tag: u8,
+    /// From the user cache rather than kmalloc.
+    cache: bool,
+}
+
+fn run_model(ops: Vec<Op>, hardened: bool) {
+    let m = machine(64 << 20);
+    let before = free_pages(&m);
+    {
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                sheaf_bytes: 4096,
+                freelist_hardened: hardened,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let c = s
+            .kmem_cache_create("model", 40, 0, SlabFlags::NO_MERGE, None)
+            .unwrap();
+        s.shrink_all();
+        let baseline = free_pages(&m);
+        let mut live: BTreeMap<usize, Live> = BTreeMap::new();
+        let mut freed: Vec<usize> = Vec::new();
+        let mut tag = 0u8;
+        let mut errors = 0;
+        let mut add = |live: &mut BTreeMap<usize, Live>, p: usize, size: usize, cache: bool| {
+            // No overlap with a live object.
+            if let Some((&q, l)) = live.range(..=p).next_back() {
+                assert!(
+                    q + l.size.max(1) <= p,
+                    "new object {p:#x} ({size}) overlaps live {q:#x} ({})",
+                    l.size
+                );
+            }
+            if let Some((&q, _)) = live.range(p..).next() {
+                assert!(
+                    p + size.max(1) <= q,
+                    "new object {p:#x} ({size}) overlaps live {q:#x}"
+                );
+            }
+            tag = tag.wrapping_add(1);
+            fill(p, size, tag);
+            live.insert(p, Live { size, tag, cache });
+        };
+        for (step, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Kmalloc { size, cpu } => {
+                    let p = run_on_cpu(cpu, || s.kmalloc(size, GFP_KERNEL).unwrap());
+                    let p = p.as_ptr() as usize;
+                    assert_eq!(p % kmalloc_size_roundup(size).min(8), 0);
+                    add(&mut live, p, size, false);
+                }
+                Op::Burst { size, n, cpu } => {
+                    let v: Vec<usize> = run_on_cpu(cpu, || {
+                        (0..n)
+                            .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr() as usize)
+                            .collect()
+                    });
+                    for p in v {
+                        add(&mut live, p, size, false);
+                    }
+                }
+                Op::CacheAlloc { cpu } => {
+                    let p = run_on_cpu(cpu, || c.alloc(GFP_KERNEL).unwrap()).as_ptr() as usize;
+                    add(&mut live, p, 40, true);
+                }
+                Op::Kfree { pick, cpu } | Op::CacheFree { pick, cpu } => {
+                    let want_cache = matches!(op, Op::CacheFree { .. });
+                    let cands: Vec<usize> = live
+                        .iter()
+                        .filter(|(_, l)| l.cache == want_cache)
+                        .map(|(&p, _)| p)
+                        .collect();
+                    if cands.is_empty() {
+                        continue;
+                    }
+                    let p = cands[pick % cands.len()];
+                    let l = live.remove(&p).unwrap();
+                    check(p, l.size, l.tag);
+                    run_on_cpu(cpu, || {
+                        if l.cache {
+                            c.free(NonNull::new(p as *mut u8).unwrap())
+                        } else {
+                            s.kfree(p as *const u8)
+                        }
+                    })
+                    .unwrap();
+                    freed.push(p);
+                }
+                Op::DoubleFree { pick, cpu } => {
+                    // Only the most recent free on the CPU is sure to be
+                    // caught without hardening; with it, any free object.
+                    let cands: Vec<usize> = freed
+                        .iter()
+                        .copied()
+                        .filter(|p| !live.contains_key(p))
+                        .collect();
+                    if cands.is_empty() || !hardened {
+                        continue;
+                    }
+                    let p = cands[pick % cands.len()];
+                    // A freed large block may be free pages or part of a
+                    // slab by now: whatever it is, the free must be refused.
+                    let r = run_on_cpu(cpu, || s.kfree(p as *const u8));
+                    assert!(r.is_err(), "step {step}: double free of {p:#x} accepted");
+                    errors += 1;
+                }
+                Op::Shrink { all } => {
+                    if all {
+                        s.shrink_all();
+                    } else {
+                        c.shrink();
+                    }
+                }
+            }
+            if step % 16 == 0 {
+                for (&p, l) in &live {
+                    check(p, l.size, l.tag);
+                }
+            }
+            freed.retain(|p| !live.contains_key(p));
+            if freed.len() > 64 {
+                freed.drain(..freed.len() - 64);
+            }
+        }
+        assert_eq!(s.errors(), errors, "{:#?}", m.platform().take_log());
+        for (&p, l) in &live {
+            check(p, l.size, l.tag);
+            if l.cache {
+                c.free(NonNull::new(p as *mut u8).unwrap()).unwrap();
+            } else {
+                s.kfree(p as *const u8).unwrap();
+            }
+        }
+        s.shrink_all();
+        assert_eq!(sheaf_blocks(&m), 0);
+        assert_eq!(free_pages(&m), baseline, "every page back after shrink_all");
+        c.destroy().unwrap();
+    }
+    assert_eq!(free_pages(&m), before, "every page back after drop");
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 24, ..Config::default() })]
+
+    #[test]
+    fn sheaf_model_hardened(ops in proptest::collection::vec(op(), 1..250)) {
+        run_model(ops, true);
+    }
+
+    #[test]
+    fn sheaf_model_unhardened(ops in proptest::collection::vec(op(), 1..250)) {
+        run_model(ops, false);
+    }
+}
