@@ -43,6 +43,18 @@ impl Platform for BootPlatform {
         1
     }
 
+    /// One CPU and no preemption: kernel code is the only thing that runs
+    /// as CPU 0, interrupts nest inside it and finish first. kmem's per-CPU
+    /// state is then guarded by plain stores (an interrupt that finds it
+    /// busy takes the node-locked path).
+    fn cpu_exclusive(&self) -> bool {
+        true
+    }
+
+    fn cpu_has_exclusive(&self, _cpu: usize) -> bool {
+        true
+    }
+
     fn context(&self) -> ExecContext {
         percpu::context()
     }
