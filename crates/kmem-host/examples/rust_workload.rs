@@ -136,14 +136,15 @@ fn worker(t: u64, to_collector: mpsc::Sender<Vec<String>>) -> u64 {
 }
 
 /// The counters printed, by Linux's `/sys/kernel/slab/<cache>/` names.
-const SHOWN: [Stat; 9] = [
+const SHOWN: [Stat; 10] = [
     Stat::AllocFastpath,
     Stat::AllocSlowpath,
     Stat::FreeFastpath,
     Stat::FreeSlowpath,
     Stat::AllocSlab,
     Stat::FreeSlab,
-    Stat::CpuListFlush,
+    Stat::SheafRefill,
+    Stat::SheafFlush,
     Stat::AllocContended,
     Stat::FreeContended,
 ];

@@ -297,6 +297,7 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
         c.stat(Stat::AllocContended);
+        c.stat(Stat::AllocSlowpath);
         self.alloc_single(gfp, node, self.object_size, caller)
     }
 
@@ -312,6 +313,7 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
         c.stat(Stat::AllocNodeMismatch);
+        c.stat(Stat::AllocSlowpath);
         self.alloc_single(gfp, node, self.object_size, caller)
     }
 

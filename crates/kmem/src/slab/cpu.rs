@@ -52,11 +52,14 @@ pub enum Stat {
     /// Allocation from the CPU's sheaf or free list (no lock but the CPU
     /// flag).
     AllocFastpath,
-    /// Allocation that had to refill the CPU's free list or bypass it.
+    /// Allocation off the fast path: a refill, or one that bypassed the
+    /// CPU's state (flag taken, another node). Fast + slow = allocations
+    /// (debug caches count neither).
     AllocSlowpath,
     /// Free to the CPU's sheaf or free list.
     FreeFastpath,
-    /// Free straight to a slab's own free list.
+    /// Free straight to a slab's own free list (not counting objects a
+    /// flush gives back). Fast + slow = frees (debug caches count neither).
     FreeSlowpath,
     /// Slow free to a slab that is some CPU's active slab.
     FreeFrozen,
