@@ -233,8 +233,9 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.alloc_contended(c, gfp, node, caller);
         };
-        if node >= 0 && g.node != node as u32 {
-            // Another node than this CPU's: its partial lists, one object.
+        if node >= 0 && (g.node != node as u32 || (g.sheaf_n != 0 && g.sheaf_node != node as u32)) {
+            // Another node than this CPU's (or its sheaf's): that node's
+            // partial lists, one object.
             drop(g);
             return self.alloc_other_node(c, gfp, node, caller);
         }
@@ -333,24 +334,32 @@ impl<P: Platform> KmemCache<P> {
             return None;
         }
         let target = g.sheaf_cap.div_ceil(2);
-        let mut n = g.sheaf_n;
-        while n < target {
+        if g.sheaf_n == 0 {
+            g.sheaf_node = g.node;
+        }
+        while g.sheaf_n < target {
             if g.freelist == 0 && !self.refill_freelist(g, c, gfp, node) {
                 break;
             }
-            while n < target && g.freelist != 0 {
+            // The CPU list holds objects of the CPU's node, which a refill
+            // may have changed: the sheaf takes one node's objects only.
+            if g.node != g.sheaf_node {
+                if g.sheaf_n != 0 {
+                    break;
+                }
+                g.sheaf_node = g.node;
+            }
+            while g.sheaf_n < target && g.freelist != 0 {
                 // Its free pointer stays: it marks the object free.
                 let obj = self.pop_free(g);
+                let n = g.sheaf_n;
                 // SAFETY: n < sheaf_cap slots of our sheaf.
                 unsafe { *g.sheaf.add(n as usize) = obj };
-                n += 1;
+                g.sheaf_n = n + 1;
             }
         }
-        if n == 0 {
-            return None;
-        }
+        let n = g.sheaf_n.checked_sub(1)?;
         c.stat(Stat::SheafRefill);
-        n -= 1;
         g.sheaf_n = n;
         // SAFETY: slot n was just filled with a free object, now ours.
         unsafe {
@@ -466,7 +475,8 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// Makes `slab` (frozen, its free list of `count` objects taken into
-    /// `head`) the CPU's active slab; the CPU list must be empty.
+    /// `head`) the CPU's active slab; the CPU list must be empty. A slab of
+    /// another node moves the CPU (not its sheaf) to that node.
     #[inline]
     fn install(&self, g: &mut CpuGuard<'_>, slab: SlabRef<'_>, head: usize, count: u32) {
         g.set_slab(slab.pfn);
@@ -600,11 +610,17 @@ impl<P: Platform> KmemCache<P> {
                 g.set_slab(NIL);
             }
         }
-        // 2. The per-CPU partial list.
+        // 2. The per-CPU partial list (it takes slabs of any node: a slab
+        // of another node than a node-bound request's goes back to its
+        // node's list, as Linux's `node_match` check does).
         while g.partial != NIL {
             let slab = self.slab_at(g.partial);
             g.partial = slab.next();
             g.nr_partial -= 1;
+            if node >= 0 && slab.node() != node as usize {
+                self.put_partials_chain(slab.pfn, 1, c);
+                continue;
+            }
             let (head, count) = self.freeze(slab, c);
             if head == 0 {
                 self.put_partials_chain(slab.pfn, 1, c);

@@ -191,7 +191,7 @@ impl Stat {
 
 /// What the CPU flags protect.
 pub(crate) struct CpuInner {
-    /// The sheaf: an array of free objects of the CPU's node, most recently
+    /// The sheaf: an array of free objects of one node, most recently
     /// freed last (null: none yet). Allocation pops from its end, free pushes
     /// onto it; no object memory is read on either path. Every object in it
     /// counts as in use in its own slab. Its block comes from the page
@@ -201,6 +201,9 @@ pub(crate) struct CpuInner {
     pub(crate) sheaf_n: u32,
     /// Objects the sheaf may hold (0 while there is none).
     pub(crate) sheaf_cap: u32,
+    /// The node of every object in the sheaf (set when it is empty: the
+    /// CPU's node at a refill, the freed object's at a free).
+    pub(crate) sheaf_node: u32,
     /// First object of the CPU's free list (0: empty). It starts as the
     /// whole free list of the active slab (taken at once); frees push any
     /// object of the cache onto it (objects of the CPU's node only), so it
@@ -290,6 +293,7 @@ impl CpuSlab {
                 sheaf: core::ptr::null_mut(),
                 sheaf_n: 0,
                 sheaf_cap: 0,
+                sheaf_node: node,
                 freelist: 0,
                 count: 0,
                 slab: NIL,

@@ -115,7 +115,7 @@ impl<P: Platform> KmemCache<P> {
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
-            || slab.node() as u32 != g.node
+            || slab.node() as u32 != g.sheaf_node
             || (!self.hardened && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
         {
             return false;
@@ -177,7 +177,7 @@ impl<P: Platform> KmemCache<P> {
         let n = g.sheaf_n;
         // SAFETY (both reads): slot n - 1 is the sheaf's top object.
         if n < g.sheaf_cap
-            && slab.node() as u32 == g.node
+            && slab.node() as u32 == g.sheaf_node
             && (self.hardened || n == 0 || unsafe { *g.sheaf.add(n as usize - 1) } != p)
         {
             // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object
@@ -203,7 +203,17 @@ impl<P: Platform> KmemCache<P> {
         c: &CpuSlab,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        if slab.node() as u32 != g.node {
+        let node = slab.node() as u32;
+        if g.sheaf_cap != 0 && node != g.sheaf_node && g.sheaf_n == 0 {
+            // An empty sheaf takes the node of what comes.
+            g.sheaf_node = node;
+        }
+        let cpu_node = if g.sheaf_cap != 0 {
+            g.sheaf_node
+        } else {
+            g.node
+        };
+        if node != cpu_node {
             drop(g);
             c.stat(Stat::FreeSlowpath);
             return self
@@ -217,11 +227,13 @@ impl<P: Platform> KmemCache<P> {
                 drop(g);
                 return Err(self.refuse_double_free(p, caller));
             }
-            // Full: the older half goes back to the slabs.
-            let half = g.sheaf_cap / 2;
-            self.flush_sheaf(&mut g, c, half);
+            if n == g.sheaf_cap {
+                // Full: the older half goes back to the slabs.
+                let half = g.sheaf_cap / 2;
+                self.flush_sheaf(&mut g, c, half);
+            }
             let n = g.sheaf_n;
-            // SAFETY: the flush left room in our sheaf.
+            // SAFETY: n < sheaf_cap slots of our sheaf (after the flush).
             unsafe { self.sheaf_push(&mut g, n, p) };
             c.stat(Stat::FreeFastpath);
             return Ok(());
