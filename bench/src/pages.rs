@@ -46,7 +46,8 @@ Workloads (one op = one allocation plus its free):
 
 Allocators: kmem (hosted machine: 1 GiB in the PC layout, i.e. 512 MiB of
 DMA/DMA32 below 4 GiB and a 512 MiB Normal zone from frame 0x100000; 2 CPUs, the
-benchmark thread is kmem's CPU 0; GFP_KERNEL); buddy_system_allocator's
+benchmark thread claims kmem's CPU 0 while timing, as a kernel with
+preemption off owns its CPU; GFP_KERNEL); buddy_system_allocator's
 FrameAllocator, plain and behind its spin lock (+lock); bitmap-allocator's
 BitAlloc1M; frame-alloc's SummaryBuddyAllocator, plain and under its per-CPU
 DepotAllocator (+depot). Each peer manages 262144 frames (1 GiB) from frame
@@ -99,6 +100,10 @@ pub trait FrameAllocator {
     fn free(&mut self, frame: Self::Frame, order: u32);
     /// The block's first frame number, for the pre-flight checks.
     fn pfn(&self, frame: Self::Frame) -> u64;
+    /// Called on the timing thread before a run (kmem claims its CPU here).
+    fn enter(&mut self) {}
+    /// Called on the timing thread after a run.
+    fn leave(&mut self) {}
 }
 
 /// An allocator plus the scratch space its workloads need.
@@ -153,12 +158,14 @@ impl<A: FrameAllocator> Contender for FrameContender<A> {
     }
 
     fn run(&mut self, workload: usize, n: u64) {
+        self.alloc.enter();
         match workload {
             0 => pairs(&mut self.alloc, 0, n),
             1 => pairs(&mut self.alloc, 3, n),
             2 => batches(&mut self.alloc, &mut self.held, n),
             _ => unreachable!("pages has {} workloads", WORKLOADS.len()),
         }
+        self.alloc.leave();
     }
 }
 

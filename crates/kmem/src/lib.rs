@@ -33,6 +33,7 @@ extern crate std;
 
 pub mod addr;
 pub mod context;
+mod cpu_lock;
 pub mod dma;
 pub mod error;
 pub mod gfp;

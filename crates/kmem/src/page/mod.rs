@@ -234,6 +234,10 @@ impl<P: Platform> PageAllocator<P> {
     #[inline(always)]
     pub(crate) fn pcp(&self, cpu: usize, slot: usize) -> &Pcp {
         debug_assert!(cpu < self.nr_cpus && slot < MAX_ZONES);
+        // A platform that breaks its contract gets CPU 0's lists (shared:
+        // see the callers), never memory past the array.
+        let cpu = if cpu < self.nr_cpus { cpu } else { 0 };
+        let slot = slot.min(MAX_ZONES - 1);
         // SAFETY: pcp_base holds nr_cpus * MAX_ZONES initialised entries.
         unsafe { &*self.pcp_base.add(cpu * MAX_ZONES + slot) }
     }

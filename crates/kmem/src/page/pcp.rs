@@ -7,17 +7,19 @@
 //! give a batch back. Pages on a per-CPU list are not counted as free in the
 //! zone, as in Linux.
 //!
-//! The list is guarded by a per-CPU flag taken with a try-lock, the way
-//! Linux's `pcp_spin_trylock` works: in a kernel the flag is uncontended (the
-//! CPU is ours), on the hosted machine two threads can share a CPU number,
-//! and the loser simply goes to the zone lock. Remote drains (under memory
-//! pressure) spin on the flag.
+//! The lists are guarded by a [`CpuLock`] taken with a try-lock, the way
+//! Linux's `pcp_spin_trylock` works: the CPU's owner (a kernel with
+//! preemption off, a host thread that claimed its CPU) takes it with plain
+//! stores, anyone else with a compare-and-swap (two host threads can share a
+//! CPU number), and the loser simply goes to the zone lock. Remote drains
+//! (under memory pressure, statistics) wait for it.
 
 use super::frame::{FrameState, NIL};
 use super::{PageAllocator, MAX_ZONES};
+use crate::cpu_lock::{CpuLock, Held};
 use crate::platform::Platform;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering::*};
+use core::sync::atomic::Ordering::*;
 
 /// Highest order kept on per-CPU lists.
 pub const PCP_MAX_ORDER: u32 = 3;
@@ -26,7 +28,7 @@ pub(crate) const NR_PCP_LISTS: usize = (PCP_MAX_ORDER as usize + 1) * 3;
 /// One CPU's lists for one zone.
 #[repr(C, align(128))]
 pub(crate) struct Pcp {
-    locked: AtomicBool,
+    lock: CpuLock,
     inner: UnsafeCell<PcpInner>,
 }
 
@@ -42,18 +44,19 @@ pub(crate) struct PcpInner {
     pub(crate) free_hits: u64,
 }
 
-// SAFETY: `inner` is only touched while `locked` is held.
+// SAFETY: `inner` is only touched while `lock` is held.
 unsafe impl Sync for Pcp {}
 
 /// A held per-CPU list.
 pub(crate) struct PcpGuard<'a> {
     pcp: &'a Pcp,
+    held: Held,
 }
 
 impl Drop for PcpGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.pcp.locked.store(false, Release);
+        self.pcp.lock.unlock(self.held);
     }
 }
 
@@ -74,7 +77,7 @@ impl core::ops::DerefMut for PcpGuard<'_> {
 impl Pcp {
     pub(crate) fn new() -> Pcp {
         Pcp {
-            locked: AtomicBool::new(false),
+            lock: CpuLock::new(),
             inner: UnsafeCell::new(PcpInner {
                 count: 0,
                 high: 0,
@@ -86,21 +89,23 @@ impl Pcp {
         }
     }
 
+    /// Tries to take the lists of `cpu`, the running CPU (`exclusive` as
+    /// `Platform::this_cpu` said). Never waits.
     #[inline(always)]
-    pub(crate) fn try_lock(&self) -> Option<PcpGuard<'_>> {
-        self.locked
-            .compare_exchange(false, true, Acquire, Relaxed)
-            .ok()
-            .map(|_| PcpGuard { pcp: self })
+    pub(crate) fn try_lock_this<P: Platform>(
+        &self,
+        p: &P,
+        cpu: usize,
+        exclusive: bool,
+    ) -> Option<PcpGuard<'_>> {
+        let held = self.lock.try_lock_this(p, cpu, exclusive)?;
+        Some(PcpGuard { pcp: self, held })
     }
 
-    pub(crate) fn lock(&self) -> PcpGuard<'_> {
-        loop {
-            if let Some(g) = self.try_lock() {
-                return g;
-            }
-            core::hint::spin_loop();
-        }
+    /// Takes the lists of `cpu` from anywhere, waiting (drains, statistics).
+    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> PcpGuard<'_> {
+        let held = self.lock.lock_remote(p, cpu);
+        PcpGuard { pcp: self, held }
     }
 }
 
@@ -121,8 +126,13 @@ impl<P: Platform> PageAllocator<P> {
     /// refilling the list from the zone if it is empty.
     #[inline]
     pub(crate) fn rmqueue_pcp(&self, slot: usize, order: u32, mt: usize, nofrag: bool) -> PcpAlloc {
-        let cpu = self.platform().cpu_id();
-        let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
+        let (cpu, exclusive) = self.platform().this_cpu();
+        // Exclusive only for a CPU number in range (see `pcp`).
+        let exclusive = exclusive && cpu < self.nr_cpus;
+        let Some(mut pcp) = self
+            .pcp(cpu, slot)
+            .try_lock_this(self.platform(), cpu, exclusive)
+        else {
             self.stats.pcp_contended.fetch_add(1, Relaxed);
             return PcpAlloc::Contended;
         };
@@ -186,8 +196,13 @@ impl<P: Platform> PageAllocator<P> {
         slot: usize,
         mt: usize,
     ) -> bool {
-        let cpu = self.platform().cpu_id();
-        let Some(mut pcp) = self.pcp(cpu, slot).try_lock() else {
+        let (cpu, exclusive) = self.platform().this_cpu();
+        // Exclusive only for a CPU number in range (see `pcp`).
+        let exclusive = exclusive && cpu < self.nr_cpus;
+        let Some(mut pcp) = self
+            .pcp(cpu, slot)
+            .try_lock_this(self.platform(), cpu, exclusive)
+        else {
             self.stats.pcp_contended.fetch_add(1, Relaxed);
             return false;
         };
@@ -238,7 +253,7 @@ impl<P: Platform> PageAllocator<P> {
     /// Empties one CPU's lists for every zone.
     pub fn drain_cpu_pages(&self, cpu: usize) {
         for slot in 0..MAX_ZONES {
-            let mut pcp = self.pcp(cpu, slot).lock();
+            let mut pcp = self.pcp(cpu, slot).lock_remote(self.platform(), cpu);
             if pcp.count > 0 {
                 self.free_pcppages_bulk(&mut pcp, slot, 0);
             }
@@ -264,7 +279,7 @@ impl<P: Platform> PageAllocator<P> {
         let mut n = 0;
         for cpu in 0..self.nr_cpus {
             for slot in 0..MAX_ZONES {
-                n += self.pcp(cpu, slot).lock().count as usize;
+                n += self.pcp(cpu, slot).lock_remote(self.platform(), cpu).count as usize;
             }
         }
         n
@@ -274,7 +289,7 @@ impl<P: Platform> PageAllocator<P> {
         let (mut a, mut f) = (0, 0);
         for cpu in 0..self.nr_cpus {
             for slot in 0..MAX_ZONES {
-                let p = self.pcp(cpu, slot).lock();
+                let p = self.pcp(cpu, slot).lock_remote(self.platform(), cpu);
                 a += p.alloc_hits;
                 f += p.free_hits;
             }
@@ -289,7 +304,9 @@ impl<P: Platform> PageAllocator<P> {
         node: usize,
         ztype: crate::gfp::ZoneType,
     ) -> (u32, u32, u32) {
-        let p = self.pcp(cpu, node * 3 + ztype.index()).lock();
+        let p = self
+            .pcp(cpu, node * 3 + ztype.index())
+            .lock_remote(self.platform(), cpu);
         (p.count, p.high, p.batch)
     }
 
@@ -307,7 +324,7 @@ impl<P: Platform> PageAllocator<P> {
             let low = z.watermark(super::Watermark::Low) as u32;
             let high = (low / self.nr_cpus as u32).max(batch * 4);
             for cpu in 0..self.nr_cpus {
-                let mut p = self.pcp(cpu, slot).lock();
+                let mut p = self.pcp(cpu, slot).lock_remote(self.platform(), cpu);
                 p.batch = batch;
                 p.high = if self.config().pcp_lists && managed > 0 {
                     high

@@ -128,7 +128,7 @@ impl<P: Platform> PageAllocator<P> {
             rep.free_pages += pages;
             drop(area);
             for cpu in 0..self.nr_cpus {
-                let pcp = self.pcp(cpu, slot).lock();
+                let pcp = self.pcp(cpu, slot).lock_remote(self.platform(), cpu);
                 let mut held = 0u64;
                 for li in 0..NR_PCP_LISTS {
                     let order = (li / 3) as u32;

@@ -555,24 +555,17 @@ impl<P: Platform> KmemCache<P> {
     pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
         let (cpu, exclusive) = p.this_cpu();
+        // `cpu_slab` maps an out-of-range CPU to CPU 0, which is then not
+        // the caller's to own.
+        let exclusive = exclusive && cpu < self.nr_cpus;
         let c = self.cpu_slab(cpu);
-        let g = if exclusive {
-            c.try_lock_owner()
-        } else {
-            c.try_lock_shared(|| p.cpu_has_exclusive(cpu))
-        };
-        (c, g)
+        (c, c.try_lock_this(p, cpu, exclusive))
     }
 
     /// `cpu`'s state, waiting for its flag (flushes and reports from any
     /// CPU).
     pub(crate) fn lock_cpu(&self, cpu: usize) -> CpuGuard<'_> {
-        let p = self.platform();
-        self.cpu_slab(cpu).lock_remote(
-            || p.cpu_has_exclusive(cpu),
-            || p.cpu_barrier(),
-            || p.relax(),
-        )
+        self.cpu_slab(cpu).lock_remote(self.platform(), cpu)
     }
 
     /// Sum of one counter over all CPUs.

@@ -8,39 +8,24 @@
 //! the `kmem_cache` cache is sized for `nr_cpus` of them).
 //!
 //! # Locking
-//! Two flags guard the state, in the manner of an asymmetric Dekker lock:
-//!
-//! - `busy`, set and cleared with plain stores by code that owns its CPU
-//!   ([`Platform::cpu_exclusive`]: a kernel with preemption off, a host
-//!   thread that claimed its CPU). It sets `busy`, then looks at `locked`;
-//!   an interrupt that nests inside it finds `busy` set and goes elsewhere.
-//!   This is Linux's `local_trylock`: no atomic read-modify-write at all.
-//! - `locked`, taken with a compare-and-swap by everyone else: threads that
-//!   share a CPU number on the hosted machine, and flushes of another CPU's
-//!   state (shrink, destroy, validate). If the CPU may have an owner, the
-//!   taker then runs [`Platform::cpu_barrier`] (membarrier, or an IPI) and
-//!   waits for `busy` to clear; an owner that then sees `locked` backs off.
-//!
-//! Whoever loses takes a path that needs no per-CPU state at all (a single
-//! object from a node partial list under the node lock, or a free straight to
-//! the slab). A thread that shares the number of an *owned* CPU always does,
-//! without trying: it must not make the owner pay a barrier.
+//! A [`CpuLock`]: the CPU's owner (a kernel with preemption off, a host
+//! thread that claimed its CPU) takes it with plain stores; everyone else
+//! with a compare-and-swap, and remote flushes (shrink, destroy, validate)
+//! with a barrier besides. Whoever fails to take it without waiting takes a
+//! path that needs no per-CPU state at all (a single object from a node
+//! partial list under the node lock, or a free straight to the slab).
 //!
 //! # Counters
 //! Named as Linux's `/sys/kernel/slab/<cache>/` statistics. They are atomics
 //! updated by load and store (not read-modify-write): exact under the flag,
 //! possibly short by a count when two threads sharing a CPU race outside it,
 //! which Linux accepts for its own counters too.
-//!
-//! [`Platform::cpu_exclusive`]: crate::platform::Platform::cpu_exclusive
-//! [`Platform::cpu_barrier`]: crate::platform::Platform::cpu_barrier
 
+use crate::cpu_lock::{CpuLock, Held};
+use crate::platform::Platform;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release, SeqCst},
-};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::slab::NIL;
 
@@ -225,16 +210,13 @@ pub(crate) struct CpuInner {
 /// One CPU's state for one cache.
 #[repr(C, align(64))]
 pub(crate) struct CpuSlab {
-    /// The owner's flag (plain stores; see the module comment).
-    busy: AtomicBool,
-    /// Everyone else's flag (compare-and-swap).
-    locked: AtomicBool,
+    lock: CpuLock,
     inner: UnsafeCell<CpuInner>,
     stats: [AtomicU64; NR_STATS],
 }
 
-// SAFETY: `inner` is only accessed while a flag is held as the module
-// comment describes; the stats are atomics.
+// SAFETY: `inner` is only accessed while `lock` is held; the stats are
+// atomics.
 unsafe impl Sync for CpuSlab {}
 // SAFETY: the sheaf pointer is a direct-map address owned by the cache.
 unsafe impl Send for CpuSlab {}
@@ -242,8 +224,7 @@ unsafe impl Send for CpuSlab {}
 /// A held CPU flag.
 pub(crate) struct CpuGuard<'a> {
     cpu: &'a CpuSlab,
-    /// Which flag: `busy` (owner) or `locked`.
-    owner: bool,
+    held: Held,
 }
 
 impl CpuGuard<'_> {
@@ -257,11 +238,7 @@ impl CpuGuard<'_> {
 impl Drop for CpuGuard<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.owner {
-            self.cpu.busy.store(false, Release);
-        } else {
-            self.cpu.locked.store(false, Release);
-        }
+        self.cpu.lock.unlock(self.held);
     }
 }
 
@@ -287,8 +264,7 @@ impl CpuSlab {
     /// zero.
     pub(crate) fn new(node: u32) -> CpuSlab {
         CpuSlab {
-            busy: AtomicBool::new(false),
-            locked: AtomicBool::new(false),
+            lock: CpuLock::new(),
             inner: UnsafeCell::new(CpuInner {
                 sheaf: core::ptr::null_mut(),
                 sheaf_n: 0,
@@ -305,83 +281,23 @@ impl CpuSlab {
         }
     }
 
-    /// Takes the owner's flag if the state is free: the caller owns the CPU
-    /// ([`crate::platform::Platform::cpu_exclusive`]). Plain loads and stores
-    /// only; fails if an interrupted owner or another taker holds the state.
+    /// Tries to take the state of `cpu`, the running CPU (`exclusive` as
+    /// [`Platform::this_cpu`] said). Never waits.
     #[inline(always)]
-    pub(crate) fn try_lock_owner(&self) -> Option<CpuGuard<'_>> {
-        if self.busy.load(Relaxed) {
-            return None;
-        }
-        self.busy.store(true, Relaxed);
-        // The store must come before the load of `locked` as the compiler
-        // emits them; the hardware half of the ordering is the taker's
-        // `cpu_barrier`.
-        compiler_fence(SeqCst);
-        if self.locked.load(Acquire) {
-            self.busy.store(false, Release);
-            return None;
-        }
-        Some(CpuGuard {
-            cpu: self,
-            owner: true,
-        })
-    }
-
-    /// Takes the shared flag with one compare-and-swap, for a caller that
-    /// does not own the CPU; `owned` says whether the CPU has an owner now.
-    /// Fails if the flag is taken or the CPU has an owner (whose fast path
-    /// must not be made to wait for us).
-    #[inline(always)]
-    pub(crate) fn try_lock_shared(&self, owned: impl Fn() -> bool) -> Option<CpuGuard<'_>> {
-        if owned() {
-            return None;
-        }
-        self.locked
-            .compare_exchange(false, true, SeqCst, Relaxed)
-            .ok()?;
-        let g = CpuGuard {
-            cpu: self,
-            owner: false,
-        };
-        // Claimed between the check and the swap: the owner may be inside.
-        if owned() {
-            return None;
-        }
-        Some(g)
-    }
-
-    /// Takes the state from anywhere (another CPU's flush, validation):
-    /// the shared flag, waiting while it is taken; then, if the CPU may have
-    /// an owner (`owned`, asked only after the swap, so that an owner who
-    /// claims the CPU meanwhile sees the flag), `barrier` and a wait for the
-    /// owner to leave.
-    pub(crate) fn lock_remote(
+    pub(crate) fn try_lock_this<P: Platform>(
         &self,
-        owned: impl Fn() -> bool,
-        barrier: impl Fn(),
-        relax: impl Fn(),
-    ) -> CpuGuard<'_> {
-        while self
-            .locked
-            .compare_exchange(false, true, SeqCst, Relaxed)
-            .is_err()
-        {
-            relax();
-        }
-        let g = CpuGuard {
-            cpu: self,
-            owner: false,
-        };
-        if owned() {
-            // After the barrier the owner's `busy` store is visible to us,
-            // and its next fast path sees `locked`.
-            barrier();
-            while self.busy.load(Acquire) {
-                relax();
-            }
-        }
-        g
+        p: &P,
+        cpu: usize,
+        exclusive: bool,
+    ) -> Option<CpuGuard<'_>> {
+        let held = self.lock.try_lock_this(p, cpu, exclusive)?;
+        Some(CpuGuard { cpu: self, held })
+    }
+
+    /// Takes the state of `cpu` from anywhere, waiting (flushes, reports).
+    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> CpuGuard<'_> {
+        let held = self.lock.lock_remote(p, cpu);
+        CpuGuard { cpu: self, held }
     }
 
     /// Counts one event.
