@@ -37,9 +37,9 @@ pub trait Platform: Send + Sync + 'static {
     /// preemption disabled (or a kernel without preemption); on the hosted
     /// machine, a thread that has claimed its CPU.
     ///
-    /// When true, kmem guards the CPU's per-CPU state with plain loads and
-    /// stores instead of a compare-and-swap (Linux's `local_trylock`), which
-    /// is what makes the slab fast paths cheap. A platform that returns true
+    /// When true, kmem guards the CPU's per-CPU state (page lists, slab
+    /// sheaves) with plain loads and stores instead of a compare-and-swap
+    /// (Linux's `local_trylock`), which is what makes the fast paths cheap. A platform that returns true
     /// anywhere must implement [`Self::cpu_has_exclusive`] and
     /// [`Self::cpu_barrier`] too. The default, false, is always safe.
     #[inline(always)]
@@ -49,7 +49,7 @@ pub trait Platform: Send + Sync + 'static {
 
     /// [`Self::cpu_id`] and [`Self::cpu_exclusive`] at once, for platforms
     /// that can answer both with one look at their per-CPU (per-thread)
-    /// data. This is what the slab fast paths call.
+    /// data. This is what the fast paths call.
     #[inline(always)]
     fn this_cpu(&self) -> (usize, bool) {
         (self.cpu_id(), self.cpu_exclusive())
