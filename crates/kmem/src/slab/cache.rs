@@ -555,17 +555,33 @@ impl<P: Platform> KmemCache<P> {
     pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
         let (cpu, exclusive) = p.this_cpu();
-        // `cpu_slab` maps an out-of-range CPU to CPU 0, which is then not
-        // the caller's to own.
-        let exclusive = exclusive && cpu < self.nr_cpus;
-        let c = self.cpu_slab(cpu);
-        (c, c.try_lock_this(p, cpu, exclusive))
+        if cpu < self.nr_cpus {
+            let c = self.cpu_slab_unchecked(cpu);
+            (c, c.try_lock_this(p, cpu, exclusive))
+        } else {
+            // A platform that breaks its contract: CPU 0's state, never as
+            // its owner.
+            let c = self.cpu_slab(0);
+            (c, c.try_lock_this(p, 0, false))
+        }
     }
 
     /// `cpu`'s state, waiting for its flag (flushes and reports from any
     /// CPU).
     pub(crate) fn lock_cpu(&self, cpu: usize) -> CpuGuard<'_> {
         self.cpu_slab(cpu).lock_remote(self.platform(), cpu)
+    }
+
+    /// The per-CPU state of `cpu`, known to be below `nr_cpus`.
+    #[inline(always)]
+    fn cpu_slab_unchecked(&self, cpu: usize) -> &CpuSlab {
+        debug_assert!(cpu < self.nr_cpus);
+        // SAFETY: init_at wrote nr_cpus CpuSlabs right behind the header,
+        // inside the same allocation; cpu < nr_cpus (caller).
+        unsafe {
+            let base = (self as *const Self as *const u8).add(size_of::<Self>()) as *const CpuSlab;
+            &*base.add(cpu)
+        }
     }
 
     /// Sum of one counter over all CPUs.
