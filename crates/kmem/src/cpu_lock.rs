@@ -29,13 +29,84 @@
 //! [`Platform::cpu_barrier`]: crate::platform::Platform::cpu_barrier
 
 use crate::platform::Platform;
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{
     compiler_fence, AtomicBool,
     Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
+/// One CPU's data of type `T` behind its [`CpuLock`].
+pub(crate) struct PerCpu<T> {
+    lock: CpuLock,
+    inner: UnsafeCell<T>,
+}
+
+// SAFETY: `inner` is only reached through a guard, which holds the lock.
+unsafe impl<T: Send> Sync for PerCpu<T> {}
+
+/// A held [`PerCpu`]: the data, exclusively, until dropped.
+pub(crate) struct PerCpuGuard<'a, T> {
+    cell: &'a PerCpu<T>,
+    held: Held,
+}
+
+impl<T> PerCpu<T> {
+    /// `value` behind a free lock.
+    pub(crate) const fn new(value: T) -> PerCpu<T> {
+        PerCpu {
+            lock: CpuLock::new(),
+            inner: UnsafeCell::new(value),
+        }
+    }
+
+    /// Tries to take the data of `cpu`, the running CPU (`exclusive` as
+    /// [`Platform::this_cpu`] said). Never waits.
+    #[inline(always)]
+    pub(crate) fn try_lock_this<P: Platform>(
+        &self,
+        p: &P,
+        cpu: usize,
+        exclusive: bool,
+    ) -> Option<PerCpuGuard<'_, T>> {
+        let held = self.lock.try_lock_this(p, cpu, exclusive)?;
+        Some(PerCpuGuard { cell: self, held })
+    }
+
+    /// Takes the data of `cpu` from anywhere, waiting (see
+    /// [`CpuLock::lock_remote`]).
+    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> PerCpuGuard<'_, T> {
+        let held = self.lock.lock_remote(p, cpu);
+        PerCpuGuard { cell: self, held }
+    }
+}
+
+impl<T> Drop for PerCpuGuard<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.cell.lock.unlock(self.held);
+    }
+}
+
+impl<T> Deref for PerCpuGuard<'_, T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held.
+        unsafe { &*self.cell.inner.get() }
+    }
+}
+
+impl<T> DerefMut for PerCpuGuard<'_, T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the lock is held, so this is the only reference.
+        unsafe { &mut *self.cell.inner.get() }
+    }
+}
+
 /// A per-CPU lock (see the module comment).
-pub(crate) struct CpuLock {
+struct CpuLock {
     /// The owner's flag (plain stores).
     busy: AtomicBool,
     /// Everyone else's flag (compare-and-swap).
@@ -44,7 +115,7 @@ pub(crate) struct CpuLock {
 
 /// Which flag a holder took: release it with [`CpuLock::unlock`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Held {
+enum Held {
     /// The owner's `busy`.
     Owner,
     /// The shared `locked`.
@@ -53,7 +124,7 @@ pub(crate) enum Held {
 
 impl CpuLock {
     /// Free.
-    pub(crate) const fn new() -> CpuLock {
+    const fn new() -> CpuLock {
         CpuLock {
             busy: AtomicBool::new(false),
             locked: AtomicBool::new(false),
@@ -64,12 +135,7 @@ impl CpuLock {
     /// the caller got from [`Platform::this_cpu`] along with it. Never
     /// waits.
     #[inline(always)]
-    pub(crate) fn try_lock_this<P: Platform>(
-        &self,
-        p: &P,
-        cpu: usize,
-        exclusive: bool,
-    ) -> Option<Held> {
+    fn try_lock_this<P: Platform>(&self, p: &P, cpu: usize, exclusive: bool) -> Option<Held> {
         if exclusive {
             self.try_lock_owner()
         } else {
@@ -81,7 +147,7 @@ impl CpuLock {
     /// loads and stores only; fails if an interrupted owner or another taker
     /// holds the state.
     #[inline(always)]
-    pub(crate) fn try_lock_owner(&self) -> Option<Held> {
+    fn try_lock_owner(&self) -> Option<Held> {
         if self.busy.load(Relaxed) {
             return None;
         }
@@ -101,7 +167,7 @@ impl CpuLock {
     /// own the CPU; `owned` says whether the CPU has an owner now. Fails if
     /// the flag is taken or the CPU has an owner.
     #[inline(always)]
-    pub(crate) fn try_lock_shared(&self, owned: impl Fn() -> bool) -> Option<Held> {
+    fn try_lock_shared(&self, owned: impl Fn() -> bool) -> Option<Held> {
         if owned() {
             return None;
         }
@@ -122,7 +188,7 @@ impl CpuLock {
     /// who claims the CPU meanwhile sees the flag), the platform's barrier
     /// and a wait for the owner to leave. Must not run in an interrupt
     /// handler that may have interrupted the owner itself.
-    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> Held {
+    fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> Held {
         while self
             .locked
             .compare_exchange(false, true, SeqCst, Relaxed)
@@ -143,7 +209,7 @@ impl CpuLock {
 
     /// Releases the flag `held` names.
     #[inline(always)]
-    pub(crate) fn unlock(&self, held: Held) {
+    fn unlock(&self, held: Held) {
         match held {
             Held::Owner => self.busy.store(false, Release),
             Held::Shared => self.locked.store(false, Release),

@@ -7,30 +7,29 @@
 //! give a batch back. Pages on a per-CPU list are not counted as free in the
 //! zone, as in Linux.
 //!
-//! The lists are guarded by a [`CpuLock`] taken with a try-lock, the way
-//! Linux's `pcp_spin_trylock` works: the CPU's owner (a kernel with
-//! preemption off, a host thread that claimed its CPU) takes it with plain
-//! stores, anyone else with a compare-and-swap (two host threads can share a
-//! CPU number), and the loser simply goes to the zone lock. Remote drains
-//! (under memory pressure, statistics) wait for it.
+//! The lists are guarded by the per-CPU lock (`cpu_lock.rs`), taken with a
+//! try-lock the way Linux's `pcp_spin_trylock` works: the CPU's owner (a
+//! kernel with preemption off, a host thread that claimed its CPU) takes it
+//! with plain stores, anyone else with a compare-and-swap (two host threads
+//! can share a CPU number), and the loser simply goes to the zone lock.
+//! Remote drains (under memory pressure, statistics) wait for it.
 
 use super::frame::{FrameState, NIL};
 use super::{PageAllocator, MAX_ZONES};
-use crate::cpu_lock::{CpuLock, Held};
+use crate::cpu_lock::{PerCpu, PerCpuGuard};
 use crate::platform::Platform;
-use core::cell::UnsafeCell;
 use core::sync::atomic::Ordering::*;
 
 /// Highest order kept on per-CPU lists.
 pub const PCP_MAX_ORDER: u32 = 3;
 pub(crate) const NR_PCP_LISTS: usize = (PCP_MAX_ORDER as usize + 1) * 3;
 
-/// One CPU's lists for one zone.
+/// One CPU's lists for one zone, behind the CPU's lock.
 #[repr(C, align(128))]
-pub(crate) struct Pcp {
-    lock: CpuLock,
-    inner: UnsafeCell<PcpInner>,
-}
+pub(crate) struct Pcp(PerCpu<PcpInner>);
+
+/// A held per-CPU list.
+pub(crate) type PcpGuard<'a> = PerCpuGuard<'a, PcpInner>;
 
 pub(crate) struct PcpInner {
     /// Pages held, all lists.
@@ -44,53 +43,19 @@ pub(crate) struct PcpInner {
     pub(crate) free_hits: u64,
 }
 
-// SAFETY: `inner` is only touched while `lock` is held.
-unsafe impl Sync for Pcp {}
-
-/// A held per-CPU list.
-pub(crate) struct PcpGuard<'a> {
-    pcp: &'a Pcp,
-    held: Held,
-}
-
-impl Drop for PcpGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.pcp.lock.unlock(self.held);
-    }
-}
-
-impl core::ops::Deref for PcpGuard<'_> {
-    type Target = PcpInner;
-    fn deref(&self) -> &PcpInner {
-        // SAFETY: the flag is held.
-        unsafe { &*self.pcp.inner.get() }
-    }
-}
-impl core::ops::DerefMut for PcpGuard<'_> {
-    fn deref_mut(&mut self) -> &mut PcpInner {
-        // SAFETY: the flag is held, so this is the only reference.
-        unsafe { &mut *self.pcp.inner.get() }
-    }
-}
-
 impl Pcp {
     pub(crate) fn new() -> Pcp {
-        Pcp {
-            lock: CpuLock::new(),
-            inner: UnsafeCell::new(PcpInner {
-                count: 0,
-                high: 0,
-                batch: 1,
-                heads: [NIL; NR_PCP_LISTS],
-                alloc_hits: 0,
-                free_hits: 0,
-            }),
-        }
+        Pcp(PerCpu::new(PcpInner {
+            count: 0,
+            high: 0,
+            batch: 1,
+            heads: [NIL; NR_PCP_LISTS],
+            alloc_hits: 0,
+            free_hits: 0,
+        }))
     }
 
-    /// Tries to take the lists of `cpu`, the running CPU (`exclusive` as
-    /// `Platform::this_cpu` said). Never waits.
+    /// Tries to take the lists of `cpu`, the running CPU. Never waits.
     #[inline(always)]
     pub(crate) fn try_lock_this<P: Platform>(
         &self,
@@ -98,14 +63,12 @@ impl Pcp {
         cpu: usize,
         exclusive: bool,
     ) -> Option<PcpGuard<'_>> {
-        let held = self.lock.try_lock_this(p, cpu, exclusive)?;
-        Some(PcpGuard { pcp: self, held })
+        self.0.try_lock_this(p, cpu, exclusive)
     }
 
     /// Takes the lists of `cpu` from anywhere, waiting (drains, statistics).
     pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> PcpGuard<'_> {
-        let held = self.lock.lock_remote(p, cpu);
-        PcpGuard { pcp: self, held }
+        self.0.lock_remote(p, cpu)
     }
 }
 
@@ -122,18 +85,27 @@ pub(crate) enum PcpAlloc {
 }
 
 impl<P: Platform> PageAllocator<P> {
+    /// The running CPU's lists for zone `slot`, if they can be taken without
+    /// waiting; counts a miss as contended.
+    #[inline(always)]
+    fn this_pcp(&self, slot: usize) -> Option<PcpGuard<'_>> {
+        let (cpu, exclusive) = self.platform().this_cpu();
+        // Exclusive only for a CPU number in range (see `pcp`).
+        let exclusive = exclusive && cpu < self.nr_cpus;
+        let g = self
+            .pcp(cpu, slot)
+            .try_lock_this(self.platform(), cpu, exclusive);
+        if g.is_none() {
+            self.stats.pcp_contended.fetch_add(1, Relaxed);
+        }
+        g
+    }
+
     /// Pops a block of `order`/`mt` from this CPU's list for zone `slot`,
     /// refilling the list from the zone if it is empty.
     #[inline]
     pub(crate) fn rmqueue_pcp(&self, slot: usize, order: u32, mt: usize, nofrag: bool) -> PcpAlloc {
-        let (cpu, exclusive) = self.platform().this_cpu();
-        // Exclusive only for a CPU number in range (see `pcp`).
-        let exclusive = exclusive && cpu < self.nr_cpus;
-        let Some(mut pcp) = self
-            .pcp(cpu, slot)
-            .try_lock_this(self.platform(), cpu, exclusive)
-        else {
-            self.stats.pcp_contended.fetch_add(1, Relaxed);
+        let Some(mut pcp) = self.this_pcp(slot) else {
             return PcpAlloc::Contended;
         };
         let li = list_index(order, mt);
@@ -196,14 +168,7 @@ impl<P: Platform> PageAllocator<P> {
         slot: usize,
         mt: usize,
     ) -> bool {
-        let (cpu, exclusive) = self.platform().this_cpu();
-        // Exclusive only for a CPU number in range (see `pcp`).
-        let exclusive = exclusive && cpu < self.nr_cpus;
-        let Some(mut pcp) = self
-            .pcp(cpu, slot)
-            .try_lock_this(self.platform(), cpu, exclusive)
-        else {
-            self.stats.pcp_contended.fetch_add(1, Relaxed);
+        let Some(mut pcp) = self.this_pcp(slot) else {
             return false;
         };
         let li = list_index(order, mt);

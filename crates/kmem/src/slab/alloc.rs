@@ -231,13 +231,13 @@ impl<P: Platform> KmemCache<P> {
     ) -> Result<usize, AllocError> {
         let (c, g) = self.this_cpu();
         let Some(mut g) = g else {
-            return self.alloc_contended(c, gfp, node, caller);
+            return self.alloc_bypass(c, Stat::AllocContended, gfp, node, caller);
         };
         if node >= 0 && (g.node != node as u32 || (g.sheaf_n != 0 && g.sheaf_node != node as u32)) {
             // Another node than this CPU's (or its sheaf's): that node's
             // partial lists, one object.
             drop(g);
-            return self.alloc_other_node(c, gfp, node, caller);
+            return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
         }
         let n = g.sheaf_n;
         if n != 0 {
@@ -287,33 +287,20 @@ impl<P: Platform> KmemCache<P> {
         self.alloc_slow(g, c, gfp, node, caller)
     }
 
-    /// The CPU flag is taken: one object under the node lock.
+    /// One object under the node lock, bypassing the CPU's state: its flag
+    /// is taken ([`Stat::AllocContended`]), or the request is for another
+    /// node than the CPU's or its sheaf's ([`Stat::AllocNodeMismatch`]).
     #[cold]
     #[inline(never)]
-    fn alloc_contended(
+    fn alloc_bypass(
         &self,
         c: &CpuSlab,
+        why: Stat,
         gfp: Gfp,
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
-        c.stat(Stat::AllocContended);
-        c.stat(Stat::AllocSlowpath);
-        self.alloc_single(gfp, node, self.object_size, caller)
-    }
-
-    /// A request for another node than the CPU's: one object from that
-    /// node's partial lists.
-    #[cold]
-    #[inline(never)]
-    fn alloc_other_node(
-        &self,
-        c: &CpuSlab,
-        gfp: Gfp,
-        node: i32,
-        caller: &'static Location<'static>,
-    ) -> Result<usize, AllocError> {
-        c.stat(Stat::AllocNodeMismatch);
+        c.stat(why);
         c.stat(Stat::AllocSlowpath);
         self.alloc_single(gfp, node, self.object_size, caller)
     }
@@ -479,7 +466,7 @@ impl<P: Platform> KmemCache<P> {
     /// another node moves the CPU (not its sheaf) to that node.
     #[inline]
     fn install(&self, g: &mut CpuGuard<'_>, slab: SlabRef<'_>, head: usize, count: u32) {
-        g.set_slab(slab.pfn);
+        g.slab = slab.pfn;
         g.node = slab.node() as u32;
         g.freelist = head;
         g.count = count;
@@ -607,7 +594,7 @@ impl<P: Platform> KmemCache<P> {
                 self.deactivate(g, c);
             } else {
                 // Full and now unfrozen: on no list until a free.
-                g.set_slab(NIL);
+                g.slab = NIL;
             }
         }
         // 2. The per-CPU partial list (it takes slabs of any node: a slab

@@ -8,10 +8,10 @@
 //! the `kmem_cache` cache is sized for `nr_cpus` of them).
 //!
 //! # Locking
-//! A [`CpuLock`]: the CPU's owner (a kernel with preemption off, a host
-//! thread that claimed its CPU) takes it with plain stores; everyone else
-//! with a compare-and-swap, and remote flushes (shrink, destroy, validate)
-//! with a barrier besides. Whoever fails to take it without waiting takes a
+//! The per-CPU lock (`cpu_lock.rs`): the CPU's owner (a kernel with
+//! preemption off, a host thread that claimed its CPU) takes it with plain
+//! stores; everyone else with a compare-and-swap, and remote flushes
+//! (shrink, destroy, validate) with a barrier besides. Whoever fails to take it without waiting takes a
 //! path that needs no per-CPU state at all (a single object from a node
 //! partial list under the node lock, or a free straight to the slab).
 //!
@@ -21,10 +21,8 @@
 //! possibly short by a count when two threads sharing a CPU race outside it,
 //! which Linux accepts for its own counters too.
 
-use crate::cpu_lock::{CpuLock, Held};
+use crate::cpu_lock::{PerCpu, PerCpuGuard};
 use crate::platform::Platform;
-use core::cell::UnsafeCell;
-use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::slab::NIL;
@@ -207,65 +205,26 @@ pub(crate) struct CpuInner {
     pub(crate) nr_partial: u32,
 }
 
-/// One CPU's state for one cache.
+/// One CPU's state for one cache: the locked part and the counters.
 #[repr(C, align(64))]
 pub(crate) struct CpuSlab {
-    lock: CpuLock,
-    inner: UnsafeCell<CpuInner>,
+    state: PerCpu<CpuInner>,
     stats: [AtomicU64; NR_STATS],
 }
 
-// SAFETY: `inner` is only accessed while `lock` is held; the stats are
-// atomics.
-unsafe impl Sync for CpuSlab {}
-// SAFETY: the sheaf pointer is a direct-map address owned by the cache.
-unsafe impl Send for CpuSlab {}
+// SAFETY: the sheaf pointer is a direct-map address owned by the cache,
+// reached only under the CPU lock.
+unsafe impl Send for CpuInner {}
 
-/// A held CPU flag.
-pub(crate) struct CpuGuard<'a> {
-    cpu: &'a CpuSlab,
-    held: Held,
-}
-
-impl CpuGuard<'_> {
-    /// Sets the active slab.
-    #[inline(always)]
-    pub(crate) fn set_slab(&mut self, pfn: u32) {
-        self.slab = pfn;
-    }
-}
-
-impl Drop for CpuGuard<'_> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        self.cpu.lock.unlock(self.held);
-    }
-}
-
-impl Deref for CpuGuard<'_> {
-    type Target = CpuInner;
-    #[inline(always)]
-    fn deref(&self) -> &CpuInner {
-        // SAFETY: the flag is held.
-        unsafe { &*self.cpu.inner.get() }
-    }
-}
-
-impl DerefMut for CpuGuard<'_> {
-    #[inline(always)]
-    fn deref_mut(&mut self) -> &mut CpuInner {
-        // SAFETY: the flag is held, so this is the only reference.
-        unsafe { &mut *self.cpu.inner.get() }
-    }
-}
+/// A held CPU state.
+pub(crate) type CpuGuard<'a> = PerCpuGuard<'a, CpuInner>;
 
 impl CpuSlab {
     /// Empty state on `node`: no active slab, no partial slabs, counters at
     /// zero.
     pub(crate) fn new(node: u32) -> CpuSlab {
         CpuSlab {
-            lock: CpuLock::new(),
-            inner: UnsafeCell::new(CpuInner {
+            state: PerCpu::new(CpuInner {
                 sheaf: core::ptr::null_mut(),
                 sheaf_n: 0,
                 sheaf_cap: 0,
@@ -290,14 +249,12 @@ impl CpuSlab {
         cpu: usize,
         exclusive: bool,
     ) -> Option<CpuGuard<'_>> {
-        let held = self.lock.try_lock_this(p, cpu, exclusive)?;
-        Some(CpuGuard { cpu: self, held })
+        self.state.try_lock_this(p, cpu, exclusive)
     }
 
     /// Takes the state of `cpu` from anywhere, waiting (flushes, reports).
     pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> CpuGuard<'_> {
-        let held = self.lock.lock_remote(p, cpu);
-        CpuGuard { cpu: self, held }
+        self.state.lock_remote(p, cpu)
     }
 
     /// Counts one event.

@@ -599,7 +599,7 @@ impl<P: Platform> KmemCache<P> {
             return;
         }
         let slab = self.slab_at(g.slab);
-        g.set_slab(NIL);
+        g.slab = NIL;
         let (old, new) = loop {
             let old = slab.word();
             let new = old.with(FROZEN, false);
