@@ -1,0 +1,174 @@
+//! The per-CPU page lists under claimed CPUs: two owners (plain-store lock)
+//! allocating and freeing blocks of orders 0..=3, each freeing half of its
+//! blocks on the other CPU, while a third thread drains every CPU's lists and
+//! reads their counts (the compare-and-swap plus membarrier path) and a
+//! fourth runs as CPU 0 without owning it (the zone-locked path). Every page
+//! is tagged through the direct map and checked before it is freed; a global
+//! map of live blocks catches any block handed out twice. At the end every
+//! counter is back at its baseline and the allocator's own walk is clean.
+
+mod page_common;
+
+use kmem::addr::Pfn;
+use kmem::gfp::GFP_KERNEL;
+use kmem_host::{claim_cpu, run_on_cpu, Machine};
+use page_common::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Mutex};
+
+/// Tags every page of a block with `tag` (first word of each page).
+fn tag(m: &Machine, pfn: Pfn, order: u32, tag: u64) {
+    for i in 0..1u64 << order {
+        let p = m.pages().page_address(Pfn(pfn.0 + i)).0 as *mut u64;
+        // SAFETY: a page of a block we own, through the direct map.
+        unsafe { p.write(tag) };
+    }
+}
+
+/// Checks every page of a block still holds `tag`.
+fn check(m: &Machine, pfn: Pfn, order: u32, tag: u64) {
+    for i in 0..1u64 << order {
+        let p = m.pages().page_address(Pfn(pfn.0 + i)).0 as *const u64;
+        // SAFETY: as in `tag`.
+        let v = unsafe { p.read() };
+        assert_eq!(
+            v,
+            tag,
+            "page {:#x} of block {:#x} overwritten",
+            pfn.0 + i,
+            pfn.0
+        );
+    }
+}
+
+/// Live blocks by first pfn: (order, owner tag).
+type Live = Mutex<BTreeMap<u64, u32>>;
+
+fn claim_live(live: &Live, pfn: Pfn, order: u32) {
+    let mut l = live.lock().unwrap();
+    let end = pfn.0 + (1 << order);
+    if let Some((&start, &o)) = l.range(..end).next_back() {
+        assert!(
+            start + (1 << o) <= pfn.0,
+            "block {:#x} order {order} overlaps live block {start:#x} order {o}",
+            pfn.0
+        );
+    }
+    l.insert(pfn.0, order);
+}
+
+fn release_live(live: &Live, pfn: Pfn) {
+    live.lock()
+        .unwrap()
+        .remove(&pfn.0)
+        .expect("freed block was live");
+}
+
+fn run(claimed: bool) {
+    let m = small_machine();
+    let base = Baseline::take(&m);
+    let live: Live = Mutex::new(BTreeMap::new());
+    // Workers (two owners and the sharer) that have finished.
+    let finished = AtomicUsize::new(0);
+    let (to1, from0) = mpsc::channel::<(Pfn, u32, u64)>();
+    let (to0, from1) = mpsc::channel::<(Pfn, u32, u64)>();
+    let channels = Mutex::new(vec![(to1, from1), (to0, from0)]);
+    std::thread::scope(|s| {
+        for cpu in 0..2usize {
+            let (m, live, channels, finished) = (&m, &live, &channels, &finished);
+            s.spawn(move || {
+                let (to_other, from_other) = channels.lock().unwrap().remove(0);
+                let _claim = if claimed {
+                    Some(claim_cpu(cpu).expect("claim"))
+                } else {
+                    kmem_host::set_cpu(cpu);
+                    None
+                };
+                let mut rng = SeqRng::new(cpu as u64 + 1);
+                let mut mine: Vec<(Pfn, u32, u64)> = Vec::new();
+                for round in 0..20_000u64 {
+                    let order = rng.below(4) as u32;
+                    let pfn = m.pages().alloc_pages(GFP_KERNEL, order).unwrap();
+                    claim_live(live, pfn, order);
+                    let t = (cpu as u64) << 40 | round;
+                    tag(m, pfn, order, t);
+                    if rng.chance(50) {
+                        mine.push((pfn, order, t));
+                    } else {
+                        to_other.send((pfn, order, t)).unwrap();
+                    }
+                    if mine.len() > 64 {
+                        let (p, o, t) = mine.swap_remove(rng.below(mine.len() as u64) as usize);
+                        check(m, p, o, t);
+                        release_live(live, p);
+                        m.pages().free_pages(p, o).unwrap();
+                    }
+                    while let Ok((p, o, t)) = from_other.try_recv() {
+                        check(m, p, o, t);
+                        release_live(live, p);
+                        m.pages().free_pages(p, o).unwrap();
+                    }
+                }
+                drop(to_other);
+                for (p, o, t) in mine {
+                    check(m, p, o, t);
+                    release_live(live, p);
+                    m.pages().free_pages(p, o).unwrap();
+                }
+                // The other thread's last blocks.
+                for (p, o, t) in from_other.iter() {
+                    check(m, p, o, t);
+                    release_live(live, p);
+                    m.pages().free_pages(p, o).unwrap();
+                }
+                finished.fetch_add(1, Relaxed);
+            });
+        }
+        // Remote drains and counts, from a thread that owns no CPU.
+        s.spawn(|| {
+            let mut drains = 0u64;
+            while finished.load(Relaxed) < 3 {
+                m.pages().drain_all_pages();
+                let _ = m.pages().pcp_pages();
+                drains += 1;
+                std::thread::yield_now();
+            }
+            assert!(
+                drains > 10,
+                "only {drains} drains ran alongside the workers"
+            );
+        });
+        // A thread that shares CPU 0's number.
+        s.spawn(|| {
+            run_on_cpu(0, || {
+                let mut rng = SeqRng::new(99);
+                for round in 0..10_000u64 {
+                    let order = rng.below(2) as u32;
+                    let pfn = m.pages().alloc_pages(GFP_KERNEL, order).unwrap();
+                    claim_live(&live, pfn, order);
+                    tag(&m, pfn, order, 7 << 40 | round);
+                    check(&m, pfn, order, 7 << 40 | round);
+                    release_live(&live, pfn);
+                    m.pages().free_pages(pfn, order).unwrap();
+                }
+            });
+            finished.fetch_add(1, Relaxed);
+        });
+    });
+    assert!(live.lock().unwrap().is_empty());
+    assert!(m.platform().take_log().is_empty());
+    base.assert_restored(&m);
+}
+
+#[test]
+fn owners_with_remote_drains_and_a_sharer() {
+    for _ in 0..3 {
+        run(true);
+    }
+}
+
+#[test]
+fn unclaimed_control() {
+    run(false);
+}
