@@ -77,16 +77,7 @@ impl<P: Platform> KmemCache<P> {
         }
         let (c, g) = self.this_cpu();
         let mut g = g?;
-        let n = g.sheaf_n.checked_sub(1)?;
-        // SAFETY: the sheaf holds `sheaf_n` free objects of this cache, ours
-        // under the flag.
-        let obj = unsafe { *g.sheaf.add(n as usize) };
-        g.sheaf_n = n;
-        if self.hardened {
-            // SAFETY: as above; the slot now marks the object allocated.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
-        }
-        c.stat(Stat::AllocFastpath);
+        let obj = self.sheaf_pop(&mut g, c)?;
         drop(g);
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: a fresh object of object_size bytes.
@@ -239,21 +230,27 @@ impl<P: Platform> KmemCache<P> {
             drop(g);
             return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
         }
-        let n = g.sheaf_n;
-        if n != 0 {
-            let n = n - 1;
-            // SAFETY: the sheaf holds `sheaf_n` free objects of this cache,
-            // ours under the flag.
-            let obj = unsafe { *g.sheaf.add(n as usize) };
-            g.sheaf_n = n;
-            if self.hardened {
-                // SAFETY: as above; the slot now marks the object allocated.
-                unsafe { self.set_fp(obj, FP_ALLOCATED) };
-            }
-            c.stat(Stat::AllocFastpath);
+        if let Some(obj) = self.sheaf_pop(&mut g, c) {
             return Ok(obj);
         }
         self.alloc_cpu_slow(g, c, gfp, node, caller)
+    }
+
+    /// Pops the sheaf's top object (the most recently freed), marking it
+    /// allocated; None if the sheaf is empty or missing.
+    #[inline(always)]
+    fn sheaf_pop(&self, g: &mut CpuInner, c: &CpuSlab) -> Option<usize> {
+        let n = g.sheaf_n.checked_sub(1)?;
+        // SAFETY: the sheaf holds `sheaf_n` free objects of this cache, ours
+        // under the CPU lock.
+        let obj = unsafe { *g.sheaf.add(n as usize) };
+        g.sheaf_n = n;
+        if self.hardened {
+            // SAFETY: as above; the slot now marks the object allocated.
+            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+        }
+        c.stat(Stat::AllocFastpath);
+        Some(obj)
     }
 
     /// The sheaf is empty (or there is none): pop from the CPU free list if
@@ -267,22 +264,9 @@ impl<P: Platform> KmemCache<P> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
-        let obj = g.freelist;
-        if obj != 0 && g.sheaf.is_null() {
-            // SAFETY: `obj` heads the CPU's free list: a free object of this
-            // cache, ours under the flag.
-            let next = unsafe { self.get_fp(obj) };
-            if next != 0 && !self.plausible_fp(next) {
-                return Ok(self.cpu_freelist_corrupt(&mut g, obj, next));
-            }
-            g.freelist = next;
-            g.count -= 1;
-            if self.hardened {
-                // SAFETY: as above; the slot now marks the object allocated.
-                unsafe { self.set_fp(obj, FP_ALLOCATED) };
-            }
+        if g.freelist != 0 && g.sheaf.is_null() {
             c.stat(Stat::AllocFastpath);
-            return Ok(obj);
+            return Ok(self.pop(&mut g));
         }
         self.alloc_slow(g, c, gfp, node, caller)
     }

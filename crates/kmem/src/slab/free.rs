@@ -109,9 +109,18 @@ impl<P: Platform> KmemCache<P> {
             return false;
         }
         let (c, g) = self.this_cpu();
-        let Some(mut g) = g else {
-            return false;
-        };
+        match g {
+            Some(mut g) => self.try_sheaf_push(&mut g, c, slab, p),
+            None => false,
+        }
+    }
+
+    /// Pushes `p` (a checked, live object of `slab`) onto the CPU's sheaf
+    /// if the sheaf has room and holds `slab`'s node, and `p` is not its top
+    /// object (without hardening, the one double free caught there). False,
+    /// with nothing changed, otherwise.
+    #[inline(always)]
+    fn try_sheaf_push(&self, g: &mut CpuInner, c: &CpuSlab, slab: SlabRef<'_>, p: usize) -> bool {
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
@@ -122,7 +131,7 @@ impl<P: Platform> KmemCache<P> {
         }
         // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object of
         // this cache, now free.
-        unsafe { self.sheaf_push(&mut g, n, p) };
+        unsafe { self.sheaf_push(g, n, p) };
         c.stat(Stat::FreeFastpath);
         true
     }
@@ -174,16 +183,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };
-        let n = g.sheaf_n;
-        // SAFETY (both reads): slot n - 1 is the sheaf's top object.
-        if n < g.sheaf_cap
-            && slab.node() as u32 == g.sheaf_node
-            && (self.hardened || n == 0 || unsafe { *g.sheaf.add(n as usize - 1) } != p)
-        {
-            // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object
-            // of this cache, now free.
-            unsafe { self.sheaf_push(&mut g, n, p) };
-            c.stat(Stat::FreeFastpath);
+        if self.try_sheaf_push(&mut g, c, slab, p) {
             return Ok(());
         }
         self.free_cpu_slow(slab, p, g, c, caller)
