@@ -126,6 +126,7 @@ pub mod rcu;
 #[allow(clippy::module_inception)]
 pub mod slab;
 pub mod slabinfo;
+mod shrinker;
 
 mod alloc;
 mod free;
