@@ -54,7 +54,11 @@ impl<P: Platform> SlabAllocator<'static, P> {
         while !cur.is_null() {
             // SAFETY: caches on the list are alive while the lock is held.
             let c = unsafe { &*cur };
-            slabs += c.nodes.iter().map(|n| n.nr_slabs.load(Relaxed)).sum::<usize>();
+            slabs += c
+                .nodes
+                .iter()
+                .map(|n| n.nr_slabs.load(Relaxed))
+                .sum::<usize>();
             cur = c.list_next.load(Relaxed);
         }
         Some(slabs)
