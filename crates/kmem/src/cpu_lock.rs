@@ -105,6 +105,18 @@ impl<T> DerefMut for PerCpuGuard<'_, T> {
     }
 }
 
+/// The owner of `cpu` asked for its own state remotely while holding it.
+#[cold]
+#[inline(never)]
+fn self_deadlock(cpu: usize) -> ! {
+    panic!(
+        "kmem: CPU {cpu}'s per-CPU state was asked for remotely (flush, drain, \
+         statistics) by its own owner while the owner holds it (an interrupt \
+         handler that interrupted the allocator, or a callback from inside \
+         it): this would wait for itself forever"
+    )
+}
+
 /// A per-CPU lock (see the module comment).
 struct CpuLock {
     /// The owner's flag (plain stores).
@@ -186,8 +198,13 @@ impl CpuLock {
     /// state, statistics): `locked`, waiting while it is taken; then, if the
     /// CPU may have an owner (asked only after the swap, so that an owner
     /// who claims the CPU meanwhile sees the flag), the platform's barrier
-    /// and a wait for the owner to leave. Must not run in an interrupt
-    /// handler that may have interrupted the owner itself.
+    /// and a wait for the owner to leave.
+    ///
+    /// Must not run in an interrupt handler that interrupted the owner
+    /// inside its critical section, nor in anything the owner calls from
+    /// there: it would wait for itself. Running as the owner of `cpu` and
+    /// finding `busy` set is exactly that case, and panics with a report
+    /// (Linux's `BUG()`) instead of hanging.
     fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> Held {
         while self
             .locked
@@ -200,6 +217,10 @@ impl CpuLock {
             // After the barrier the owner's `busy` store is visible to us,
             // and its next fast path sees `locked`.
             p.cpu_barrier();
+            if self.busy.load(Acquire) && p.this_cpu() == (cpu, true) {
+                self.locked.store(false, Release);
+                self_deadlock(cpu);
+            }
             while self.busy.load(Acquire) {
                 p.relax();
             }
@@ -214,5 +235,119 @@ impl CpuLock {
             Held::Owner => self.busy.store(false, Release),
             Held::Shared => self.locked.store(false, Release),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::PhysAddr;
+    use crate::context::ExecContext;
+    use core::sync::atomic::AtomicUsize;
+
+    /// The smallest `RawMutex`: a spinning flag.
+    struct TestLock(AtomicBool);
+
+    // SAFETY: a flag taken by compare-and-swap is a mutual exclusion lock.
+    unsafe impl lock_api::RawMutex for TestLock {
+        const INIT: TestLock = TestLock(AtomicBool::new(false));
+        type GuardMarker = lock_api::GuardSend;
+        fn lock(&self) {
+            while !self.try_lock() {
+                core::hint::spin_loop();
+            }
+        }
+        fn try_lock(&self) -> bool {
+            self.0
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
+        }
+        unsafe fn unlock(&self) {
+            self.0.store(false, Release);
+        }
+    }
+
+    /// Runs as CPU 0 of 2, owning it; counts barriers.
+    struct Owner0 {
+        barriers: AtomicUsize,
+    }
+
+    impl Platform for Owner0 {
+        type Lock = TestLock;
+        fn direct_map_offset(&self) -> usize {
+            0
+        }
+        fn cpu_id(&self) -> usize {
+            0
+        }
+        fn nr_cpus(&self) -> usize {
+            2
+        }
+        fn cpu_exclusive(&self) -> bool {
+            true
+        }
+        fn cpu_has_exclusive(&self, cpu: usize) -> bool {
+            cpu == 0
+        }
+        fn cpu_barrier(&self) {
+            self.barriers.fetch_add(1, Relaxed);
+        }
+        /// Nothing else runs: a wait that spins at all waits forever. Fail
+        /// (with another message than the self-deadlock report) instead.
+        fn relax(&self) {
+            panic!("test platform: spun on a lock nobody will release");
+        }
+        fn context(&self) -> ExecContext {
+            ExecContext::PROCESS
+        }
+        fn warn(&self, _msg: core::fmt::Arguments<'_>) {}
+        fn phys_to_virt(&self, pa: PhysAddr) -> crate::addr::VirtAddr {
+            crate::addr::VirtAddr(pa.0 as usize)
+        }
+    }
+
+    fn owner0() -> Owner0 {
+        Owner0 {
+            barriers: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn owner_path_excludes_shared_takers_and_releases() {
+        let p = owner0();
+        let cell = PerCpu::new(5u32);
+        let mut g = cell.try_lock_this(&p, 0, true).expect("free lock");
+        *g += 1;
+        // A nested owner (an interrupt inside it) fails, and so does a
+        // thread sharing the owned CPU's number (it never tries).
+        assert!(cell.try_lock_this(&p, 0, true).is_none());
+        assert!(cell.try_lock_this(&p, 0, false).is_none());
+        drop(g);
+        // Released: a remote taker gets it after one barrier (CPU 0 has an
+        // owner), and the owner backs off while it holds it.
+        let r = cell.lock_remote(&p, 0);
+        assert_eq!(*r, 6);
+        assert_eq!(p.barriers.load(Relaxed), 1);
+        assert!(cell.try_lock_this(&p, 0, true).is_none());
+        drop(r);
+        assert!(cell.try_lock_this(&p, 0, true).is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "would wait for itself")]
+    fn remote_lock_by_the_holding_owner_panics_instead_of_hanging() {
+        let p = owner0();
+        let cell = PerCpu::new(());
+        let _held = cell.try_lock_this(&p, 0, true).expect("free lock");
+        let _ = cell.lock_remote(&p, 0);
+    }
+
+    #[test]
+    fn remote_lock_of_another_cpu_does_not_panic() {
+        // CPU 1 has no owner here: no barrier, no self-deadlock check.
+        let p = owner0();
+        let cell = PerCpu::new(());
+        drop(cell.lock_remote(&p, 1));
+        assert_eq!(p.barriers.load(Relaxed), 0);
     }
 }
