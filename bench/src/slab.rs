@@ -16,7 +16,9 @@
 //!
 //! W1-W3 run every contender: the peers plain (`&mut self`, no lock) and under
 //! a lock (`+lock`, the way a shared kernel heap uses them), kmem (always
-//! thread-safe, per-CPU) and glibc. W4 runs only the thread-safe ones.
+//! thread-safe, per-CPU; `kmem` is the baseline, `kmem-unhardened` the same
+//! without free-pointer hardening, to price it) and glibc. W4 runs only the
+//! thread-safe ones.
 //! Objects are not touched by the workload; allocators that keep metadata in
 //! free objects touch them themselves. Before timing, each contender is
 //! checked: every object of a W2 and a W3 batch is aligned and disjoint from
@@ -71,10 +73,14 @@ Workloads (one op = one allocation plus its free, batches of 1000 objects):
       allocator's W2 ns/op by it (throughput on 2 threads vs 1; goal 1.8x).
 
 Allocators: kmem (hosted machine, 1 GiB, 2 CPUs; SlabAllocator kmalloc/kfree
-with GFP_KERNEL); talc, buddy_system_allocator, linked_list_allocator, rlsf,
+with GFP_KERNEL; the baseline of every \"vs kmem\" column and of the goals);
+kmem-unhardened (the same with SlabConfig::freelist_hardened = false: plain
+free pointers, no allocated mark, weaker double-free checks; the row prices
+the hardening); talc, buddy_system_allocator, linked_list_allocator, rlsf,
 slabmalloc, each on its own 64 MiB arena, plain (&mut, no lock) and under a
 lock (+lock, the crate's own locked type where it has one); glibc malloc/free.
-W4 runs the thread-safe ones only: kmem, the +lock rows and glibc.
+W4 runs the thread-safe ones only: kmem, kmem-unhardened, the +lock rows and
+glibc.
 
 --callgrind runs every (allocator, workload) under valgrind --tool=callgrind
 twice, with two pair counts, and prints the difference in instructions
@@ -433,7 +439,8 @@ fn shared<S: SharedHeap + 'static>(s: S) -> Result<Box<dyn Contender>, String> {
 /// The W1-W3 contender named `name`, checked and ready to time.
 fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
     match name {
-        "kmem" => heap(Single(kmem::Kmem::new()?)),
+        kmem::NAME => heap(Single(kmem::Kmem::new(true)?)),
+        kmem::UNHARDENED => heap(Single(kmem::Kmem::new(false)?)),
         "talc" => heap(peers::Talc::new()?),
         "talc+lock" => heap(Single(peers::TalcLock::new()?)),
         "buddy_system_allocator" => heap(peers::Buddy::new()?),
@@ -453,7 +460,8 @@ fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
 /// The W4 contender named `name`, if that allocator is thread-safe.
 fn build_shared(name: &str) -> Option<Result<Box<dyn Contender>, String>> {
     Some(match name {
-        "kmem" => kmem::Kmem::new().and_then(shared),
+        kmem::NAME => kmem::Kmem::new(true).and_then(shared),
+        kmem::UNHARDENED => kmem::Kmem::new(false).and_then(shared),
         "talc+lock" => peers::TalcLock::new().and_then(shared),
         "buddy_system_allocator+lock" => peers::LockedBuddy::new().and_then(shared),
         "linked_list_allocator+lock" => peers::LockedLinkedList::new().and_then(shared),
@@ -489,7 +497,7 @@ fn selected(name: &str, only: &[String]) -> bool {
 
 /// Names of every allocator, in report order.
 pub fn allocator_names() -> Vec<&'static str> {
-    let mut v = vec!["kmem"];
+    let mut v = kmem::NAMES.to_vec();
     for (plain, locked) in peers::NAMES {
         v.push(plain);
         v.push(locked);
@@ -607,14 +615,14 @@ pub fn run(args: &Args) -> Result<(), String> {
         let mut notes = summary(&cells);
         notes.push(String::new());
         notes.push("allocators:".to_string());
-        notes.push(format!("  {}", kmem::DESCRIPTION));
+        notes.extend(kmem::DESCRIPTIONS.iter().map(|d| format!("  {d}")));
         notes.extend(peers::DESCRIPTIONS.iter().map(|d| format!("  {d}")));
         notes.push(String::new());
         notes.push(threads::DESCRIPTION.to_string());
         let report = TextReport {
             suite: "slab",
             unit: "one alloc+free pair",
-            baseline: "kmem",
+            baseline: kmem::NAME,
             notes: &notes,
             pinned,
         };
@@ -677,7 +685,7 @@ mod tests {
             only: vec![],
         };
         let cells = measure(&opts).unwrap();
-        assert_eq!(cells.len(), 12 * 3 + 7);
+        assert_eq!(cells.len(), 13 * 3 + 8);
         assert!(cells
             .iter()
             .all(|c| c.samples.len() == 1 && c.median() > 0.0));
@@ -687,7 +695,9 @@ mod tests {
     #[test]
     fn names_are_known() {
         assert!(check_names(&["kmem".into(), "talc+lock".into()]).is_ok());
+        assert!(check_names(&["kmem-unhardened".into()]).is_ok());
         assert!(check_names(&["nope".into()]).is_err());
-        assert_eq!(allocator_names().len(), 12);
+        assert_eq!(allocator_names().len(), 13);
+        assert_eq!(allocator_names()[..2], ["kmem", "kmem-unhardened"]);
     }
 }

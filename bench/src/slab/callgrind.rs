@@ -32,7 +32,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use super::{allocator_names, contender_for, Args, LOOP_ONLY, W4, WORKLOADS};
+use super::{allocator_names, contender_for, kmem, Args, LOOP_ONLY, W4, WORKLOADS};
 use crate::harness;
 
 /// Batches in the warm-up before the counted pairs.
@@ -178,7 +178,7 @@ pub fn run_all(args: &Args) -> Result<(), String> {
 
 /// Whether `name` runs W4, without building it.
 fn build_shared_name(name: &str) -> Option<()> {
-    (name == "kmem" || name == "glibc" || name == LOOP_ONLY || name.ends_with("+lock"))
+    (kmem::NAMES.contains(&name) || name == "glibc" || name == LOOP_ONLY || name.ends_with("+lock"))
         .then_some(())
 }
 
@@ -213,7 +213,10 @@ fn print_text(workloads: &[usize], rows: &[(usize, &str, f64)]) {
             "  {:<width$}  {:>10}  {:>8}",
             "allocator", "Ir/op", "vs kmem"
         );
-        let base = rows.iter().find(|r| r.0 == w && r.1 == "kmem").map(|r| r.2);
+        let base = rows
+            .iter()
+            .find(|r| r.0 == w && r.1 == kmem::NAME)
+            .map(|r| r.2);
         for &(_, name, ir) in rows.iter().filter(|r| r.0 == w) {
             let ratio = match base {
                 Some(b) if b > 0.0 => format!("{:.2}x", ir / b),
@@ -258,6 +261,8 @@ mod tests {
     #[test]
     fn one_runs_untimed() {
         run_one("kmem", "W1", 1).unwrap();
+        run_one("kmem-unhardened", "W1", 1).unwrap();
+        run_one("kmem-unhardened", "W4", 1).unwrap();
         run_one("glibc", "W4", 1).unwrap();
         assert!(run_one("talc", "W4", 1).is_err());
     }

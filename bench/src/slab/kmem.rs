@@ -2,7 +2,10 @@
 //!
 //! A default hosted machine (1 GiB of memfd RAM in the PC layout, 2 CPUs)
 //! with a [`SlabAllocator`] in the default configuration (Linux's: no
-//! debugging, hardened free pointers, per-CPU partial lists). Every
+//! debugging, hardened free pointers, per-CPU partial lists): the `kmem`
+//! row. The `kmem-unhardened` row is the same with
+//! [`SlabConfig::freelist_hardened`] off, to show what the hardening costs
+//! (see [`DESCRIPTIONS`]). Every
 //! allocation is `kmalloc(layout.size(), GFP_KERNEL)` from process context,
 //! every free `kfree(p)`: kmalloc takes no alignment, and none of the
 //! workloads needs more than it guarantees (8 bytes, and natural alignment
@@ -23,8 +26,18 @@ use kmem_host::{claim_cpu, CpuClaim, HostPlatform, Machine};
 
 use super::SharedHeap;
 
-/// The line the text report prints for kmem.
-pub const DESCRIPTION: &str = "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu)";
+/// Name of the default (hardened) row, the report's baseline.
+pub const NAME: &str = "kmem";
+/// Name of the row with `SlabConfig::freelist_hardened = false`.
+pub const UNHARDENED: &str = "kmem-unhardened";
+/// Both kmem rows, in report order.
+pub const NAMES: [&str; 2] = [NAME, UNHARDENED];
+
+/// The lines the text report prints for the kmem rows, in [`NAMES`] order.
+pub const DESCRIPTIONS: [&str; 2] = [
+    "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu)",
+    "kmem-unhardened               the same with SlabConfig::freelist_hardened = false: free pointers stored plain, no allocated mark written into the object, so a double free is caught only when the object is the top of the CPU's sheaf or the head of the free list it goes onto (CPU list without sheaves, the slab's own); that is Linux's naive object == fp check, which Linux makes only under CONFIG_SLAB_FREELIST_HARDENED (Linux without it and without slab_debug catches none)",
+];
 
 thread_local! {
     /// The calling thread's claim on its kmem CPU, held during a run.
@@ -37,25 +50,43 @@ pub struct Kmem {
     // machine's page allocator.
     slab: SlabAllocator<'static, HostPlatform>,
     machine: Box<Machine>,
+    name: &'static str,
 }
 
 impl Kmem {
-    pub fn new() -> Result<Self, String> {
-        let machine = Box::new(Machine::default_machine().map_err(|e| format!("kmem: {e}"))?);
+    /// The `kmem` row (`hardened`: `SlabConfig::default()`) or the
+    /// `kmem-unhardened` row (the same with `freelist_hardened: false`).
+    pub fn new(hardened: bool) -> Result<Self, String> {
+        let (name, config) = if hardened {
+            (NAME, SlabConfig::default())
+        } else {
+            (
+                UNHARDENED,
+                SlabConfig {
+                    freelist_hardened: false,
+                    ..SlabConfig::default()
+                },
+            )
+        };
+        let machine = Box::new(Machine::default_machine().map_err(|e| format!("{name}: {e}"))?);
         // SAFETY: the machine is boxed, so its address is stable, and it is
         // dropped after `slab` (field order); the 'static borrow never leaves
         // this struct.
         let pages = unsafe { &*(machine.pages() as *const kmem::PageAllocator<HostPlatform>) };
         kmem_host::set_cpu(0);
-        let slab = SlabAllocator::new(pages, SlabConfig::default())
-            .map_err(|e| format!("kmem: SlabAllocator::new: {e:?}"))?;
-        Ok(Kmem { slab, machine })
+        let slab = SlabAllocator::new(pages, config)
+            .map_err(|e| format!("{name}: SlabAllocator::new: {e:?}"))?;
+        Ok(Kmem {
+            slab,
+            machine,
+            name,
+        })
     }
 }
 
 impl SharedHeap for Kmem {
     fn name(&self) -> &'static str {
-        "kmem"
+        self.name
     }
 
     fn enter_thread(&self, index: usize) {
@@ -69,7 +100,10 @@ impl SharedHeap for Kmem {
             match claim_cpu(cpu) {
                 Ok(claim) => *c = Some(claim),
                 Err(e) => {
-                    eprintln!("kmem: {e}; running CPU {cpu} unclaimed (shared paths)");
+                    eprintln!(
+                        "{}: {e}; running CPU {cpu} unclaimed (shared paths)",
+                        self.name
+                    );
                     kmem_host::set_cpu(cpu);
                 }
             }
@@ -84,20 +118,20 @@ impl SharedHeap for Kmem {
     fn alloc(&self, layout: Layout) -> NonNull<u8> {
         match self.slab.kmalloc(layout.size(), GFP_KERNEL) {
             Ok(p) => p,
-            Err(e) => failed("kmalloc", layout, &e),
+            Err(e) => failed(self.name, "kmalloc", layout, &e),
         }
     }
 
     #[inline]
     unsafe fn free(&self, p: NonNull<u8>, layout: Layout) {
         if let Err(e) = self.slab.kfree(p.as_ptr()) {
-            failed("kfree", layout, &e)
+            failed(self.name, "kfree", layout, &e)
         }
     }
 }
 
 #[cold]
 #[inline(never)]
-fn failed(call: &str, layout: Layout, e: &dyn std::fmt::Debug) -> ! {
-    panic!("kmem: {call} of {layout:?} failed: {e:?}")
+fn failed(name: &str, call: &str, layout: Layout, e: &dyn std::fmt::Debug) -> ! {
+    panic!("{name}: {call} of {layout:?} failed: {e:?}")
 }
