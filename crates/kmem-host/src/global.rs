@@ -30,9 +30,12 @@
 //! # KmemGlobal: a machine for the process
 //! `#[global_allocator]` needs a `'static` allocator available before
 //! `main`. [`KmemGlobal::new`] is `const`; the first allocation builds a
-//! hosted [`Machine`] (1 GiB, 2 CPUs by default), leaks it (it lives for the
-//! rest of the process) and builds a `SlabAllocator<'static>` over its page
-//! allocator, inside a [`OnceLock`].
+//! hosted [`Machine`] (1 GiB, 2 CPUs by default) and a
+//! `SlabAllocator<'static>` over its page allocator, leaks both (they live
+//! for the rest of the process) and keeps them in a [`OnceLock`]. The slab
+//! allocator is registered as the page allocator's shrinker
+//! (`SlabAllocator::register_shrinker`), so the free objects its per-CPU
+//! sheaves hold come back when the machine runs short of pages.
 //!
 //! Building the machine allocates (its memory map, the platform's warning
 //! log, RAM bookkeeping), and so can kmem's host platform later (a warning
@@ -412,7 +415,7 @@ fn bump(c: &AtomicUsize) {
 
 /// The machine and slab allocator of a [`KmemGlobal`], built on first use.
 struct State {
-    slab: SlabAllocator<'static, HostPlatform>,
+    slab: &'static SlabAllocator<'static, HostPlatform>,
     machine: &'static Machine,
     /// The direct map, `[lo, hi)`: every kmem pointer lies inside it.
     lo: usize,
@@ -488,13 +491,19 @@ impl KmemGlobal {
                 return None;
             }
         };
-        let slab = match SlabAllocator::new(machine.pages(), SlabConfig::default()) {
-            Ok(s) => s,
+        let slab: &'static SlabAllocator<'static, HostPlatform> = match SlabAllocator::new(
+            machine.pages(),
+            SlabConfig::default(),
+        ) {
+            Ok(s) => Box::leak(Box::new(s)),
             Err(e) => {
                 eprintln!("kmem global allocator: cannot build the slab allocator: {e:?}; using the system allocator");
                 return None;
             }
         };
+        if let Err(e) = slab.register_shrinker() {
+            eprintln!("kmem global allocator: {e}; sheaves give memory back only on shrink");
+        }
         let lo = machine.ram().direct_map_offset();
         let hi = lo + machine.ram().direct_map_len();
         Some(State {
@@ -530,7 +539,7 @@ impl KmemGlobal {
 
     /// The slab allocator, once built.
     pub fn slab(&self) -> Option<&SlabAllocator<'static, HostPlatform>> {
-        self.built().map(|s| &s.slab)
+        self.built().map(|s| s.slab)
     }
 
     /// The machine, once built.
@@ -591,7 +600,7 @@ impl KmemGlobal {
         } else {
             Self::gfp()
         };
-        match kmalloc_layout(&st.slab, layout, gfp) {
+        match kmalloc_layout(st.slab, layout, gfp) {
             Ok(p) => p.as_ptr(),
             Err(e) => self.alloc_failed(layout, zero, e),
         }
@@ -727,7 +736,7 @@ unsafe impl GlobalAlloc for KmemGlobal {
             Some(st) if st.owns(p) => {
                 if same_class(layout, new) {
                     if let (Some(_outer), Some(p)) = (Outermost::enter(), NonNull::new(p)) {
-                        if let Some(q) = resize_in_place(&st.slab, p, new, Self::gfp()) {
+                        if let Some(q) = resize_in_place(st.slab, p, new, Self::gfp()) {
                             bump(&self.counters.realloc_in_place);
                             return q.as_ptr();
                         }

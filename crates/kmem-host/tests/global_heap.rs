@@ -432,3 +432,48 @@ fn debugging_caches_see_no_red_zone_hits() {
     drop(slab);
     assert!(m.pages().verify().is_ok());
 }
+
+#[test]
+fn the_global_allocator_gives_sheaved_memory_back_under_pressure() {
+    // A machine of its own (64 MiB), so that running it out of pages does
+    // not disturb the other tests. KmemGlobal registered its slab allocator
+    // as a shrinker: free 4 KiB objects parked in a sheaf come back when
+    // page allocations that may reclaim run short.
+    let global: &'static KmemGlobal = Box::leak(Box::new(KmemGlobal::with_machine(64 << 20, 2)));
+    assert!(global.init_now());
+    let m = global.machine().unwrap();
+    let slab = global.slab().unwrap();
+    let layout = Layout::from_size_align(4096, 8).unwrap();
+    let blocks: Vec<*mut u8> = (0..2048)
+        // SAFETY: a valid, non-zero-size layout.
+        .map(|_| unsafe { global.alloc(layout) })
+        .collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    for p in blocks {
+        // SAFETY: allocated above with this layout.
+        unsafe { global.dealloc(p, layout) };
+    }
+    let k4 = || slab.find_cache("kmalloc-4k").unwrap().nr_slabs();
+    assert!(k4() > 0, "the freed blocks are parked in the cache");
+    let mut got = Vec::new();
+    while let Ok(pfn) = m
+        .pages()
+        .alloc_pages(GFP_KERNEL | kmem::gfp::Gfp::NOWARN, 0)
+    {
+        got.push(pfn);
+    }
+    assert_eq!(k4(), 0, "reclaim took the parked memory back");
+    assert!(
+        got.len() >= 2048,
+        "at least the parked 8 MiB: {} pages",
+        got.len()
+    );
+    for pfn in got {
+        m.pages().free_pages(pfn, 0).unwrap();
+    }
+    // SAFETY: as above.
+    let p = unsafe { global.alloc(layout) };
+    assert!(!p.is_null());
+    // SAFETY: allocated just above.
+    unsafe { global.dealloc(p, layout) };
+}
