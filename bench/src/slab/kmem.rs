@@ -118,20 +118,22 @@ impl SharedHeap for Kmem {
     fn alloc(&self, layout: Layout) -> NonNull<u8> {
         match self.slab.kmalloc(layout.size(), GFP_KERNEL) {
             Ok(p) => p,
-            Err(e) => failed(self.name, "kmalloc", layout, &e),
+            Err(e) => failed("kmalloc", layout, &e),
         }
     }
 
     #[inline]
     unsafe fn free(&self, p: NonNull<u8>, layout: Layout) {
         if let Err(e) = self.slab.kfree(p.as_ptr()) {
-            failed(self.name, "kfree", layout, &e)
+            failed("kfree", layout, &e)
         }
     }
 }
 
+/// Panics for a failed call. Not told which kmem row: keeping `self` alive
+/// for the message would cost the fast paths a saved register.
 #[cold]
 #[inline(never)]
-fn failed(name: &str, call: &str, layout: Layout, e: &dyn std::fmt::Debug) -> ! {
-    panic!("{name}: {call} of {layout:?} failed: {e:?}")
+fn failed(call: &str, layout: Layout, e: &dyn std::fmt::Debug) -> ! {
+    panic!("kmem: {call} of {layout:?} failed: {e:?}")
 }
