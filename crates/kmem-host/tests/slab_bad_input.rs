@@ -172,6 +172,69 @@ fn interior_pointers_and_padding_are_refused() {
 }
 
 #[test]
+fn interior_pointers_in_tail_pages_of_multi_page_slabs() {
+    // The free path reaches a slab's head record from a tail page's without
+    // a branch; pointers into tail pages must be judged like any other.
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    let c = s
+        .kmem_cache_create("tails", 3000, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let oo = c.order_objects();
+    assert!(oo.order >= 1, "a multi-page slab: {oo:?}");
+    let objs: Vec<NonNull<u8>> = (0..oo.objects)
+        .map(|_| c.alloc(GFP_KERNEL).unwrap())
+        .collect();
+    // One slab's worth: find an object that starts in a tail page.
+    let tail_obj = objs
+        .iter()
+        .map(|p| p.as_ptr() as usize)
+        .find(|&a| {
+            let pfn = m.pages().virt_to_page(kmem::addr::VirtAddr(a)).unwrap();
+            m.pages().frame(pfn).unwrap().flags() & kmem::page::frame::flags::COMPOUND_TAIL != 0
+        })
+        .expect("some object starts in a tail page");
+    for off in [8usize, 2999] {
+        let e = c
+            .free(NonNull::new((tail_obj + off) as *mut u8).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(e, SlabFreeError::Interior { object, .. } if object == tail_obj),
+            "{e:?}"
+        );
+        let e = s.kfree((tail_obj + off) as *const u8).unwrap_err();
+        assert!(matches!(e, SlabFreeError::Interior { .. }), "{e:?}");
+    }
+    // The leftover after the last object, in the slab's last page (the
+    // first slab of a fresh cache holds all `objects` objects).
+    let base = objs.iter().map(|p| p.as_ptr() as usize).min().unwrap();
+    let slab_bytes = 4096usize << oo.order;
+    assert_eq!(base % slab_bytes, 0, "slabs are naturally aligned blocks");
+    assert!(
+        slab_bytes - oo.objects as usize * 3000 >= 16,
+        "a leftover: {oo:?}"
+    );
+    let leftover = base + oo.objects as usize * 3000 + 8;
+    let e = s.kfree(leftover as *const u8).unwrap_err();
+    assert!(
+        matches!(e, SlabFreeError::Interior { object: 0, .. }),
+        "{e:?}"
+    );
+    // A tail page of a compound block that is no slab.
+    let pfn = m.pages().alloc_pages(GFP_KERNEL | Gfp::COMP, 3).unwrap();
+    let va = m.pages().page_address(pfn).0;
+    for off in [4096usize, 7 * 4096 + 64] {
+        let e = s.kfree((va + off) as *const u8).unwrap_err();
+        assert!(matches!(e, SlabFreeError::NotSlab { .. }), "{e:?}");
+    }
+    m.pages().free_pages(pfn, 3).unwrap();
+    for p in objs {
+        c.free(p).unwrap();
+    }
+    assert_eq!(c.validate().errors, 0);
+}
+
+#[test]
 fn foreign_addresses_are_refused() {
     let m = machine();
     let s = slab(&m, SlabConfig::default());
