@@ -137,7 +137,7 @@ pub use debug::ValidateReport;
 pub use flags::{SlabDebug, SlabFlags};
 pub use kmalloc::{KmallocType, ReallocError};
 
-use crate::addr::{get_order, Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE};
+use crate::addr::{get_order, Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::AllocError;
 use crate::gfp::{Gfp, GFP_KERNEL};
 use crate::page::frame::flags as frame_flags;
@@ -438,7 +438,11 @@ pub(crate) fn find_slab<P: Platform>(
     pages: &PageAllocator<P>,
     addr: usize,
 ) -> Option<(&KmemCache<P>, SlabRef<'_>)> {
-    let pfn = pages.virt_to_phys(VirtAddr(addr))?.pfn();
+    // No direct-map bounds check of its own: an address below the direct
+    // map wraps to a pfn beyond every section, one above it lands past the
+    // last section or on a hole record (records cover whole sections), and
+    // `frame` or the owner check below refuses it.
+    let pfn = Pfn((addr.wrapping_sub(pages.platform().direct_map_offset()) >> PAGE_SHIFT) as u64);
     let f = pages.frame(pfn)?;
     let tail = f.info() & frame_flags::COMPOUND_TAIL != 0;
     let back = pfn.0.wrapping_sub(f.private[0].load(Relaxed) as u64);
