@@ -276,15 +276,7 @@ pub fn dma_unmap_page<P: Platform>(
     size: usize,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    unmap_at(
-        dev,
-        addr,
-        size,
-        dir,
-        MapType::Single,
-        None,
-        Location::caller(),
-    )
+    dma_unmap_single(dev, addr, size, dir)
 }
 
 /// Linux's `dma_sync_single_for_cpu`: the CPU takes the buffer back (for a
@@ -326,14 +318,7 @@ pub fn dma_sync_single_range_for_cpu<P: Platform>(
     size: usize,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    sync_at(
-        dev,
-        addr.add(offset as u64),
-        size,
-        dir,
-        true,
-        Location::caller(),
-    )
+    dma_sync_single_for_cpu(dev, addr.add(offset as u64), size, dir)
 }
 
 /// Linux's `dma_sync_single_range_for_device`.
@@ -345,14 +330,7 @@ pub fn dma_sync_single_range_for_device<P: Platform>(
     size: usize,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    sync_at(
-        dev,
-        addr.add(offset as u64),
-        size,
-        dir,
-        false,
-        Location::caller(),
-    )
+    dma_sync_single_for_device(dev, addr.add(offset as u64), size, dir)
 }
 
 /// Linux's `dma_mapping_error`: true for [`DMA_MAPPING_ERROR`], the address
@@ -533,27 +511,37 @@ pub fn dma_unmap_sg<P: Platform>(
     sgl: &mut [Scatterlist],
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    let site = Location::caller();
-    let n = sgl.len();
+    unmap_sg_at(dev, sgl, dir, Location::caller())
+}
+
+/// Runs `f` on every DMA segment of a mapped list (up to the first
+/// `dma_length` of 0); returns the first error, after running on all.
+fn for_each_segment(
+    sgl: &[Scatterlist],
+    mut f: impl FnMut(&Scatterlist) -> Result<(), DmaError>,
+) -> Result<(), DmaError> {
     let mut first = Ok(());
-    for s in sgl.iter() {
-        if s.dma_length == 0 {
-            break;
-        }
-        let r = unmap_at(
-            dev,
-            s.dma_address,
-            s.dma_length as usize,
-            dir,
-            MapType::Sg,
-            Some(n),
-            site,
-        );
+    for s in sgl.iter().take_while(|s| s.dma_length != 0) {
+        let r = f(s);
         if first.is_ok() {
             first = r;
         }
     }
     first
+}
+
+/// Unmaps every segment of the entries `sgl` given to the map.
+fn unmap_sg_at<P: Platform>(
+    dev: &Device<'_, P>,
+    sgl: &[Scatterlist],
+    dir: DmaDirection,
+    site: &'static Location<'static>,
+) -> Result<(), DmaError> {
+    let n = sgl.len();
+    for_each_segment(sgl, |s| {
+        let (bus, len) = (s.dma_address, s.dma_length as usize);
+        unmap_at(dev, bus, len, dir, MapType::Sg, Some(n), site)
+    })
 }
 
 fn sync_sg_at<P: Platform>(
@@ -563,24 +551,10 @@ fn sync_sg_at<P: Platform>(
     for_cpu: bool,
     site: &'static Location<'static>,
 ) -> Result<(), DmaError> {
-    let mut first = Ok(());
-    for s in sgl {
-        if s.dma_length == 0 {
-            break;
-        }
-        let r = sync_at(
-            dev,
-            s.dma_address,
-            s.dma_length as usize,
-            dir,
-            for_cpu,
-            site,
-        );
-        if first.is_ok() {
-            first = r;
-        }
-    }
-    first
+    for_each_segment(sgl, |s| {
+        let (bus, len) = (s.dma_address, s.dma_length as usize);
+        sync_at(dev, bus, len, dir, for_cpu, site)
+    })
 }
 
 /// Linux's `dma_sync_sg_for_cpu`: every segment of a [`dma_map_sg`]
@@ -624,26 +598,7 @@ pub fn dma_unmap_sgtable<P: Platform>(
     sgt: &mut SgTable<'_, P>,
     dir: DmaDirection,
 ) -> Result<(), DmaError> {
-    let site = Location::caller();
-    let n = sgt.orig_nents();
-    let mut first = Ok(());
-    for s in sgt.entries().iter() {
-        if s.dma_length == 0 {
-            break;
-        }
-        let r = unmap_at(
-            dev,
-            s.dma_address,
-            s.dma_length as usize,
-            dir,
-            MapType::Sg,
-            Some(n),
-            site,
-        );
-        if first.is_ok() {
-            first = r;
-        }
-    }
+    let r = unmap_sg_at(dev, sgt.entries(), dir, Location::caller());
     sgt.set_nents(0);
-    first
+    r
 }

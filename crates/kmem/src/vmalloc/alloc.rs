@@ -39,75 +39,80 @@ pub(crate) struct VmInit {
     pub(crate) page_order: u8,
 }
 
+/// One allocation: the arguments of Linux's `__vmalloc_node_range`.
+/// Entry points start from [`Vmalloc::request`] and change what differs.
+#[derive(Clone, Copy)]
+struct Request {
+    size: usize,
+    align: usize,
+    start: usize,
+    end: usize,
+    gfp: Gfp,
+    /// Leaf protection (`PAGE_KERNEL` is [`PteFlags::KERNEL`]).
+    prot: PteFlags,
+    /// Extra area flags (`VM_NO_GUARD`, `VM_USERMAP`, `VM_ALLOW_HUGE_VMAP`).
+    vm_flags: VmFlags,
+    node: i32,
+    caller: &'static Location<'static>,
+}
+
 impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
     // ----- entry points -------------------------------------------------
 
     /// Linux's `vmalloc`: `size` bytes, `GFP_KERNEL`, any node.
     #[track_caller]
     pub fn vmalloc(&self, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_align_at(size, 1, GFP_KERNEL, NUMA_NO_NODE, Location::caller())
+        self.vmalloc_request(self.request(size, GFP_KERNEL, Location::caller()))
     }
 
     /// Linux's `vzalloc`: zeroed.
     #[track_caller]
     pub fn vzalloc(&self, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_align_at(
-            size,
-            1,
-            GFP_KERNEL | Gfp::ZERO,
-            NUMA_NO_NODE,
-            Location::caller(),
-        )
+        self.vmalloc_request(self.request(size, GFP_KERNEL | Gfp::ZERO, Location::caller()))
     }
 
     /// Linux's `vmalloc_node`: pages from `node` preferably.
     #[track_caller]
     pub fn vmalloc_node(&self, size: usize, node: i32) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_align_at(size, 1, GFP_KERNEL, node, Location::caller())
+        self.vmalloc_request(Request {
+            node,
+            ..self.request(size, GFP_KERNEL, Location::caller())
+        })
     }
 
     /// Linux's `vzalloc_node`.
     #[track_caller]
     pub fn vzalloc_node(&self, size: usize, node: i32) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_align_at(size, 1, GFP_KERNEL | Gfp::ZERO, node, Location::caller())
+        self.vmalloc_request(Request {
+            node,
+            ..self.request(size, GFP_KERNEL | Gfp::ZERO, Location::caller())
+        })
     }
 
     /// Linux's `vmalloc_user`: zeroed, `SHMLBA`-aligned, `VM_USERMAP`.
     #[track_caller]
     pub fn vmalloc_user(&self, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_range_at(
-            size,
-            SHMLBA,
-            self.config.start,
-            self.config.end,
-            GFP_KERNEL | Gfp::ZERO,
-            PteFlags::KERNEL,
-            VmFlags::USERMAP,
-            NUMA_NO_NODE,
-            Location::caller(),
-        )
+        self.vmalloc_request(Request {
+            align: SHMLBA,
+            vm_flags: VmFlags::USERMAP,
+            ..self.request(size, GFP_KERNEL | Gfp::ZERO, Location::caller())
+        })
     }
 
     /// Linux's `vmalloc_32`: pages below 4 GiB (`GFP_DMA32 | GFP_KERNEL`).
     #[track_caller]
     pub fn vmalloc_32(&self, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_align_at(size, 1, GFP_VMALLOC32, NUMA_NO_NODE, Location::caller())
+        self.vmalloc_request(self.request(size, GFP_VMALLOC32, Location::caller()))
     }
 
     /// Linux's `vmalloc_32_user`.
     #[track_caller]
     pub fn vmalloc_32_user(&self, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_range_at(
-            size,
-            SHMLBA,
-            self.config.start,
-            self.config.end,
-            GFP_VMALLOC32 | Gfp::ZERO,
-            PteFlags::KERNEL,
-            VmFlags::USERMAP,
-            NUMA_NO_NODE,
-            Location::caller(),
-        )
+        self.vmalloc_request(Request {
+            align: SHMLBA,
+            vm_flags: VmFlags::USERMAP,
+            ..self.request(size, GFP_VMALLOC32 | Gfp::ZERO, Location::caller())
+        })
     }
 
     /// Linux's `__vmalloc(size, gfp)`. Accepts GFP_KERNEL, GFP_NOFS,
@@ -118,7 +123,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
     #[track_caller]
     pub fn vmalloc_gfp(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, VmallocError> {
         let gfp = self.fix_flags(gfp);
-        self.vmalloc_node_align_at(size, 1, gfp, NUMA_NO_NODE, Location::caller())
+        self.vmalloc_request(self.request(size, gfp, Location::caller()))
     }
 
     /// Linux's `__vmalloc_node(size, align, gfp, node, caller)`.
@@ -143,17 +148,11 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, VmallocError> {
-        self.vmalloc_node_range_at(
-            size,
+        self.vmalloc_request(Request {
             align,
-            self.config.start,
-            self.config.end,
-            gfp,
-            PteFlags::KERNEL,
-            VmFlags::empty(),
             node,
-            caller,
-        )
+            ..self.request(size, gfp, caller)
+        })
     }
 
     /// Linux's `vmalloc_huge(size, gfp)`: 2 MiB mappings when `size` is at
@@ -172,41 +171,23 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         node: i32,
     ) -> Result<NonNull<u8>, VmallocError> {
         let gfp = self.fix_flags(gfp);
-        self.vmalloc_node_range_at(
-            size,
-            1,
-            self.config.start,
-            self.config.end,
-            gfp,
-            PteFlags::KERNEL,
-            VmFlags::ALLOW_HUGE_VMAP,
+        self.vmalloc_request(Request {
+            vm_flags: VmFlags::ALLOW_HUGE_VMAP,
             node,
-            Location::caller(),
-        )
+            ..self.request(size, gfp, Location::caller())
+        })
     }
 
     /// Linux's `vmalloc_array(n, size)`: overflow-checked.
     #[track_caller]
     pub fn vmalloc_array(&self, n: usize, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        let bytes = n
-            .checked_mul(size)
-            .ok_or(VmallocError::Overflow { n, size })?;
-        self.vmalloc_node_align_at(bytes, 1, GFP_KERNEL, NUMA_NO_NODE, Location::caller())
+        self.vmalloc_array_gfp(n, size, GFP_KERNEL, Location::caller())
     }
 
     /// Linux's `vcalloc(n, size)`: overflow-checked and zeroed.
     #[track_caller]
     pub fn vcalloc(&self, n: usize, size: usize) -> Result<NonNull<u8>, VmallocError> {
-        let bytes = n
-            .checked_mul(size)
-            .ok_or(VmallocError::Overflow { n, size })?;
-        self.vmalloc_node_align_at(
-            bytes,
-            1,
-            GFP_KERNEL | Gfp::ZERO,
-            NUMA_NO_NODE,
-            Location::caller(),
-        )
+        self.vmalloc_array_gfp(n, size, GFP_KERNEL | Gfp::ZERO, Location::caller())
     }
 
     /// Linux's `__vmalloc_node_range`: the general form. `prot` is the leaf
@@ -254,7 +235,57 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, VmallocError> {
-        let r = self.vmalloc_inner(size, align, start, end, gfp, prot, vm_flags, node, caller);
+        self.vmalloc_request(Request {
+            size,
+            align,
+            start,
+            end,
+            gfp,
+            prot,
+            vm_flags,
+            node,
+            caller,
+        })
+    }
+
+    // ----- the allocation -----------------------------------------------
+
+    /// A request for `size` bytes with `gfp`, made at `caller`, with the
+    /// defaults of `vmalloc`: byte alignment, the whole vmalloc range,
+    /// `PAGE_KERNEL`, no extra area flags, any node.
+    fn request(&self, size: usize, gfp: Gfp, caller: &'static Location<'static>) -> Request {
+        Request {
+            size,
+            align: 1,
+            start: self.config.start,
+            end: self.config.end,
+            gfp,
+            prot: PteFlags::KERNEL,
+            vm_flags: VmFlags::empty(),
+            node: NUMA_NO_NODE,
+            caller,
+        }
+    }
+
+    /// Linux's `__vmalloc_array(n, size, gfp)`: `n * size` bytes, refused
+    /// if the product overflows.
+    fn vmalloc_array_gfp(
+        &self,
+        n: usize,
+        size: usize,
+        gfp: Gfp,
+        caller: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, VmallocError> {
+        let bytes = n
+            .checked_mul(size)
+            .ok_or(VmallocError::Overflow { n, size })?;
+        self.vmalloc_request(self.request(bytes, gfp, caller))
+    }
+
+    /// Where every allocation entry point ends: allocates and counts the
+    /// outcome.
+    fn vmalloc_request(&self, req: Request) -> Result<NonNull<u8>, VmallocError> {
+        let r = self.vmalloc_inner(req);
         match &r {
             Ok(_) => self.stats.allocs.fetch_add(1, Relaxed),
             Err(_) => self.stats.alloc_failures.fetch_add(1, Relaxed),
@@ -262,19 +293,15 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn vmalloc_inner(
-        &self,
-        size: usize,
-        align: usize,
-        start: usize,
-        end: usize,
-        gfp: Gfp,
-        prot: PteFlags,
-        vm_flags: VmFlags,
-        node: i32,
-        caller: &'static Location<'static>,
-    ) -> Result<NonNull<u8>, VmallocError> {
+    fn vmalloc_inner(&self, req: Request) -> Result<NonNull<u8>, VmallocError> {
+        let Request {
+            size,
+            align,
+            gfp,
+            vm_flags,
+            caller,
+            ..
+        } = req;
         if size == 0 {
             self.pages
                 .platform()
@@ -307,9 +334,8 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             align = align.max(PMD_SIZE);
         }
         loop {
-            match self.vmalloc_try(
-                size, align, shift, start, end, gfp, prot, vm_flags, node, caller,
-            ) {
+            // With the checked mask and this try's alignment.
+            match self.vmalloc_try(&Request { align, gfp, ..req }, shift) {
                 Ok(p) => {
                     if shift > PAGE_SIZE.trailing_zeros() {
                         self.stats.huge_allocs.fetch_add(1, Relaxed);
@@ -328,22 +354,13 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn vmalloc_try(
-        &self,
-        size: usize,
-        align: usize,
-        shift: u32,
-        start: usize,
-        end: usize,
-        gfp: Gfp,
-        prot: PteFlags,
-        vm_flags: VmFlags,
-        node: i32,
-        caller: &'static Location<'static>,
-    ) -> Result<NonNull<u8>, VmallocError> {
-        let flags = VmFlags::ALLOC | VmFlags::UNINITIALIZED | vm_flags;
-        let area = self.get_vm_area(size, align, shift, flags, start, end, gfp, caller)?;
+    /// One try of `req` with mappings of `1 << shift` bytes.
+    fn vmalloc_try(&self, req: &Request, shift: u32) -> Result<NonNull<u8>, VmallocError> {
+        let (size, gfp) = (req.size, req.gfp);
+        let flags = VmFlags::ALLOC | VmFlags::UNINITIALIZED | req.vm_flags;
+        let area = self.get_vm_area(
+            size, req.align, shift, flags, req.start, req.end, gfp, req.caller,
+        )?;
         let usable = area.size
             - if flags.contains(VmFlags::NO_GUARD) {
                 0
@@ -352,7 +369,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             };
         let order = shift - PAGE_SIZE.trailing_zeros();
         let nr_small = usable / PAGE_SIZE;
-        match self.populate(area.start, 0, nr_small, order, gfp, node, prot) {
+        match self.populate(area.start, 0, nr_small, order, gfp, req.node, req.prot) {
             Ok(()) => {
                 // SAFETY: see `NewArea::rec`: the area is still ours. Only
                 // its atomic fields are touched (others may relink the
@@ -402,23 +419,15 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         caller: &'static Location<'static>,
     ) -> Result<NewArea, VmallocError> {
         let gran = 1usize << shift;
-        let mut asize =
-            size.checked_next_multiple_of(gran)
-                .ok_or(VmallocError::NoVirtualSpace {
-                    size,
-                    align,
-                    start,
-                    end,
-                })?;
+        let no_space = || VmallocError::NoVirtualSpace {
+            size,
+            align,
+            start,
+            end,
+        };
+        let mut asize = size.checked_next_multiple_of(gran).ok_or_else(no_space)?;
         if !flags.contains(VmFlags::NO_GUARD) {
-            asize = asize
-                .checked_add(PAGE_SIZE)
-                .ok_or(VmallocError::NoVirtualSpace {
-                    size,
-                    align,
-                    start,
-                    end,
-                })?;
+            asize = asize.checked_add(PAGE_SIZE).ok_or_else(no_space)?;
         }
         let (a, rec) = self.alloc_vmap_area(
             asize,

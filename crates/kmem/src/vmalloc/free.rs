@@ -17,6 +17,7 @@ use crate::platform::Platform;
 use crate::slab::{OWNER_KMALLOC_LARGE, OWNER_SLAB, OWNER_SLAB_RCU};
 use core::panic::Location;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::AtomicUsize;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
@@ -73,39 +74,16 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.check_addr(a)?;
         {
             let s = self.state.lock();
-            let Some(r) = s.areas.find_busy(a) else {
-                return Err(self.refuse(classify(&s, a)));
-            };
-            if r.va_flags & VMAP_RAM != 0 {
-                return Err(self.refuse(VfreeError::WrongKind {
-                    addr: a,
-                    kind: "vm_map_ram",
-                    use_instead: "vm_unmap_ram()",
-                }));
-            }
-            let prev = r.vm_flags.fetch_or(VmFlags::DEFERRED_FREE.bits(), Relaxed);
-            if prev & VmFlags::DEFERRED_FREE.bits() != 0 {
-                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
-            }
+            self.mark_deferred(self.busy_area(&s, a)?, a)?;
         }
         // Link through the area's first word, written via the direct map so
         // that any backend works.
         let link = self
             .direct_ptr(a)
             .expect("a live area is mapped at its start") as *mut usize;
-        let mut head = self.deferred.load(Relaxed);
-        loop {
-            // SAFETY: the first word of the area's first page, which the
-            // area owns and which stays mapped until the deferred free runs.
-            unsafe { link.write_volatile(head) };
-            match self
-                .deferred
-                .compare_exchange_weak(head, a, Release, Relaxed)
-            {
-                Ok(_) => break,
-                Err(h) => head = h,
-            }
-        }
+        // SAFETY: the first word of the area's first page, which the area
+        // owns and which stays mapped until the deferred free runs.
+        unsafe { push_link(&self.deferred, link, a) };
         self.stats.deferred_frees.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -144,16 +122,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.check_addr(a)?;
         {
             let s = self.state.lock();
-            let Some(r) = s.areas.find_busy(a) else {
-                return Err(self.refuse(classify(&s, a)));
-            };
-            if r.va_flags & VMAP_RAM != 0 {
-                return Err(self.refuse(VfreeError::WrongKind {
-                    addr: a,
-                    kind: "vm_map_ram",
-                    use_instead: "vm_unmap_ram()",
-                }));
-            }
+            let r = self.busy_area(&s, a)?;
             let size = VmArea::from_record(r).usable_size();
             if !head_offset.is_multiple_of(8) || head_offset + 16 > size {
                 self.pages.platform().warn(format_args!(
@@ -164,10 +133,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                     area: a,
                 });
             }
-            let prev = r.vm_flags.fetch_or(VmFlags::DEFERRED_FREE.bits(), Relaxed);
-            if prev & VmFlags::DEFERRED_FREE.bits() != 0 {
-                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
-            }
+            self.mark_deferred(r, a)?;
         }
         // The head's two words may sit in different pages: each is written
         // through the direct map of its own page.
@@ -178,18 +144,9 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             .direct_ptr(a + head_offset + 8)
             .expect("a live area is mapped") as *mut usize;
         // SAFETY: both words lie inside the live area (checked above).
-        unsafe { w1.write_volatile(head_offset) };
-        let mut top = self.rcu_pending.load(Relaxed);
-        loop {
-            // SAFETY: as above.
-            unsafe { w0.write_volatile(top) };
-            match self
-                .rcu_pending
-                .compare_exchange_weak(top, a + head_offset, Release, Relaxed)
-            {
-                Ok(_) => break,
-                Err(t) => top = t,
-            }
+        unsafe {
+            w1.write_volatile(head_offset);
+            push_link(&self.rcu_pending, w0, a + head_offset);
         }
         Ok(())
     }
@@ -207,28 +164,11 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
         self.check_addr(a)?;
         let mut s = self.state.lock();
-        let rec = match s.areas.find_busy_mut(a) {
-            Some(r) => r as *mut VmapArea,
-            None => return Err(self.refuse(classify(&s, a))),
-        };
-        // SAFETY: a busy record, under the state lock.
-        unsafe {
-            if (*rec).va_flags & VMAP_RAM != 0 {
-                return Err(self.refuse(VfreeError::WrongKind {
-                    addr: a,
-                    kind: "vm_map_ram",
-                    use_instead: "vm_unmap_ram()",
-                }));
-            }
-            let prev = (*rec)
-                .vm_flags
-                .fetch_or(VmFlags::DEFERRED_FREE.bits(), Relaxed);
-            if prev & VmFlags::DEFERRED_FREE.bits() != 0 {
-                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
-            }
-            (*rec).next = s.rcu_records;
-        }
-        s.rcu_records = rec;
+        self.mark_deferred(self.busy_area(&s, a)?, a)?;
+        let head = s.rcu_records;
+        let r = s.areas.find_busy_mut(a).expect("checked above");
+        r.next = head;
+        s.rcu_records = r as *mut VmapArea;
         Ok(())
     }
 
@@ -298,17 +238,8 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.check_addr(a)?;
         let rec = {
             let mut s = self.state.lock();
-            let Some(r) = s.areas.find_busy(a) else {
-                return Err(self.refuse(classify(&s, a)));
-            };
+            let r = self.busy_area(&s, a)?;
             let flags = VmFlags::from_bits_retain(r.vm_flags.load(Relaxed));
-            if r.va_flags & VMAP_RAM != 0 {
-                return Err(self.refuse(VfreeError::WrongKind {
-                    addr: a,
-                    kind: "vm_map_ram",
-                    use_instead: "vm_unmap_ram()",
-                }));
-            }
             if flags.contains(VmFlags::ALLOC) {
                 return Err(self.refuse(VfreeError::WrongKind {
                     addr: a,
@@ -328,17 +259,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.check_addr(a)?;
         let rec = {
             let mut s = self.state.lock();
-            let Some(r) = s.areas.find_busy(a) else {
-                return Err(self.refuse(classify(&s, a)));
-            };
-            if r.va_flags & VMAP_RAM != 0 {
-                return Err(self.refuse(VfreeError::WrongKind {
-                    addr: a,
-                    kind: "vm_map_ram",
-                    use_instead: "vm_unmap_ram()",
-                }));
-            }
-            let flags = r.vm_flags.load(Relaxed);
+            let flags = self.busy_area(&s, a)?.vm_flags.load(Relaxed);
             if !deferred && flags & VmFlags::DEFERRED_FREE.bits() != 0 {
                 return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
             }
@@ -366,7 +287,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.teardown(rec);
     }
 
-    /// Clears the entries of an area [`unlink_to_lazy`] put on the lazy
+    /// Clears the entries of an area [`Self::unlink_to_lazy`] put on the lazy
     /// list, frees the pages it owns, and lets purges have it.
     pub(crate) fn teardown(&self, rec: *mut VmapArea) {
         // SAFETY: the record stays on the lazy list, where others only read
@@ -693,6 +614,33 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         rec
     }
 
+    /// The busy area starting at `a`, for a free of `a`: no area there, or
+    /// a `vm_map_ram` range (freed by `vm_unmap_ram` only), is refused and
+    /// reported.
+    fn busy_area<'s>(&self, s: &'s State, a: usize) -> Result<&'s VmapArea, VfreeError> {
+        let Some(r) = s.areas.find_busy(a) else {
+            return Err(self.refuse(classify(s, a)));
+        };
+        if r.va_flags & VMAP_RAM != 0 {
+            return Err(self.refuse(VfreeError::WrongKind {
+                addr: a,
+                kind: "vm_map_ram",
+                use_instead: "vm_unmap_ram()",
+            }));
+        }
+        Ok(r)
+    }
+
+    /// Marks the area `r` at `a` queued for a deferred free; an area
+    /// queued already is refused as a double free.
+    fn mark_deferred(&self, r: &VmapArea, a: usize) -> Result<(), VfreeError> {
+        let prev = r.vm_flags.fetch_or(VmFlags::DEFERRED_FREE.bits(), Relaxed);
+        if prev & VmFlags::DEFERRED_FREE.bits() != 0 {
+            return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
+        }
+        Ok(())
+    }
+
     /// Refuses an address outside the range or not page aligned, saying
     /// what it is.
     pub(crate) fn check_addr(&self, a: usize) -> Result<(), VfreeError> {
@@ -729,6 +677,25 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.stats.free_errors.fetch_add(1, Relaxed);
         self.pages.platform().warn(format_args!("WARNING: {e}"));
         e
+    }
+}
+
+/// Pushes `node` onto the lock-free list `head` (0 ends it), writing the
+/// old head into `link`, the node's link word.
+///
+/// # Safety
+///
+/// `link` is valid for writes and holds the link until the list is
+/// drained.
+unsafe fn push_link(head: &AtomicUsize, link: *mut usize, node: usize) {
+    let mut top = head.load(Relaxed);
+    loop {
+        // SAFETY: the caller's.
+        unsafe { link.write_volatile(top) };
+        match head.compare_exchange_weak(top, node, Release, Relaxed) {
+            Ok(_) => break,
+            Err(t) => top = t,
+        }
     }
 }
 
