@@ -32,18 +32,15 @@
 use super::{fmt_ns, group, per_op, Out, Table, TourError};
 use kmem::addr::{Pfn, PhysAddr, VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE};
 use kmem::dma::engine::{DESC_ERR_FAULT, DESC_WRITE};
-use kmem::dma::pool::OWNER_DMA_POOL;
 use kmem::dma::{
     dma_map_sgtable, dma_map_single, dma_max_mapping_size, dma_set_mask_and_coherent,
     dma_unmap_sgtable, dma_unmap_single, pattern_byte, sg_table_from_vmalloc, Device, Dma,
     DmaConfig, DmaEngine, DmaError, PatternPort, Violation, DMA_BIT_MASK, DMA_FROM_DEVICE,
-    DMA_TO_DEVICE, OWNER_DMA_COHERENT, OWNER_DMA_DEBUG, OWNER_SG_TABLE, OWNER_SWIOTLB,
+    DMA_TO_DEVICE,
 };
 use kmem::gfp::{__GFP_MEMALLOC, __GFP_NOWARN, GFP_KERNEL, GFP_NOWAIT};
 use kmem::page::FrameState;
-use kmem::paging::OWNER_PAGE_TABLE;
-use kmem::slab::{SlabAllocator, SlabConfig, OWNER_KMALLOC_LARGE, OWNER_SLAB};
-use kmem::vmalloc::{OWNER_VMALLOC, OWNER_VMAP_AREA};
+use kmem::slab::{SlabAllocator, SlabConfig};
 use kmem_host::vmap::{self, HostVmalloc};
 use kmem_host::{HostPlatform, Machine};
 use serde_json::{json, Map, Value};
@@ -170,19 +167,10 @@ fn describe(pages: &Pages, pfn: Pfn, held: &HashSet<u64>) -> String {
 }
 
 fn owner(tag: u8, order: u32) -> String {
-    match tag {
-        OWNER_SLAB => "a slab page (kmalloc objects)".into(),
-        OWNER_KMALLOC_LARGE => "a large kmalloc buffer".into(),
-        OWNER_VMALLOC => "a page of a vmalloc area".into(),
-        OWNER_VMAP_AREA => "vmalloc's area records".into(),
-        OWNER_PAGE_TABLE => "a page table".into(),
-        OWNER_DMA_COHERENT => "DMA coherent memory".into(),
-        OWNER_DMA_POOL => "a DMA pool page".into(),
-        OWNER_SWIOTLB => "the swiotlb bounce pool".into(),
-        OWNER_DMA_DEBUG => "DMA debug entries".into(),
-        OWNER_SG_TABLE => "a scatter-gather table".into(),
-        0 => format!("allocated (an order-{order} block of the page allocator)"),
-        t => format!("allocated (owner tag {t:#x})"),
+    match (tag, kmem::page::owner::describe(tag)) {
+        (0, _) => format!("allocated (an order-{order} block of the page allocator)"),
+        (_, Some(what)) => what.into(),
+        (t, None) => format!("allocated (owner tag {t:#x})"),
     }
 }
 

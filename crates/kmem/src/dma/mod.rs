@@ -93,15 +93,16 @@ use crate::platform::Platform;
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
-/// Frame owner tag of the head frame of a `dma_alloc_coherent` block.
-pub const OWNER_DMA_COHERENT: u8 = 0x44;
+/// Frame owner tag of the head frame of a `dma_alloc_coherent` block
+/// ([`crate::page::owner`]).
+pub const OWNER_DMA_COHERENT: u8 = crate::page::owner::DMA_COHERENT;
 /// Frame owner tag of the blocks of the swiotlb bounce pool and its slot
 /// records.
-pub const OWNER_SWIOTLB: u8 = 0x45;
+pub const OWNER_SWIOTLB: u8 = crate::page::owner::SWIOTLB;
 /// Frame owner tag of pages holding DMA debug entries and buckets.
-pub const OWNER_DMA_DEBUG: u8 = 0x46;
+pub const OWNER_DMA_DEBUG: u8 = crate::page::owner::DMA_DEBUG;
 /// Frame owner tag of pages holding a scatter-gather table.
-pub const OWNER_SG_TABLE: u8 = 0x48;
+pub const OWNER_SG_TABLE: u8 = crate::page::owner::SG_TABLE;
 
 /// A bus address: what a device puts on the bus. Without an IOMMU it is the
 /// physical address (Linux's `dma_addr_t`).

@@ -37,7 +37,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 
 /// Frame owner tag of the head frame of a DMA pool page.
-pub const OWNER_DMA_POOL: u8 = 0x47;
+pub const OWNER_DMA_POOL: u8 = crate::page::owner::DMA_POOL;
 /// Byte filling free pool blocks (after the header) under debugging.
 pub const POOL_POISON_FREED: u8 = 0xa7;
 /// Byte filling freshly allocated pool blocks under debugging.

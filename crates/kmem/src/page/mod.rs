@@ -32,6 +32,7 @@ pub mod frame;
 pub mod free;
 mod init;
 pub mod memmap;
+pub mod owner;
 pub mod pcp;
 pub mod reclaim;
 pub mod verify;

@@ -46,7 +46,7 @@ pub use tlb::{Tlb, TlbConfig, TlbGeometry, TlbStats};
 pub use x86_64::{PageTableStats, X86PageTables};
 
 /// Frame owner tag ([`crate::page::Frame::set_owner`]) of a page-table frame.
-pub const OWNER_PAGE_TABLE: u8 = 0x57;
+pub const OWNER_PAGE_TABLE: u8 = crate::page::owner::PAGE_TABLE;
 
 /// Size of one mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -161,15 +161,15 @@ pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 /// Smallest kmalloc class.
 pub const KMALLOC_MIN_SIZE: usize = 8;
 
-/// Frame owner tag of a slab's head frame.
-pub const OWNER_SLAB: u8 = 0x51;
+/// Frame owner tag of a slab's head frame ([`crate::page::owner`]).
+pub const OWNER_SLAB: u8 = crate::page::owner::SLAB;
 /// Frame owner tag of a large kmalloc block's head frame.
-pub const OWNER_KMALLOC_LARGE: u8 = 0x52;
+pub const OWNER_KMALLOC_LARGE: u8 = crate::page::owner::KMALLOC_LARGE;
 /// Frame owner tag of an emptied `SLAB_TYPESAFE_BY_RCU` slab waiting for a
 /// grace period before it goes back to the page allocator.
-pub const OWNER_SLAB_RCU: u8 = 0x53;
+pub const OWNER_SLAB_RCU: u8 = crate::page::owner::SLAB_RCU;
 /// Owner tag of a sheaf's block (an array of free objects of one CPU).
-pub const OWNER_SHEAF: u8 = 0x54;
+pub const OWNER_SHEAF: u8 = crate::page::owner::SHEAF;
 /// Order of a sheaf's block.
 pub const SHEAF_ORDER: u32 = 1;
 /// Object slots in one sheaf.

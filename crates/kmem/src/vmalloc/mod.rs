@@ -83,10 +83,11 @@ use core::panic::Location;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use info::Counters;
 
-/// Frame owner tag of a page mapped and owned by a vmalloc area.
-pub const OWNER_VMALLOC: u8 = 0x56;
+/// Frame owner tag of a page mapped and owned by a vmalloc area
+/// ([`crate::page::owner`]).
+pub const OWNER_VMALLOC: u8 = crate::page::owner::VMALLOC;
 /// Frame owner tag of a page holding vmalloc's area records.
-pub const OWNER_VMAP_AREA: u8 = 0x58;
+pub const OWNER_VMAP_AREA: u8 = crate::page::owner::VMAP_AREA;
 /// Largest `vm_map_ram` served from per-CPU vmap blocks (Linux's
 /// `VMAP_MAX_ALLOC`, `BITS_PER_LONG` pages).
 pub const VMAP_MAX_ALLOC: usize = 64;
