@@ -19,7 +19,11 @@
 //!
 //! Note `alloc_vmap_area`'s `va_start: ` (a colon and a *decimal* address), unlike
 //! `free_vmap_area_noflush`'s `va_start=0x`. Fields are read in this exact order;
-//! anything else is a malformed line. Strings (call sites, cache names) borrow
+//! anything else is a malformed line. Each event's parser spells its format one
+//! field at a time (`field!`: the literal, how to read the value, what the value
+//! is), and the errors are worded from that: a malformed line names the literal
+//! (`` ` ptr=` ``) or what the value after it should be
+//! (`` hex pointer after `ptr=` ``). Strings (call sites, cache names) borrow
 //! from the line; GFP masks go through the `gfp` module's memo of `kmem`'s parser.
 
 use kmem::{Gfp, MigrateType};
@@ -408,20 +412,38 @@ pub const fn migrate_type(migratetype: i32) -> Option<MigrateType> {
     }
 }
 
-const CALL_SITE: &str = "call site after `call_site=`";
-const PTR: &str = "hex pointer after `ptr=`";
-const NAME: &str = "cache name after `name=`";
-const BYTES_REQ: &str = "decimal after `bytes_req=`";
-const BYTES_ALLOC: &str = "decimal after `bytes_alloc=`";
 const GFP: &str = "GFP flags after `gfp_flags=` (e.g. `GFP_KERNEL|__GFP_ZERO`)";
-const NODE: &str = "decimal after `node=`";
-const ACCOUNTED: &str = "`true` or `false` after `accounted=`";
-const PAGE: &str = "hex pointer after `page=`";
-const PFN: &str = "`0x` hex after `pfn=`";
-const ORDER: &str = "decimal after `order=`";
-const MIGRATETYPE: &str = "decimal after `migratetype=`";
+
+/// `field!(c, "NAME=", read, "what")` reads the next field, ` NAME=VALUE`: the
+/// literal with its leading space, then the value with the [`Cursor`] method
+/// `read` (`"NAME="` is the literal as printed, so `"va_start: "` for
+/// `alloc_vmap_area`). `field!(c, first "NAME=", ...)` reads a line's first
+/// field, which has no space before it. Evaluates to a `Result`; a failure
+/// expects the literal (`` ` ptr=` ``) when that is wrong, and `what` after it
+/// (`` hex pointer after `ptr=` ``) when the value is.
+macro_rules! field {
+    ($c:ident, $name:literal, $read:ident, $what:literal) => {
+        field!(@ $c, " ", $name, $read, $what)
+    };
+    ($c:ident, first $name:literal, $read:ident, $what:literal) => {
+        field!(@ $c, "", $name, $read, $what)
+    };
+    (@ $c:ident, $space:literal, $name:literal, $read:ident, $what:literal) => {
+        match $c.lit(
+            concat!($space, $name).as_bytes(),
+            concat!("`", $space, $name, "`"),
+        ) {
+            Ok(()) => $c.$read(concat!($what, " after `", $name, "`")),
+            Err(f) => Err(f),
+        }
+    };
+}
 
 /// Parses the fields of an event of kind `kind` (the cursor is just after `NAME: `).
+///
+/// A struct expression evaluates its fields in the order they are written, so
+/// each event below reads its fields in the order its initialiser names them:
+/// the `TP_printk` order.
 #[inline]
 pub(crate) fn parse_fields<'a>(
     kind: EventKind,
@@ -429,178 +451,95 @@ pub(crate) fn parse_fields<'a>(
     gfp: &mut GfpCache,
 ) -> Result<Event<'a>, Fail> {
     let ev = match kind {
-        EventKind::Kmalloc => {
-            let call_site = call_site(c)?;
-            c.lit(b" ptr=", "` ptr=`")?;
-            let ptr = c.pointer(PTR)?;
-            c.lit(b" bytes_req=", "` bytes_req=`")?;
-            let bytes_req = c.dec(BYTES_REQ)?;
-            c.lit(b" bytes_alloc=", "` bytes_alloc=`")?;
-            let bytes_alloc = c.dec(BYTES_ALLOC)?;
-            let gfp = gfp_field(c, gfp)?;
-            c.lit(b" node=", "` node=`")?;
-            let node = c.dec_i32(NODE)?;
-            c.lit(b" accounted=", "` accounted=`")?;
-            let accounted = c.boolean(ACCOUNTED)?;
-            Event::Kmalloc(Kmalloc {
-                call_site,
-                ptr,
-                bytes_req,
-                bytes_alloc,
-                gfp,
-                node,
-                accounted,
-            })
-        }
-        EventKind::KmemCacheAlloc => {
-            let call_site = call_site(c)?;
-            c.lit(b" ptr=", "` ptr=`")?;
-            let ptr = c.pointer(PTR)?;
-            c.lit(b" name=", "` name=`")?;
-            let name = c.str_word(NAME)?;
-            c.lit(b" bytes_req=", "` bytes_req=`")?;
-            let bytes_req = c.dec(BYTES_REQ)?;
-            c.lit(b" bytes_alloc=", "` bytes_alloc=`")?;
-            let bytes_alloc = c.dec(BYTES_ALLOC)?;
-            let gfp = gfp_field(c, gfp)?;
-            c.lit(b" node=", "` node=`")?;
-            let node = c.dec_i32(NODE)?;
-            c.lit(b" accounted=", "` accounted=`")?;
-            let accounted = c.boolean(ACCOUNTED)?;
-            Event::KmemCacheAlloc(KmemCacheAlloc {
-                call_site,
-                ptr,
-                name,
-                bytes_req,
-                bytes_alloc,
-                gfp,
-                node,
-                accounted,
-            })
-        }
-        EventKind::Kfree => {
-            let call_site = call_site(c)?;
-            c.lit(b" ptr=", "` ptr=`")?;
-            let ptr = c.pointer(PTR)?;
-            Event::Kfree(Kfree { call_site, ptr })
-        }
-        EventKind::KmemCacheFree => {
-            let call_site = call_site(c)?;
-            c.lit(b" ptr=", "` ptr=`")?;
-            let ptr = c.pointer(PTR)?;
-            c.lit(b" name=", "` name=`")?;
-            let name = c.str_word(NAME)?;
-            Event::KmemCacheFree(KmemCacheFree {
-                call_site,
-                ptr,
-                name,
-            })
-        }
+        EventKind::Kmalloc => Event::Kmalloc(Kmalloc {
+            call_site: call_site(c)?,
+            ptr: field!(c, "ptr=", pointer, "hex pointer")?,
+            bytes_req: field!(c, "bytes_req=", dec, "decimal")?,
+            bytes_alloc: field!(c, "bytes_alloc=", dec, "decimal")?,
+            gfp: gfp_field(c, gfp)?,
+            node: field!(c, "node=", dec_i32, "decimal")?,
+            accounted: field!(c, "accounted=", boolean, "`true` or `false`")?,
+        }),
+        EventKind::KmemCacheAlloc => Event::KmemCacheAlloc(KmemCacheAlloc {
+            call_site: call_site(c)?,
+            ptr: field!(c, "ptr=", pointer, "hex pointer")?,
+            name: field!(c, "name=", str_word, "cache name")?,
+            bytes_req: field!(c, "bytes_req=", dec, "decimal")?,
+            bytes_alloc: field!(c, "bytes_alloc=", dec, "decimal")?,
+            gfp: gfp_field(c, gfp)?,
+            node: field!(c, "node=", dec_i32, "decimal")?,
+            accounted: field!(c, "accounted=", boolean, "`true` or `false`")?,
+        }),
+        EventKind::Kfree => Event::Kfree(Kfree {
+            call_site: call_site(c)?,
+            ptr: field!(c, "ptr=", pointer, "hex pointer")?,
+        }),
+        EventKind::KmemCacheFree => Event::KmemCacheFree(KmemCacheFree {
+            call_site: call_site(c)?,
+            ptr: field!(c, "ptr=", pointer, "hex pointer")?,
+            name: field!(c, "name=", str_word, "cache name")?,
+        }),
         EventKind::MmPageAlloc => {
-            let (page, pfn, order) = page_pfn_order(c)?;
-            c.lit(b" migratetype=", "` migratetype=`")?;
-            let migratetype = c.dec_i32(MIGRATETYPE)?;
-            let gfp = gfp_field(c, gfp)?;
+            let PageFree { page, pfn, order } = page_pfn_order(c)?;
             Event::MmPageAlloc(PageAlloc {
                 page,
                 pfn,
                 order,
-                migratetype,
-                gfp,
+                migratetype: field!(c, "migratetype=", dec_i32, "decimal")?,
+                gfp: gfp_field(c, gfp)?,
             })
         }
-        EventKind::MmPageFree => {
-            let (page, pfn, order) = page_pfn_order(c)?;
-            Event::MmPageFree(PageFree { page, pfn, order })
-        }
-        EventKind::MmPageFreeBatched => {
-            let (page, pfn, order) = page_pfn_order(c)?;
-            Event::MmPageFreeBatched(PageFree { page, pfn, order })
-        }
+        EventKind::MmPageFree => Event::MmPageFree(page_pfn_order(c)?),
+        EventKind::MmPageFreeBatched => Event::MmPageFreeBatched(page_pfn_order(c)?),
         EventKind::MmPageAllocZoneLocked => {
-            let (page, pfn, order) = page_pfn_order(c)?;
-            c.lit(b" migratetype=", "` migratetype=`")?;
-            let migratetype = c.dec_i32(MIGRATETYPE)?;
-            c.lit(b" percpu_refill=", "` percpu_refill=`")?;
-            let percpu_refill = c.int_flag("decimal after `percpu_refill=`")?;
+            let PageFree { page, pfn, order } = page_pfn_order(c)?;
             Event::MmPageAllocZoneLocked(PageAllocZoneLocked {
                 page,
                 pfn,
                 order,
-                migratetype,
-                percpu_refill,
+                migratetype: field!(c, "migratetype=", dec_i32, "decimal")?,
+                percpu_refill: field!(c, "percpu_refill=", int_flag, "decimal")?,
             })
         }
         EventKind::MmPagePcpuDrain => {
-            let (page, pfn, order) = page_pfn_order(c)?;
-            c.lit(b" migratetype=", "` migratetype=`")?;
-            let migratetype = c.dec_i32(MIGRATETYPE)?;
+            let PageFree { page, pfn, order } = page_pfn_order(c)?;
             Event::MmPagePcpuDrain(PagePcpuDrain {
                 page,
                 pfn,
                 order,
-                migratetype,
+                migratetype: field!(c, "migratetype=", dec_i32, "decimal")?,
             })
         }
-        EventKind::AllocVmapArea => {
-            c.lit(b"va_start: ", "`va_start: `")?;
-            let va_start = c.dec("decimal after `va_start: `")?;
-            c.lit(b" size=", "` size=`")?;
-            let size = c.dec("decimal after `size=`")?;
-            c.lit(b" align=", "` align=`")?;
-            let align = c.dec("decimal after `align=`")?;
-            c.lit(b" vstart=", "` vstart=`")?;
-            let vstart = c.hex0x("`0x` hex after `vstart=`")?;
-            c.lit(b" vend=", "` vend=`")?;
-            let vend = c.hex0x("`0x` hex after `vend=`")?;
-            c.lit(b" failed=", "` failed=`")?;
-            let failed = c.int_flag("decimal after `failed=`")?;
-            Event::AllocVmapArea(AllocVmapArea {
-                va_start,
-                size,
-                align,
-                vstart,
-                vend,
-                failed,
-            })
-        }
-        EventKind::FreeVmapAreaNoflush => {
-            c.lit(b"va_start=", "`va_start=`")?;
-            let va_start = c.hex0x("`0x` hex after `va_start=`")?;
-            c.lit(b" nr_lazy=", "` nr_lazy=`")?;
-            let nr_lazy = c.dec("decimal after `nr_lazy=`")?;
-            c.lit(b" nr_lazy_max=", "` nr_lazy_max=`")?;
-            let nr_lazy_max = c.dec("decimal after `nr_lazy_max=`")?;
-            Event::FreeVmapAreaNoflush(FreeVmapAreaNoflush {
-                va_start,
-                nr_lazy,
-                nr_lazy_max,
-            })
-        }
-        EventKind::PurgeVmapAreaLazy => {
-            c.lit(b"start=", "`start=`")?;
-            let start = c.hex0x("`0x` hex after `start=`")?;
-            c.lit(b" end=", "` end=`")?;
-            let end = c.hex0x("`0x` hex after `end=`")?;
-            c.lit(b" num_purged=", "` num_purged=`")?;
-            let npurged = c.dec_u32("decimal after `num_purged=`")?;
-            Event::PurgeVmapAreaLazy(PurgeVmapAreaLazy {
-                start,
-                end,
-                npurged,
-            })
-        }
+        EventKind::AllocVmapArea => Event::AllocVmapArea(AllocVmapArea {
+            va_start: field!(c, first "va_start: ", dec, "decimal")?,
+            size: field!(c, "size=", dec, "decimal")?,
+            align: field!(c, "align=", dec, "decimal")?,
+            vstart: field!(c, "vstart=", hex0x, "`0x` hex")?,
+            vend: field!(c, "vend=", hex0x, "`0x` hex")?,
+            failed: field!(c, "failed=", int_flag, "decimal")?,
+        }),
+        EventKind::FreeVmapAreaNoflush => Event::FreeVmapAreaNoflush(FreeVmapAreaNoflush {
+            va_start: field!(c, first "va_start=", hex0x, "`0x` hex")?,
+            nr_lazy: field!(c, "nr_lazy=", dec, "decimal")?,
+            nr_lazy_max: field!(c, "nr_lazy_max=", dec, "decimal")?,
+        }),
+        EventKind::PurgeVmapAreaLazy => Event::PurgeVmapAreaLazy(PurgeVmapAreaLazy {
+            start: field!(c, first "start=", hex0x, "`0x` hex")?,
+            end: field!(c, "end=", hex0x, "`0x` hex")?,
+            npurged: field!(c, "num_purged=", dec_u32, "decimal")?,
+        }),
     };
     c.end()?;
     Ok(ev)
 }
 
+/// `call_site=%pS`, the first field of the slab events.
 #[inline]
 fn call_site<'a>(c: &mut Cursor<'a>) -> Result<CallSite<'a>, Fail> {
-    c.lit(b"call_site=", "`call_site=`")?;
-    Ok(CallSite(c.str_word(CALL_SITE)?))
+    field!(c, first "call_site=", str_word, "call site").map(CallSite)
 }
 
+/// ` gfp_flags=%s`, parsed through `cache`.
 #[inline]
 fn gfp_field(c: &mut Cursor<'_>, cache: &mut GfpCache) -> Result<Gfp, Fail> {
     c.lit(b" gfp_flags=", "` gfp_flags=`")?;
@@ -612,15 +551,15 @@ fn gfp_field(c: &mut Cursor<'_>, cache: &mut GfpCache) -> Result<Gfp, Fail> {
     })
 }
 
+/// `page=%p pfn=0x%lx order=%d`: the whole of `mm_page_free` and
+/// `mm_page_free_batched`, and how the other page events begin.
 #[inline]
-fn page_pfn_order(c: &mut Cursor<'_>) -> Result<(u64, u64, u32), Fail> {
-    c.lit(b"page=", "`page=`")?;
-    let page = c.pointer(PAGE)?;
-    c.lit(b" pfn=", "` pfn=`")?;
-    let pfn = c.hex0x(PFN)?;
-    c.lit(b" order=", "` order=`")?;
-    let order = c.dec_u32(ORDER)?;
-    Ok((page, pfn, order))
+fn page_pfn_order(c: &mut Cursor<'_>) -> Result<PageFree, Fail> {
+    Ok(PageFree {
+        page: field!(c, first "page=", pointer, "hex pointer")?,
+        pfn: field!(c, "pfn=", hex0x, "`0x` hex")?,
+        order: field!(c, "order=", dec_u32, "decimal")?,
+    })
 }
 
 #[cfg(test)]
@@ -704,5 +643,225 @@ mod tests {
         assert_eq!((f.kind, f.col), (ErrorKind::BadGfp, 47 + 11));
         let f = parse(EventKind::MmPageFree, "page=1 pfn=0x1 order=x").unwrap_err();
         assert_eq!((f.kind, f.col), (ErrorKind::BadNumber, 21));
+    }
+
+    /// A line of every kind, what a bad value of each of its fields is said to
+    /// miss, and the event the line parses to.
+    fn every_kind() -> [(EventKind, &'static str, Vec<&'static str>, Event<'static>); 12] {
+        let gfp = "GFP_KERNEL|__GFP_ZERO".parse().unwrap();
+        let gfp_flags = "GFP flags after `gfp_flags=` (e.g. `GFP_KERNEL|__GFP_ZERO`)";
+        let slab = ["call site after `call_site=`", "hex pointer after `ptr=`"];
+        let name = "cache name after `name=`";
+        let sizes = ["decimal after `bytes_req=`", "decimal after `bytes_alloc=`"];
+        let node_accounted = [
+            "decimal after `node=`",
+            "`true` or `false` after `accounted=`",
+        ];
+        let page = [
+            "hex pointer after `page=`",
+            "`0x` hex after `pfn=`",
+            "decimal after `order=`",
+        ];
+        let migratetype = "decimal after `migratetype=`";
+        [
+            (
+                EventKind::Kmalloc,
+                "call_site=a+0x1/0x2 ptr=ffff888100000010 bytes_req=11 bytes_alloc=16 gfp_flags=GFP_KERNEL|__GFP_ZERO node=-1 accounted=true",
+                [&slab[..], &sizes, &[gfp_flags], &node_accounted].concat(),
+                Event::Kmalloc(Kmalloc {
+                    call_site: CallSite("a+0x1/0x2"),
+                    ptr: 0xffff888100000010,
+                    bytes_req: 11,
+                    bytes_alloc: 16,
+                    gfp,
+                    node: -1,
+                    accounted: true,
+                }),
+            ),
+            (
+                EventKind::KmemCacheAlloc,
+                "call_site=b+0x3/0x4 ptr=ffff888100000020 name=filp bytes_req=232 bytes_alloc=256 gfp_flags=GFP_KERNEL|__GFP_ZERO node=1 accounted=false",
+                [&slab[..], &[name], &sizes, &[gfp_flags], &node_accounted].concat(),
+                Event::KmemCacheAlloc(KmemCacheAlloc {
+                    call_site: CallSite("b+0x3/0x4"),
+                    ptr: 0xffff888100000020,
+                    name: "filp",
+                    bytes_req: 232,
+                    bytes_alloc: 256,
+                    gfp,
+                    node: 1,
+                    accounted: false,
+                }),
+            ),
+            (
+                EventKind::Kfree,
+                "call_site=c+0x5/0x6 ptr=ffff888100000030",
+                slab.to_vec(),
+                Event::Kfree(Kfree {
+                    call_site: CallSite("c+0x5/0x6"),
+                    ptr: 0xffff888100000030,
+                }),
+            ),
+            (
+                EventKind::KmemCacheFree,
+                "call_site=d+0x7/0x8 ptr=ffff888100000040 name=filp",
+                [&slab[..], &[name]].concat(),
+                Event::KmemCacheFree(KmemCacheFree {
+                    call_site: CallSite("d+0x7/0x8"),
+                    ptr: 0xffff888100000040,
+                    name: "filp",
+                }),
+            ),
+            (
+                EventKind::MmPageAlloc,
+                "page=ffffea0004000040 pfn=0x100001 order=2 migratetype=1 gfp_flags=GFP_KERNEL|__GFP_ZERO",
+                [&page[..], &[migratetype, gfp_flags]].concat(),
+                Event::MmPageAlloc(PageAlloc {
+                    page: 0xffffea0004000040,
+                    pfn: 0x100001,
+                    order: 2,
+                    migratetype: 1,
+                    gfp,
+                }),
+            ),
+            (
+                EventKind::MmPageFree,
+                "page=ffffea0004000080 pfn=0x100002 order=3",
+                page.to_vec(),
+                Event::MmPageFree(PageFree {
+                    page: 0xffffea0004000080,
+                    pfn: 0x100002,
+                    order: 3,
+                }),
+            ),
+            (
+                EventKind::MmPageFreeBatched,
+                "page=ffffea00040000c0 pfn=0x100003 order=0",
+                page.to_vec(),
+                Event::MmPageFreeBatched(PageFree {
+                    page: 0xffffea00040000c0,
+                    pfn: 0x100003,
+                    order: 0,
+                }),
+            ),
+            (
+                EventKind::MmPageAllocZoneLocked,
+                "page=ffffea0004000100 pfn=0x100004 order=1 migratetype=2 percpu_refill=1",
+                [&page[..], &[migratetype, "decimal after `percpu_refill=`"]].concat(),
+                Event::MmPageAllocZoneLocked(PageAllocZoneLocked {
+                    page: 0xffffea0004000100,
+                    pfn: 0x100004,
+                    order: 1,
+                    migratetype: 2,
+                    percpu_refill: true,
+                }),
+            ),
+            (
+                EventKind::MmPagePcpuDrain,
+                "page=ffffea0004000140 pfn=0x100005 order=4 migratetype=3",
+                [&page[..], &[migratetype]].concat(),
+                Event::MmPagePcpuDrain(PagePcpuDrain {
+                    page: 0xffffea0004000140,
+                    pfn: 0x100005,
+                    order: 4,
+                    migratetype: 3,
+                }),
+            ),
+            (
+                EventKind::AllocVmapArea,
+                "va_start: 18446683600644456448 size=20480 align=16384 vstart=0xffffc90000000000 vend=0xffffe8ffffffffff failed=1",
+                vec![
+                    "decimal after `va_start: `",
+                    "decimal after `size=`",
+                    "decimal after `align=`",
+                    "`0x` hex after `vstart=`",
+                    "`0x` hex after `vend=`",
+                    "decimal after `failed=`",
+                ],
+                Event::AllocVmapArea(AllocVmapArea {
+                    va_start: 18446683600644456448,
+                    size: 20480,
+                    align: 16384,
+                    vstart: 0xffffc90000000000,
+                    vend: 0xffffe8ffffffffff,
+                    failed: true,
+                }),
+            ),
+            (
+                EventKind::FreeVmapAreaNoflush,
+                "va_start=0xffffc90000010000 nr_lazy=12 nr_lazy_max=32768",
+                vec![
+                    "`0x` hex after `va_start=`",
+                    "decimal after `nr_lazy=`",
+                    "decimal after `nr_lazy_max=`",
+                ],
+                Event::FreeVmapAreaNoflush(FreeVmapAreaNoflush {
+                    va_start: 0xffffc90000010000,
+                    nr_lazy: 12,
+                    nr_lazy_max: 32768,
+                }),
+            ),
+            (
+                EventKind::PurgeVmapAreaLazy,
+                "start=0xffffc90000000000 end=0xffffc90000400000 num_purged=7",
+                vec![
+                    "`0x` hex after `start=`",
+                    "`0x` hex after `end=`",
+                    "decimal after `num_purged=`",
+                ],
+                Event::PurgeVmapAreaLazy(PurgeVmapAreaLazy {
+                    start: 0xffffc90000000000,
+                    end: 0xffffc90000400000,
+                    npurged: 7,
+                }),
+            ),
+        ]
+    }
+
+    /// Every kind parses each field into its place; a wrong or cut-off literal,
+    /// a missing value or trailing text fails exactly there, naming the field
+    /// (the literal as printed, or what the value should be after it).
+    #[test]
+    fn every_field_of_every_kind() {
+        for (kind, good, values, want) in every_kind() {
+            assert_eq!(parse(kind, good), Ok(want), "{good}");
+            let f = parse(kind, &format!("{good} x")).unwrap_err();
+            let end = Fail::new(good.len(), ErrorKind::UnexpectedText, "end of line");
+            assert_eq!(f, end, "{good}");
+            // Fields start at the spaces before `NAME=` (`va_start: ` has its own).
+            let mut starts: Vec<usize> = good.match_indices(' ').map(|(i, _)| i).collect();
+            starts.retain(|&i| good[i + 1..].split(' ').next().unwrap().contains('='));
+            starts.insert(0, 0);
+            starts.push(good.len());
+            assert_eq!(starts.len(), values.len() + 1, "{good}");
+            for (i, value_expected) in values.into_iter().enumerate() {
+                let (at, next) = (starts[i], starts[i + 1]);
+                let field = &good[at..next];
+                let lit_len = field.find('=').or(field.find(": ").map(|n| n + 1)).unwrap() + 1;
+                let lit_expected = format!("`{}`", &field[..lit_len]);
+                let fails = |line: &str, col, why| {
+                    let f = parse(kind, line).unwrap_err();
+                    assert_eq!((f.col, f.kind), (col, why), "{line}");
+                    f.expected
+                };
+                // The literal's last byte wrong, and the line cut before it.
+                let last = at + lit_len - 1;
+                let bad = format!("{}#{}", &good[..last], &good[last + 1..]);
+                assert_eq!(fails(&bad, last, ErrorKind::UnexpectedText), lit_expected);
+                assert_eq!(
+                    fails(&good[..last], last, ErrorKind::Truncated),
+                    lit_expected
+                );
+                // The value missing: before the next field, or at the end of the line.
+                let value_at = at + lit_len;
+                let bad = format!("{}{}", &good[..value_at], &good[next..]);
+                let why = if next == good.len() {
+                    ErrorKind::Truncated
+                } else {
+                    ErrorKind::BadNumber
+                };
+                assert_eq!(fails(&bad, value_at, why), value_expected);
+            }
+        }
     }
 }

@@ -691,52 +691,54 @@ pub fn write_page(out: &mut String, r: &PerfPageReport) {
     }
     let _ = writeln!(out);
     let s = &r.summary;
-    let kb = |b: u64| grouped(b / 1024);
+    // A count and its bytes in KiB.
+    let row = |out: &mut String, what: &str, n: u64, bytes: u64| {
+        let _ = writeln!(
+            out,
+            "{what:<30}: {:>16}   [ {:>16} KB ]",
+            grouped(n),
+            grouped(bytes / 1024)
+        );
+    };
     let _ = writeln!(out, "SUMMARY (page allocator)");
     let _ = writeln!(out, "========================");
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total allocation requests",
-        grouped(s.nr_page_allocs),
-        kb(s.total_page_alloc_bytes)
+        s.nr_page_allocs,
+        s.total_page_alloc_bytes,
     );
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total free requests",
-        grouped(s.nr_page_frees),
-        kb(s.total_page_free_bytes)
+        s.nr_page_frees,
+        s.total_page_free_bytes,
     );
     let _ = writeln!(out);
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total alloc+freed requests",
-        grouped(s.nr_alloc_freed),
-        kb(s.alloc_freed_bytes)
+        s.nr_alloc_freed,
+        s.alloc_freed_bytes,
     );
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total alloc-only requests",
-        grouped(s.nr_alloc_only),
-        kb(s.alloc_only_bytes)
+        s.nr_alloc_only,
+        s.alloc_only_bytes,
     );
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total free-only requests",
-        grouped(s.nr_page_nomatch),
-        kb(s.total_page_nomatch)
+        s.nr_page_nomatch,
+        s.total_page_nomatch,
     );
     let _ = writeln!(out);
-    let _ = writeln!(
+    row(
         out,
-        "{:<30}: {:>16}   [ {:>16} KB ]",
         "Total allocation failures",
-        grouped(s.nr_page_fails),
-        kb(s.total_page_fail_bytes)
+        s.nr_page_fails,
+        s.total_page_fail_bytes,
     );
     let _ = writeln!(out);
     let _ = write!(out, "{:>5}", "Order");
@@ -834,5 +836,25 @@ mod tests {
         assert!(p.rows.values().all(|s| s.nr_free == 1));
         assert_eq!(grouped(1234567), "1,234,567");
         assert_eq!(grouped(12), "12");
+        let mut out = String::new();
+        write_page(&mut out, &r);
+        let at = out.find("SUMMARY").unwrap();
+        let summary = &out[at..at + out[at..].find("Order").unwrap()];
+        assert_eq!(
+            summary,
+            concat!(
+                "SUMMARY (page allocator)\n",
+                "========================\n",
+                "Total allocation requests     :                3   [               28 KB ]\n",
+                "Total free requests           :                3   [               20 KB ]\n",
+                "\n",
+                "Total alloc+freed requests    :                2   [               12 KB ]\n",
+                "Total alloc-only requests     :                1   [               16 KB ]\n",
+                "Total free-only requests      :                1   [                8 KB ]\n",
+                "\n",
+                "Total allocation failures     :                1   [               16 KB ]\n",
+                "\n",
+            )
+        );
     }
 }
