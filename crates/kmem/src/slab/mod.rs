@@ -30,13 +30,18 @@
 //! [`SlabConfig::sheaf_bytes`]). It takes objects of *any* slab of the cache:
 //! a free to a slab that is not the CPU's active one, the common slow path
 //! of classic SLUB, is as fast as any other. Allocation pops the most
-//! recently freed object (warm in the cache); neither path reads object
-//! memory, so a batch of cold objects costs no dependent cache misses. The
+//! recently freed object (warm in the cache); no path follows a pointer
+//! stored in an object, so a batch of cold objects costs no dependent cache
+//! misses. (Under the default hardening each path touches the object's
+//! free-pointer slot once: the allocated mark that lets the free refuse a
+//! double free; without hardening neither touches the object.) The
 //! sheaf is refilled to half from the *CPU free list*: the whole free list
 //! of the CPU's active slab, taken at once as in SLUB, threaded through the
 //! free objects. Objects in either count as in use in their slabs until they
-//! go back (sheaf full, CPU flush on shrink, validate, destroy). With
-//! [`SlabConfig::sheaf_bytes`] 0 the CPU free list alone is the fast path.
+//! go back (sheaf full, CPU flush on shrink, validate, destroy, or memory
+//! pressure once the allocator is registered as a shrinker: see
+//! `SlabAllocator::register_shrinker`). With [`SlabConfig::sheaf_bytes`] 0
+//! the CPU free list alone is the fast path.
 //!
 //! //! ## Object layout
 //! Objects follow each other from the first byte of the slab, `size` bytes
