@@ -164,3 +164,55 @@ fn shrinking_under_live_objects_keeps_them() {
         assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
     });
 }
+
+#[test]
+fn reclaim_while_another_cpu_allocates() {
+    // One thread runs kmalloc/kfree with contents checked while the other
+    // drives the machine out of pages again and again, so that the
+    // shrinker flushes the first thread's CPU under its feet.
+    let (m, slab) = leaked();
+    slab.register_shrinker().unwrap();
+    let before = m.pages().vmstat();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            kmem_host::set_cpu(0);
+            let mut live: Vec<(NonNull<u8>, usize, u8)> = Vec::new();
+            for i in 0..60_000usize {
+                if live.len() < 300 && i % 3 != 2 {
+                    let size = 8 + (i * 7919) % 4089;
+                    // Page allocations elsewhere may exhaust memory for a
+                    // moment: a failed kmalloc is fine, a wrong one is not.
+                    if let Ok(p) = slab.kmalloc(size, GFP_KERNEL | kmem::gfp::Gfp::NOWARN) {
+                        let tag = i as u8;
+                        // SAFETY: a fresh object of `size` bytes.
+                        unsafe { p.as_ptr().write_bytes(tag, size) };
+                        live.push((p, size, tag));
+                    }
+                } else if let Some((p, size, tag)) = live.pop() {
+                    // SAFETY: allocated above, `size` bytes.
+                    let b = unsafe { std::slice::from_raw_parts(p.as_ptr(), size) };
+                    assert!(b.iter().all(|&x| x == tag), "object at {p:p} kept");
+                    slab.kfree(p.as_ptr()).unwrap();
+                }
+            }
+            for (p, _, _) in live {
+                slab.kfree(p.as_ptr()).unwrap();
+            }
+        });
+        s.spawn(|| {
+            kmem_host::set_cpu(1);
+            for _ in 0..20 {
+                let got = grab_all(m, GFP_KERNEL);
+                give_back(m, got);
+            }
+        });
+    });
+    assert!(m.pages().vmstat().direct_reclaim > before.direct_reclaim);
+    slab.for_each_cache(|c| {
+        let r = c.validate();
+        assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
+    });
+    // Everything the first thread had comes back on a final shrink.
+    slab.shrink_all();
+    assert_eq!(kmalloc_4k_slabs(slab), 0);
+}
