@@ -243,7 +243,8 @@ pub(crate) fn parse_common(line: &[u8]) -> Result<(Common<'_>, usize), Fail> {
     parse_common_at(line, first)
 }
 
-/// [`parse_common`] for a line whose first non-space byte is at `first`.
+/// Parses the prefix of `line`, whose first non-space byte is at `first`;
+/// returns it and the column where the event name starts.
 #[inline]
 pub(crate) fn parse_common_at(line: &[u8], first: usize) -> Result<(Common<'_>, usize), Fail> {
     let TaskPid {
