@@ -44,9 +44,10 @@
 //! taking kmem's slower shared paths (compare-and-swap plus the barrier). So
 //! is the owner itself while it runs as another CPU.
 //!
-//! [`current_cpu_exclusive`] is on the fast path too: the slot and the claimed
-//! CPU live in one thread-local, so it costs the same single access as
-//! [`current_cpu`].
+//! [`current_cpu_exclusive`] is on the fast path too: the thread-local that
+//! holds the slot and the claimed CPU also keeps the owned CPU (the claimed
+//! one while the thread runs as it), so an owner is recognised with one load
+//! and one compare.
 
 use std::cell::Cell;
 use std::fmt;
@@ -77,13 +78,32 @@ static OWNERS: [AtomicBool; MAX_CLAIMABLE_CPUS] =
 /// the first successful claim), before any owner exists.
 static BARRIER_READY: AtomicBool = AtomicBool::new(false);
 
-/// The calling thread's CPU state: both fields in one thread-local so the fast
+/// The calling thread's CPU state: all fields in one thread-local so the fast
 /// paths pay for one access.
 struct ThisCpu {
     /// The thread's slot, or [`UNASSIGNED`].
     slot: Cell<usize>,
     /// The CPU this thread holds a claim on, or [`NO_CLAIM`].
     claimed: Cell<usize>,
+    /// `claimed` while the thread runs as it (`slot == claimed`), else
+    /// [`NO_CLAIM`]: what the fast path asks, in one load. Kept by
+    /// [`ThisCpu::set`], the only writer of the other two.
+    owned: Cell<usize>,
+}
+
+impl ThisCpu {
+    /// Sets the slot and the claim, and recomputes `owned`.
+    fn set(&self, slot: usize, claimed: usize) {
+        self.slot.set(slot);
+        self.claimed.set(claimed);
+        self.owned
+            .set(if slot == claimed { claimed } else { NO_CLAIM });
+    }
+
+    /// Sets the slot, keeping the claim.
+    fn set_slot(&self, slot: usize) {
+        self.set(slot, self.claimed.get());
+    }
 }
 
 thread_local! {
@@ -91,6 +111,7 @@ thread_local! {
         ThisCpu {
             slot: Cell::new(UNASSIGNED),
             claimed: Cell::new(NO_CLAIM),
+            owned: Cell::new(NO_CLAIM),
         }
     };
 }
@@ -98,7 +119,7 @@ thread_local! {
 #[cold]
 fn assign_slot() -> usize {
     let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
-    THIS.with(|t| t.slot.set(slot));
+    THIS.with(|t| t.set_slot(slot));
     slot
 }
 
@@ -137,7 +158,7 @@ pub fn current_cpu(nr_cpus: usize) -> usize {
 /// the thread had before claiming.
 pub fn set_cpu(cpu: usize) {
     assert!(cpu != UNASSIGNED, "CPU number {cpu} is reserved");
-    THIS.with(|t| t.slot.set(cpu));
+    THIS.with(|t| t.set_slot(cpu));
 }
 
 /// Runs `f` with the calling thread pinned to CPU `cpu`, then restores the
@@ -149,7 +170,7 @@ pub fn run_on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
     struct Restore(usize);
     impl Drop for Restore {
         fn drop(&mut self) {
-            THIS.with(|t| t.slot.set(self.0));
+            THIS.with(|t| t.set_slot(self.0));
         }
     }
     let _restore = Restore(cpu_slot());
@@ -166,21 +187,19 @@ pub fn run_on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
 /// allocation's fast path.
 #[inline]
 pub fn current_cpu_exclusive(nr_cpus: usize) -> bool {
-    THIS.with(|t| {
-        let claimed = t.claimed.get();
-        // NO_CLAIM is usize::MAX, never below nr_cpus.
-        claimed < nr_cpus && t.slot.get() == claimed
-    })
+    // NO_CLAIM is usize::MAX, never below nr_cpus.
+    THIS.with(|t| t.owned.get()) < nr_cpus
 }
 
 /// [`current_cpu`] and [`current_cpu_exclusive`] with one thread-local
 /// access: `HostPlatform::this_cpu`, on every slab fast path.
 #[inline]
 pub fn current_cpu_and_exclusive(nr_cpus: usize) -> (usize, bool) {
-    let (slot, claimed) = THIS.with(|t| (t.slot.get(), t.claimed.get()));
-    if slot < nr_cpus {
-        // NO_CLAIM is usize::MAX, never equal to a slot below nr_cpus.
-        (slot, slot == claimed)
+    let owned = THIS.with(|t| t.owned.get());
+    // NO_CLAIM is usize::MAX, never below nr_cpus: one compare decides the
+    // owner's case, whose answer is then a constant `true`.
+    if owned < nr_cpus {
+        (owned, true)
     } else {
         (current_cpu(nr_cpus), false)
     }
@@ -274,10 +293,7 @@ pub fn claim_cpu(cpu: usize) -> Result<CpuClaim, ClaimError> {
     // makes from now on.
     fence(Ordering::SeqCst);
     let previous_slot = cpu_slot();
-    THIS.with(|t| {
-        t.slot.set(cpu);
-        t.claimed.set(cpu);
-    });
+    THIS.with(|t| t.set(cpu, cpu));
     Ok(CpuClaim {
         cpu,
         previous_slot,
@@ -333,10 +349,7 @@ impl Drop for CpuClaim {
     fn drop(&mut self) {
         // Stop being exclusive first, then publish every plain per-CPU store
         // made as owner to whoever sees the CPU unowned.
-        THIS.with(|t| {
-            t.claimed.set(NO_CLAIM);
-            t.slot.set(self.previous_slot);
-        });
+        THIS.with(|t| t.set(self.previous_slot, NO_CLAIM));
         OWNERS[self.cpu].store(false, Ordering::Release);
     }
 }
