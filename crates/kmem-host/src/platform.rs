@@ -116,6 +116,11 @@ impl Platform for HostPlatform {
         context::current_context()
     }
 
+    #[inline]
+    fn in_atomic(&self) -> bool {
+        context::in_atomic()
+    }
+
     fn relax(&self) {
         std::thread::yield_now();
     }

@@ -80,6 +80,16 @@ pub trait Platform: Send + Sync + 'static {
     /// `irqs_disabled()` and RCU depth).
     fn context(&self) -> ExecContext;
 
+    /// `self.context().is_atomic()`: the one question the allocation fast
+    /// paths ask about the context (the whole context is read only when the
+    /// answer is yes). A platform that can answer it with fewer instructions
+    /// than building an [`ExecContext`] overrides it; the answer must be the
+    /// same.
+    #[inline(always)]
+    fn in_atomic(&self) -> bool {
+        self.context().is_atomic()
+    }
+
     /// Wait a little for another CPU to make progress (free memory, release a
     /// lock). Called only from contexts that may block or spin.
     fn relax(&self) {

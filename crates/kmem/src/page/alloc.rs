@@ -82,7 +82,7 @@ impl<P: Platform> PageAllocator<P> {
         {
             let slot = self.fast_slot;
             let zone = &self.zones[slot];
-            if !self.platform().context().is_atomic()
+            if !self.platform().in_atomic()
                 && zone_watermark_ok(
                     zone,
                     order,
@@ -196,7 +196,7 @@ impl<P: Platform> PageAllocator<P> {
         if gfp.bits() & !PLAIN_GFP == 0
             && order <= MAX_PAGE_ORDER
             && nid < 0
-            && !self.platform().context().is_atomic()
+            && !self.platform().in_atomic()
         {
             return Ok(Request {
                 gfp,

@@ -71,9 +71,11 @@ impl<P: Platform> KmemCache<P> {
             return None;
         }
         let p = self.platform();
-        let ctx = p.context();
-        if ctx.is_atomic() && (ctx.in_nmi() || gfp.allows_blocking()) {
-            return None;
+        if p.in_atomic() {
+            let ctx = p.context();
+            if ctx.in_nmi() || gfp.allows_blocking() {
+                return None;
+            }
         }
         let (c, g) = self.this_cpu();
         let mut g = g?;
