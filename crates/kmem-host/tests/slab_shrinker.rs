@@ -216,3 +216,47 @@ fn reclaim_while_another_cpu_allocates() {
     slab.shrink_all();
     assert_eq!(kmalloc_4k_slabs(slab), 0);
 }
+
+#[test]
+fn a_round_shrinks_caches_in_turn_until_it_has_enough() {
+    use kmem::Shrinker;
+    let (m, slab) = leaked();
+    slab.register_shrinker().unwrap();
+    kmem_host::set_cpu(0);
+    // Park objects in two caches.
+    for size in [2048usize, 4096] {
+        let objs: Vec<NonNull<u8>> = (0..1024)
+            .map(|_| slab.kmalloc(size, GFP_KERNEL).unwrap())
+            .collect();
+        for p in objs {
+            slab.kfree(p.as_ptr()).unwrap();
+        }
+    }
+    let slabs = |name: &str| slab.find_cache(name).unwrap().nr_slabs();
+    let parked = || [slabs("kmalloc-2k"), slabs("kmalloc-4k")];
+    assert!(parked().iter().all(|&n| n > 0), "{:?}", parked());
+    // One page asked for: the round stops at the first cache that gives
+    // memory back, so one of the two keeps its objects.
+    let got = slab.scan_objects(m.pages(), 1, GFP_KERNEL);
+    assert!(got >= 1, "pages came back: {got}");
+    let after_one = parked();
+    assert_eq!(
+        after_one.iter().filter(|&&n| n == 0).count(),
+        1,
+        "exactly one of the two caches was shrunk: {after_one:?}"
+    );
+    // The next rounds start after it, so the other one's turn comes before
+    // the first comes round again.
+    for _ in 0..slab.nr_caches() {
+        if parked() == [0, 0] {
+            break;
+        }
+        slab.scan_objects(m.pages(), 1, GFP_KERNEL);
+    }
+    assert_eq!(parked(), [0, 0]);
+    // Asking for more than everything shrinks every cache in one round.
+    park_objects(slab);
+    assert!(slabs("kmalloc-4k") > 0);
+    slab.scan_objects(m.pages(), usize::MAX, GFP_KERNEL);
+    assert_eq!(parked(), [0, 0]);
+}

@@ -594,6 +594,9 @@ pub(crate) struct SlabGlobal<P: Platform> {
     pub(crate) ticks: AtomicU64,
     pub(crate) large: LargeStats,
     pub(crate) rcu: rcu::RcuQueue,
+    /// Where the shrinker's next round starts on the cache list (an index,
+    /// taken modulo the list's length): rounds take turns over the caches.
+    pub(crate) shrink_cursor: AtomicUsize,
     pfn: Pfn,
     order: u32,
 }
@@ -656,6 +659,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 ticks: AtomicU64::new(0),
                 large: LargeStats::default(),
                 rcu: rcu::RcuQueue::new(),
+                shrink_cursor: AtomicUsize::new(0),
                 pfn: gpfn,
                 order: gorder,
             });

@@ -6,15 +6,15 @@
 //! empty slabs kept on the node partial lists. Under memory pressure an
 //! allocation that may block runs direct reclaim ([`crate::page::reclaim`]);
 //! registered with [`SlabAllocator::register_shrinker`], the slab allocator
-//! then does what `kmem_cache_shrink` does for every cache (what Linux's
-//! `echo 2 > /proc/sys/vm/drop_caches` asks of slab, and what its per-CPU
-//! sheaves give back on a `kmem_cache_shrink`): flush every CPU's state back
-//! to the slabs and give every empty slab and sheaf block back.
+//! then does what `kmem_cache_shrink` does (and what its per-CPU sheaves give
+//! back on a `kmem_cache_shrink` in Linux) to one cache after another, until
+//! the pages asked for have come back: flush every CPU's state of the cache
+//! back to its slabs and give every empty slab and sheaf block back. The
+//! next round starts with the next cache, so the caches take turns.
 //!
-//! A shrink round is coarse (every cache, every CPU, whatever `nr_to_scan`
-//! says) and costly (each CPU's state is taken remotely, with the platform's
-//! barrier for owned CPUs), which is acceptable only because reclaim is the
-//! last step before an allocation fails.
+//! A shrink is costly (each CPU's state is taken remotely, with the
+//! platform's barrier for owned CPUs), which is acceptable only because
+//! reclaim is the last step before an allocation fails.
 //!
 //! # Deadlock freedom
 //! Reclaim runs in the allocating thread with no page-allocator lock held.
@@ -64,20 +64,44 @@ impl<P: Platform> SlabAllocator<'static, P> {
         Some(slabs)
     }
 
-    /// `kmem_cache_shrink` on every cache, or nothing if the cache list lock
-    /// is taken.
-    fn try_shrink_all(&self) {
+    /// `kmem_cache_shrink` on one cache after another, starting where the
+    /// last round stopped, until `want` pages have come back or every cache
+    /// has had its turn; nothing if the cache list lock is taken. Returns
+    /// the pages that came back meanwhile (`free` counts free pages).
+    fn try_shrink(&self, want: usize, free: impl Fn() -> usize) -> usize {
         let Some(list) = self.global().list.try_lock() else {
-            return;
+            return 0;
         };
+        let n = list.len;
+        if n == 0 {
+            return 0;
+        }
+        let cursor = &self.global().shrink_cursor;
+        let start = cursor.load(Relaxed) % n;
         let mut cur = list.head;
-        while !cur.is_null() {
-            // SAFETY: as in try_count_slabs. Shrinking takes CPU flags and
-            // node locks, which rank below the cache list lock.
+        for _ in 0..start {
+            // SAFETY: caches on the list are alive while the lock is held.
+            cur = unsafe { (*cur).list_next.load(Relaxed) };
+        }
+        let before = free();
+        let mut got = 0;
+        for step in 1..=n {
+            // SAFETY: as above; `len` counts the caches on the list, so the
+            // walk wraps to the head exactly at its end. Shrinking takes CPU
+            // flags and node locks, which rank below the cache list lock.
             let c = unsafe { &*cur };
             c.shrink();
+            got = free().saturating_sub(before);
             cur = c.list_next.load(Relaxed);
+            if cur.is_null() {
+                cur = list.head;
+            }
+            if got >= want {
+                cursor.store((start + step) % n, Relaxed);
+                break;
+            }
         }
+        got
     }
 }
 
@@ -92,14 +116,14 @@ impl<P: Platform> Shrinker<P> for SlabAllocator<'static, P> {
         self.try_count_slabs().unwrap_or(0)
     }
 
-    /// Shrinks every cache, whatever `nr_to_scan` says; returns the pages
-    /// that came back to the page allocator meanwhile (slabs, also those a
-    /// flush discards, and sheaf blocks; what other CPUs allocate or free
-    /// at the same time blurs the figure).
-    fn scan_objects(&self, pages: &PageAllocator<P>, _nr_to_scan: usize, _gfp: Gfp) -> usize {
-        let free = || pages.nr_free_pages() + pages.pcp_pages();
-        let before = free();
-        self.try_shrink_all();
-        free().saturating_sub(before)
+    /// Shrinks caches in turn until `nr_to_scan` pages have come back (the
+    /// slabs and sheaf blocks a cache's shrink gives back, also those its
+    /// CPU flushes discard; what other CPUs allocate or free at the same
+    /// time blurs the count). The next round starts with the cache after the
+    /// last one shrunk, so the caches share the cost of reclaim.
+    fn scan_objects(&self, pages: &PageAllocator<P>, nr_to_scan: usize, _gfp: Gfp) -> usize {
+        self.try_shrink(nr_to_scan.max(1), || {
+            pages.nr_free_pages() + pages.pcp_pages()
+        })
     }
 }
