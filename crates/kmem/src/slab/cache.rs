@@ -295,7 +295,6 @@ pub struct KmemCache<P: Platform> {
     pub(crate) offset: usize,
     pub(crate) red_left_pad: usize,
     pub(crate) random: usize,
-    pub(crate) hmask: usize,
     pub(crate) recip: u64,
     pub(crate) flags: SlabFlags,
     pub(crate) debug: bool,
@@ -427,7 +426,6 @@ impl<P: Platform> KmemCache<P> {
                 offset: layout.offset,
                 red_left_pad: layout.red_left_pad,
                 random,
-                hmask: if hardened { !0 } else { 0 },
                 recip: (1u64 << RECIP_SHIFT) / layout.size as u64 + 1,
                 flags,
                 debug,
@@ -653,7 +651,11 @@ impl<P: Platform> KmemCache<P> {
     /// inverse): `ptr ^ secret ^ swab(slot)` when hardened, else `ptr`.
     #[inline(always)]
     pub(crate) fn fp_code(&self, v: usize, slot: usize) -> usize {
-        v ^ self.random ^ (slot.swap_bytes() & self.hmask)
+        if self.hardened {
+            v ^ self.random ^ slot.swap_bytes()
+        } else {
+            v
+        }
     }
 
     /// Reads the free pointer of the free object at `obj`.
