@@ -65,6 +65,13 @@ pub struct ParseArgs {
     #[command(flatten)]
     pub run: RunOpts,
 
+    #[command(flatten)]
+    pub source: TraceArgs,
+}
+
+/// Which traces to measure: the options `parse` and `replay` share.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
     /// Directory holding NAME/trace.zst for each trace [default: ../shared/traces
     /// next to the repository]
     #[arg(long, value_name = "DIR")]
@@ -80,6 +87,43 @@ const TRACES: [&str; 3] = ["build", "fs", "net"];
 
 fn default_traces_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces")
+}
+
+impl TraceArgs {
+    /// The selected traces in report order, each with the path of its
+    /// `trace.zst`. An unknown name is refused here; a missing file when the
+    /// iteration comes to it.
+    fn selected(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<(&'static str, PathBuf), String>> + '_, String> {
+        let dir = self.traces.clone().unwrap_or_else(default_traces_dir);
+        for t in &self.trace {
+            if !TRACES.contains(&t.as_str()) {
+                return Err(format!(
+                    "no trace named {t:?}; there are: {}",
+                    TRACES.join(", ")
+                ));
+            }
+        }
+        Ok(TRACES
+            .into_iter()
+            .filter(|name| self.trace.is_empty() || self.trace.iter().any(|t| t == name))
+            .map(move |name| {
+                let path = dir.join(name).join("trace.zst");
+                if !path.is_file() {
+                    return Err(format!(
+                        "trace {} not found (the shared traces sit in ../shared/traces; or pass --traces DIR)",
+                        path.display()
+                    ));
+                }
+                Ok((name, path))
+            }))
+    }
+}
+
+/// The decompressed text of the trace at `path`.
+fn read_trace(path: &Path) -> Result<Vec<u8>, String> {
+    kmem_trace::read_text(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parse only, from memory.
@@ -183,12 +227,15 @@ impl Contender for ZstdOnly {
     }
 }
 
-/// One measured (trace, contender) pair.
+/// One measured (trace, contender) pair, of either suite.
 struct Row {
     trace: &'static str,
     contender: &'static str,
     /// Seconds per pass, one per run.
     secs: Vec<f64>,
+    /// Seconds until the machine was ready, one per run of a replay contender
+    /// that builds one; empty otherwise.
+    setup: Vec<f64>,
     text_bytes: u64,
     events: u64,
 }
@@ -220,15 +267,23 @@ struct JsonRow<'a> {
     events_per_s: f64,
 }
 
+/// Prints one JSON line per row, the object `json` makes of it.
+fn print_json<J: Serialize>(rows: &[Row], json: impl Fn(&Row) -> J) {
+    for r in rows {
+        println!(
+            "{}",
+            serde_json::to_string(&json(r)).expect("a flat struct serialises")
+        );
+    }
+}
+
 /// Measures one trace with every selected contender.
 fn measure_trace(
     name: &'static str,
     path: &Path,
     opts: &RunOpts,
 ) -> Result<(Vec<Row>, u64, u64), String> {
-    let text: Rc<[u8]> = kmem_trace::read_text(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .into();
+    let text: Rc<[u8]> = read_trace(path)?.into();
     // Check the trace before timing anything.
     let stats = SliceLines::new(&text, Mode::Strict)
         .for_each_event(|_| {})
@@ -289,6 +344,7 @@ fn measure_trace(
             contender: cell.allocator,
             // The harness records ns per op; an op is one pass.
             secs: cell.samples.iter().map(|ns| ns / 1e9).collect(),
+            setup: Vec::new(),
             text_bytes: text.len() as u64,
             events,
         })
@@ -299,28 +355,11 @@ fn measure_trace(
 /// Runs the suite.
 pub fn run_parse(args: &ParseArgs) -> Result<(), String> {
     let pinned = harness::pin_thread();
-    let dir = args.traces.clone().unwrap_or_else(default_traces_dir);
-    for t in &args.trace {
-        if !TRACES.contains(&t.as_str()) {
-            return Err(format!(
-                "no trace named {t:?}; there are: {}",
-                TRACES.join(", ")
-            ));
-        }
-    }
+    let traces = args.source.selected()?;
     let mut rows = Vec::new();
     let mut sizes = Vec::new();
-    for name in TRACES {
-        if !args.trace.is_empty() && !args.trace.iter().any(|t| t == name) {
-            continue;
-        }
-        let path = dir.join(name).join("trace.zst");
-        if !path.is_file() {
-            return Err(format!(
-                "trace {} not found (the shared traces sit in ../shared/traces; or pass --traces DIR)",
-                path.display()
-            ));
-        }
+    for trace in traces {
+        let (name, path) = trace?;
         let (r, events, lines) = measure_trace(name, &path, &args.run)?;
         let zst_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         sizes.push((
@@ -333,19 +372,13 @@ pub fn run_parse(args: &ParseArgs) -> Result<(), String> {
         rows.extend(r);
     }
     if args.run.json {
-        for r in &rows {
-            let row = JsonRow {
-                suite: "parse",
-                workload: r.trace,
-                allocator: r.contender,
-                mb_per_s: (r.mb_per_s() * 10.0).round() / 10.0,
-                events_per_s: r.events_per_s().round(),
-            };
-            println!(
-                "{}",
-                serde_json::to_string(&row).expect("a flat struct serialises")
-            );
-        }
+        print_json(&rows, |r| JsonRow {
+            suite: "parse",
+            workload: r.trace,
+            allocator: r.contender,
+            mb_per_s: (r.mb_per_s() * 10.0).round() / 10.0,
+            events_per_s: r.events_per_s().round(),
+        });
         return Ok(());
     }
     print_text(&rows, &sizes, pinned, &args.run);
@@ -441,9 +474,9 @@ mod tests {
             panic!("parsed as another suite")
         };
         assert!(args.run.json);
-        assert_eq!(args.trace, ["net"]);
+        assert_eq!(args.source.trace, ["net"]);
         assert_eq!(args.run.only, ["kmem-trace"]);
-        assert_eq!(args.traces, None);
+        assert_eq!(args.source.traces, None);
     }
 
     /// The suite end to end on a tiny trace directory.
@@ -511,39 +544,12 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "CONTENDER")]
     pub only: Vec<String>,
 
-    /// Directory holding NAME/trace.zst for each trace [default: ../shared/traces
-    /// next to the repository]
-    #[arg(long, value_name = "DIR")]
-    pub traces: Option<PathBuf>,
-
-    /// Measure only this trace (repeatable): build, fs or net.
-    #[arg(long = "trace", value_name = "NAME")]
-    pub trace: Vec<String>,
+    #[command(flatten)]
+    pub source: TraceArgs,
 }
 
 /// The replay contenders, in report order.
 const REPLAY_CONTENDERS: [&str; 3] = ["kmem-replay", "kmem-replay-1t", "parse-only"];
-
-/// One measured (trace, contender) pair of the replay suite.
-struct ReplayRow {
-    trace: &'static str,
-    contender: &'static str,
-    secs: Vec<f64>,
-    setup: Vec<f64>,
-    text_bytes: u64,
-    events: u64,
-}
-
-impl ReplayRow {
-    fn median(&self) -> f64 {
-        harness::median(&self.secs)
-    }
-    fn spread(&self) -> f64 {
-        let lo = self.secs.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = self.secs.iter().copied().fold(0.0, f64::max);
-        (hi - lo) / self.median()
-    }
-}
 
 /// JSON line of one replay row; field order is the output order.
 #[derive(Serialize)]
@@ -592,15 +598,7 @@ fn replay_pass(
 
 /// Runs the replay suite.
 pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
-    let dir = args.traces.clone().unwrap_or_else(default_traces_dir);
-    for t in &args.trace {
-        if !TRACES.contains(&t.as_str()) {
-            return Err(format!(
-                "no trace named {t:?}; there are: {}",
-                TRACES.join(", ")
-            ));
-        }
-    }
+    let traces = args.source.selected()?;
     for c in &args.only {
         if !REPLAY_CONTENDERS.contains(&c.as_str()) {
             return Err(format!(
@@ -615,21 +613,12 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         .filter(|c| args.only.is_empty() || args.only.iter().any(|o| o == c))
         .collect();
     let mut rows = Vec::new();
-    for name in TRACES {
-        if !args.trace.is_empty() && !args.trace.iter().any(|t| t == name) {
-            continue;
-        }
-        let path = dir.join(name).join("trace.zst");
-        if !path.is_file() {
-            return Err(format!(
-                "trace {} not found (the shared traces sit in ../shared/traces; or pass --traces DIR)",
-                path.display()
-            ));
-        }
-        let text = kmem_trace::read_text(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cells: Vec<ReplayRow> = contenders
+    for trace in traces {
+        let (name, path) = trace?;
+        let text = read_trace(&path)?;
+        let mut cells: Vec<Row> = contenders
             .iter()
-            .map(|c| ReplayRow {
+            .map(|c| Row {
                 trace: name,
                 contender: c,
                 secs: Vec::new(),
@@ -658,23 +647,17 @@ pub fn run_replay(args: &ReplayArgs) -> Result<(), String> {
         rows.extend(cells);
     }
     if args.json {
-        for r in &rows {
-            let row = ReplayJson {
-                suite: "replay",
-                workload: r.trace,
-                allocator: r.contender,
-                seconds: (r.median() * 1e4).round() / 1e4,
-                events_per_s: (r.events as f64 / r.median()).round(),
-                mb_per_s: (r.text_bytes as f64 / r.median() / 1e5).round() / 10.0,
-                setup_seconds: (!r.setup.is_empty())
-                    .then(|| (harness::median(&r.setup) * 1e4).round() / 1e4),
-                events: r.events,
-            };
-            println!(
-                "{}",
-                serde_json::to_string(&row).expect("a flat struct serialises")
-            );
-        }
+        print_json(&rows, |r| ReplayJson {
+            suite: "replay",
+            workload: r.trace,
+            allocator: r.contender,
+            seconds: (r.median() * 1e4).round() / 1e4,
+            events_per_s: (r.events as f64 / r.median()).round(),
+            mb_per_s: (r.text_bytes as f64 / r.median() / 1e5).round() / 10.0,
+            setup_seconds: (!r.setup.is_empty())
+                .then(|| (harness::median(&r.setup) * 1e4).round() / 1e4),
+            events: r.events,
+        });
         return Ok(());
     }
     println!(
@@ -751,7 +734,7 @@ mod replay_tests {
             panic!("parsed as another suite")
         };
         assert!(args.json);
-        assert_eq!(args.trace, ["net"]);
+        assert_eq!(args.source.trace, ["net"]);
         assert_eq!(args.only, ["kmem-replay"]);
         assert_eq!(args.runs, 1);
     }

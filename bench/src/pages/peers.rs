@@ -237,72 +237,60 @@ fn fa_alloc(a: &impl PhysicalAllocator, name: &str, order: u32) -> usize {
     }
 }
 
-/// frame-alloc's `SummaryBuddyAllocator` over pool 0.
-pub struct SummaryBuddy {
-    // Declared before `_pool` so that it is dropped first.
-    alloc: Box<SummaryBuddyAllocator<ORDERS, PoolProv<0>>>,
-    _pool: HostPool<0>,
+/// What sets the two frame-alloc contenders apart: the allocator, how it is
+/// built, and its name in reports. Implemented only for allocators that reach
+/// memory through `PoolProv<POOL>`.
+pub trait FaKind<const POOL: usize>: PhysicalAllocator + RegionInit {
+    const NAME: &'static str;
+    fn build() -> Self;
 }
 
-impl SummaryBuddy {
-    pub fn new() -> Result<Self, String> {
-        let pool = HostPool::new()?;
-        let alloc = Box::new(SummaryBuddyAllocator::new(BASE_FRAME));
-        // SAFETY: called once, before any allocation; the whole span is usable and
-        // reachable through PoolProv<0>, which the pool registered above.
-        unsafe { alloc.try_init_region(PHYS_BASE, PHYS_LEN) }
-            .map_err(|e| format!("frame-alloc: init: {e}"))?;
-        Ok(SummaryBuddy { alloc, _pool: pool })
-    }
-}
-
-impl FrameAllocator for SummaryBuddy {
+impl<const POOL: usize> FaKind<POOL> for SummaryBuddyAllocator<ORDERS, PoolProv<POOL>> {
     const NAME: &'static str = "frame-alloc";
-    /// Physical address.
-    type Frame = usize;
-
-    #[inline]
-    fn alloc(&mut self, order: u32) -> usize {
-        fa_alloc(&*self.alloc, Self::NAME, order)
-    }
-
-    #[inline]
-    fn free(&mut self, frame: usize, order: u32) {
-        // SAFETY: `frame` came from `alloc` with the same order and is freed once.
-        unsafe {
-            self.alloc
-                .deallocate_physical(BASE_FRAME, frames(order), frame)
-        };
-    }
-
-    fn pfn(&self, frame: usize) -> u64 {
-        (frame >> 12) as u64
+    fn build() -> Self {
+        SummaryBuddyAllocator::new(BASE_FRAME)
     }
 }
+
+impl<const POOL: usize> FaKind<POOL>
+    for DepotAllocator<SummaryBuddyAllocator<ORDERS, PoolProv<POOL>>, NoCpuId, 2>
+{
+    const NAME: &'static str = "frame-alloc+depot";
+    fn build() -> Self {
+        DepotAllocator::new(BASE_FRAME, SummaryBuddyAllocator::new(BASE_FRAME))
+    }
+}
+
+/// A frame-alloc allocator `A` over host pool `POOL`, the pool its
+/// `Provenance` reads.
+pub struct FaPeer<A, const POOL: usize> {
+    // Declared before `_pool` so that it is dropped first.
+    alloc: Box<A>,
+    _pool: HostPool<POOL>,
+}
+
+/// frame-alloc's `SummaryBuddyAllocator` over pool 0.
+pub type SummaryBuddy = FaPeer<SummaryBuddyAllocator<ORDERS, PoolProv<0>>, 0>;
 
 /// frame-alloc's per-CPU magazine cache (2 slots, like kmem's 2 CPUs) over a
 /// `SummaryBuddyAllocator` on pool 1.
-pub struct Depot {
-    alloc: Box<DepotAllocator<SummaryBuddyAllocator<ORDERS, PoolProv<1>>, NoCpuId, 2>>,
-    _pool: HostPool<1>,
-}
+pub type Depot = FaPeer<DepotAllocator<SummaryBuddyAllocator<ORDERS, PoolProv<1>>, NoCpuId, 2>, 1>;
 
-impl Depot {
+impl<A: FaKind<POOL>, const POOL: usize> FaPeer<A, POOL> {
     pub fn new() -> Result<Self, String> {
         let pool = HostPool::new()?;
-        let alloc = Box::new(DepotAllocator::new(
-            BASE_FRAME,
-            SummaryBuddyAllocator::new(BASE_FRAME),
-        ));
-        // SAFETY: as for `SummaryBuddy::new`, with pool 1.
+        let alloc = Box::new(A::build());
+        // SAFETY: called once, before any allocation; the whole span is usable and
+        // reachable through PoolProv<POOL> (the `FaKind<POOL>` bound), which the
+        // pool registered above.
         unsafe { alloc.try_init_region(PHYS_BASE, PHYS_LEN) }
-            .map_err(|e| format!("frame-alloc+depot: init: {e}"))?;
-        Ok(Depot { alloc, _pool: pool })
+            .map_err(|e| format!("{}: init: {e}", A::NAME))?;
+        Ok(FaPeer { alloc, _pool: pool })
     }
 }
 
-impl FrameAllocator for Depot {
-    const NAME: &'static str = "frame-alloc+depot";
+impl<A: FaKind<POOL>, const POOL: usize> FrameAllocator for FaPeer<A, POOL> {
+    const NAME: &'static str = A::NAME;
     /// Physical address.
     type Frame = usize;
 
