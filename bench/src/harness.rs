@@ -331,7 +331,7 @@ pub fn print_text(report: &TextReport<'_>, workloads: &[Workload], cells: &[Cell
 
 /// CPU model and number of CPUs, from /proc/cpuinfo (not from the affinity
 /// mask, which [`pin_thread`] has narrowed to one).
-fn cpu_info() -> (String, usize) {
+pub(crate) fn cpu_info() -> (String, usize) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = info
         .lines()

@@ -440,15 +440,9 @@ fn print_text(
     println!("command: {}", harness::reproducing_command());
 }
 
-/// CPU model and count from /proc/cpuinfo.
+/// CPU model and count, as the other suites print them.
 fn machine() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map_or("unknown cpu", |(_, v)| v.trim());
-    let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
+    let (model, cpus) = crate::harness::cpu_info();
     format!("{model}, {cpus} cpus")
 }
 
