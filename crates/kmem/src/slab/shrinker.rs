@@ -21,9 +21,9 @@
 //! The slab allocator never allocates pages that may reclaim while it holds
 //! a CPU flag or a node lock (new slabs are allocated with neither; sheaf
 //! blocks with `GFP_NOWAIT`), so the flushes cannot wait for the caller
-//! itself. The cache list lock may be held by the caller (creating a
-//! cache allocates under it): the shrinker only *tries* it and frees nothing
-//! this round if it is taken.
+//! itself. The cache list lock may be held by the caller (a closure given to
+//! `for_each_cache`, or slabinfo's writer, may allocate): the shrinker only
+//! *tries* it and frees nothing this round if it is taken.
 //!
 //! Registration needs `&'static self` because a registered shrinker is never
 //! unregistered: the page allocator may still be calling it when the
