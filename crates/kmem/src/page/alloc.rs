@@ -234,8 +234,8 @@ impl<P: Platform> PageAllocator<P> {
             }
             return Err(AllocError::OrderTooLarge { order });
         }
-        let ctx = self.platform().context();
-        if ctx.is_atomic() {
+        if self.platform().in_atomic() {
+            let ctx = self.platform().context();
             if ctx.in_nmi() {
                 self.stats.fail_nmi.fetch_add(1, Relaxed);
                 return Err(AllocError::InNmi);

@@ -54,21 +54,15 @@ impl Pcp {
             free_hits: 0,
         }))
     }
+}
 
-    /// Tries to take the lists of `cpu`, the running CPU. Never waits.
+/// The lock's own methods take the lists: `try_lock_this` from the running
+/// CPU (never waits), `lock_remote` from anywhere (drains, statistics).
+impl core::ops::Deref for Pcp {
+    type Target = PerCpu<PcpInner>;
     #[inline(always)]
-    pub(crate) fn try_lock_this<P: Platform>(
-        &self,
-        p: &P,
-        cpu: usize,
-        exclusive: bool,
-    ) -> Option<PcpGuard<'_>> {
-        self.0.try_lock_this(p, cpu, exclusive)
-    }
-
-    /// Takes the lists of `cpu` from anywhere, waiting (drains, statistics).
-    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> PcpGuard<'_> {
-        self.0.lock_remote(p, cpu)
+    fn deref(&self) -> &PerCpu<PcpInner> {
+        &self.0
     }
 }
 

@@ -155,9 +155,9 @@ impl<P: Platform> KmemCache<P> {
         orig_size: usize,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, AllocError> {
-        let ctx = self.platform().context();
-        let gfp = if ctx.is_atomic() {
-            self.atomic_context(gfp, ctx, caller)?
+        let p = self.platform();
+        let gfp = if p.in_atomic() {
+            self.atomic_context(gfp, p.context(), caller)?
         } else {
             gfp
         };

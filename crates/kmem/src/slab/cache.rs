@@ -555,19 +555,19 @@ impl<P: Platform> KmemCache<P> {
         let (cpu, exclusive) = p.this_cpu();
         if cpu < self.nr_cpus {
             let c = self.cpu_slab_unchecked(cpu);
-            (c, c.try_lock_this(p, cpu, exclusive))
+            (c, c.state.try_lock_this(p, cpu, exclusive))
         } else {
             // A platform that breaks its contract: CPU 0's state, never as
             // its owner.
             let c = self.cpu_slab(0);
-            (c, c.try_lock_this(p, 0, false))
+            (c, c.state.try_lock_this(p, 0, false))
         }
     }
 
     /// `cpu`'s state, waiting for its flag (flushes and reports from any
     /// CPU).
     pub(crate) fn lock_cpu(&self, cpu: usize) -> CpuGuard<'_> {
-        self.cpu_slab(cpu).lock_remote(self.platform(), cpu)
+        self.cpu_slab(cpu).state.lock_remote(self.platform(), cpu)
     }
 
     /// The per-CPU state of `cpu`, known to be below `nr_cpus`.

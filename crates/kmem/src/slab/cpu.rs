@@ -22,7 +22,6 @@
 //! which Linux accepts for its own counters too.
 
 use crate::cpu_lock::{PerCpu, PerCpuGuard};
-use crate::platform::Platform;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::slab::NIL;
@@ -208,7 +207,9 @@ pub(crate) struct CpuInner {
 /// One CPU's state for one cache: the locked part and the counters.
 #[repr(C, align(64))]
 pub(crate) struct CpuSlab {
-    state: PerCpu<CpuInner>,
+    /// Taken with [`PerCpu::try_lock_this`] by the running CPU, with
+    /// [`PerCpu::lock_remote`] by flushes and reports.
+    pub(crate) state: PerCpu<CpuInner>,
     stats: [AtomicU64; NR_STATS],
 }
 
@@ -238,23 +239,6 @@ impl CpuSlab {
             }),
             stats: [const { AtomicU64::new(0) }; NR_STATS],
         }
-    }
-
-    /// Tries to take the state of `cpu`, the running CPU (`exclusive` as
-    /// [`Platform::this_cpu`] said). Never waits.
-    #[inline(always)]
-    pub(crate) fn try_lock_this<P: Platform>(
-        &self,
-        p: &P,
-        cpu: usize,
-        exclusive: bool,
-    ) -> Option<CpuGuard<'_>> {
-        self.state.try_lock_this(p, cpu, exclusive)
-    }
-
-    /// Takes the state of `cpu` from anywhere, waiting (flushes, reports).
-    pub(crate) fn lock_remote<P: Platform>(&self, p: &P, cpu: usize) -> CpuGuard<'_> {
-        self.state.lock_remote(p, cpu)
     }
 
     /// Counts one event.
