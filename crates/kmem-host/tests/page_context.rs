@@ -66,7 +66,7 @@ fn machine_with(policy: ContextPolicy) -> Machine {
 }
 
 fn free_and_cached(m: &Machine) -> usize {
-    m.pages().nr_free_pages() + m.pages().pcp_pages()
+    m.pages().nr_free_pages_with_pcp()
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn machine() -> Machine {
 #[test]
 fn kmalloc_smoke() {
     let m = machine();
-    let free0 = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let free0 = m.pages().nr_free_pages_with_pcp();
     {
         let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
         let mut ptrs = Vec::new();
@@ -36,7 +36,7 @@ fn kmalloc_smoke() {
         kmem::slab::slabinfo::slabinfo(&slab, &mut s).unwrap();
         println!("{s}");
     }
-    let free1 = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let free1 = m.pages().nr_free_pages_with_pcp();
     assert_eq!(free0, free1, "every page back after drop");
 }
 
@@ -251,7 +251,7 @@ fn empty_slabs_go_back_beyond_min_partial() {
     let c = slab
         .kmem_cache_create("minpart", 256, 0, SlabFlags::NO_MERGE, None)
         .unwrap();
-    let free0 = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let free0 = m.pages().nr_free_pages_with_pcp();
     let v: Vec<_> = (0..2000).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect();
     assert!(c.nr_slabs() >= 2000 / 16);
     for p in v {
@@ -266,7 +266,7 @@ fn empty_slabs_go_back_beyond_min_partial() {
     );
     c.shrink();
     assert_eq!(c.nr_slabs(), 0);
-    assert_eq!(m.pages().nr_free_pages() + m.pages().pcp_pages(), free0);
+    assert_eq!(m.pages().nr_free_pages_with_pcp(), free0);
     c.destroy().unwrap();
 }
 

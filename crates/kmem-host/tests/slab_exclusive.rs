@@ -8,10 +8,13 @@
 //! pushed onto the contended paths by another test's owner), makes claims
 //! only on threads it spawns, and releases them before it ends.
 
+mod slab_common;
+
 use kmem::gfp::GFP_KERNEL;
 use kmem::platform::Platform;
 use kmem::slab::{KmemCache, SlabAllocator, SlabConfig, SlabFlags, Stat};
 use kmem_host::{claim_cpu, set_cpu, HostPlatform, Machine, MachineConfig};
+use slab_common::Rng;
 use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,25 +34,6 @@ fn machine() -> Machine {
         ..Default::default()
     })
     .unwrap()
-}
-
-fn free_pages(m: &Machine) -> usize {
-    m.pages().nr_free_pages() + m.pages().pcp_pages()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// An object in flight. `cache`: from the user cache, else kmalloc.
@@ -186,14 +170,14 @@ const BATCH: usize = 24;
 fn exchange(claims: bool) {
     let _serial = serial();
     let m = &machine();
-    let before = free_pages(m);
+    let before = m.pages().nr_free_pages_with_pcp();
     {
         let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
         let cache = slab
             .kmem_cache_create("excl", 72, 0, SlabFlags::NO_MERGE, None)
             .unwrap();
         slab.shrink_all();
-        let baseline = free_pages(m);
+        let baseline = m.pages().nr_free_pages_with_pcp();
         let live = Registry(Mutex::new(HashSet::new()));
         let world = World {
             slab: &slab,
@@ -330,13 +314,17 @@ fn exchange(claims: bool) {
         slab.shrink_all();
         assert_eq!(cache.nr_slabs(), 0);
         assert_eq!(
-            free_pages(m),
+            m.pages().nr_free_pages_with_pcp(),
             baseline,
             "every page back after everything was freed and shrunk"
         );
         cache.destroy().unwrap();
     }
-    assert_eq!(free_pages(m), before, "every page back after drop");
+    assert_eq!(
+        m.pages().nr_free_pages_with_pcp(),
+        before,
+        "every page back after drop"
+    );
 }
 
 /// Runs of `exchange`: the races it looks for show up only now and then.

@@ -542,7 +542,7 @@ fn run(ops: &[Op], cfg: SlabConfig) {
         ..Default::default()
     })
     .unwrap();
-    let base = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let base = m.pages().nr_free_pages_with_pcp();
     {
         let slab = SlabAllocator::new(m.pages(), cfg).unwrap();
         let mut model = Model {
@@ -573,11 +573,7 @@ fn run(ops: &[Op], cfg: SlabConfig) {
             );
         }
     }
-    assert_eq!(
-        m.pages().nr_free_pages() + m.pages().pcp_pages(),
-        base,
-        "pages leaked"
-    );
+    assert_eq!(m.pages().nr_free_pages_with_pcp(), base, "pages leaked");
 }
 
 proptest! {

@@ -37,11 +37,6 @@ fn machine(ram: u64) -> Machine {
     .unwrap()
 }
 
-/// Free pages, per-CPU page lists included.
-fn free_pages(m: &Machine) -> usize {
-    m.pages().nr_free_pages() + m.pages().pcp_pages()
-}
-
 /// Sheaf blocks currently allocated (head frames tagged `OWNER_SHEAF`).
 fn sheaf_blocks(m: &Machine) -> usize {
     let pages = m.pages();
@@ -385,7 +380,7 @@ fn unhardened_top_double_free_is_refused() {
 #[test]
 fn shrink_and_drop_return_every_page_and_sheaf() {
     let m = machine(128 << 20);
-    let before = free_pages(&m);
+    let before = m.pages().nr_free_pages_with_pcp();
     {
         let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
         // Warm every kmalloc class on both CPUs, then settle.
@@ -403,7 +398,7 @@ fn shrink_and_drop_return_every_page_and_sheaf() {
         assert!(sheaf_blocks(&m) > 0, "warming gave CPUs sheaves");
         s.shrink_all();
         assert_eq!(sheaf_blocks(&m), 0, "shrink_all frees every sheaf block");
-        let baseline = free_pages(&m);
+        let baseline = m.pages().nr_free_pages_with_pcp();
         for round in 0..3 {
             let mut live: Vec<(usize, usize, u8)> = Vec::new();
             for cpu in 0..2 {
@@ -447,7 +442,7 @@ fn shrink_and_drop_return_every_page_and_sheaf() {
             s.shrink_all();
             assert_eq!(sheaf_blocks(&m), 0, "round {round}");
             assert_eq!(
-                free_pages(&m),
+                m.pages().nr_free_pages_with_pcp(),
                 baseline,
                 "round {round}: every page back after shrink_all"
             );
@@ -467,7 +462,11 @@ fn shrink_and_drop_return_every_page_and_sheaf() {
         assert_eq!(s.errors(), 0);
     }
     assert_eq!(sheaf_blocks(&m), 0, "drop frees every sheaf block");
-    assert_eq!(free_pages(&m), before, "every page back after drop");
+    assert_eq!(
+        m.pages().nr_free_pages_with_pcp(),
+        before,
+        "every page back after drop"
+    );
 }
 
 /// Destroying a cache with objects still allocated reports exactly those,
@@ -479,7 +478,7 @@ fn destroy_counts_live_objects_not_sheaf_objects() {
     let m = machine(64 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     s.shrink_all();
-    let baseline = free_pages(&m);
+    let baseline = m.pages().nr_free_pages_with_pcp();
     let c = s
         .kmem_cache_create("sheaf_clean", 64, 0, SlabFlags::NO_MERGE, None)
         .unwrap();
@@ -491,7 +490,7 @@ fn destroy_counts_live_objects_not_sheaf_objects() {
     assert!(c.nr_slabs() > 0, "the sheaves hold the objects");
     c.destroy().expect("sheaf objects are free, not leaked");
     s.shrink_all();
-    assert_eq!(free_pages(&m), baseline);
+    assert_eq!(m.pages().nr_free_pages_with_pcp(), baseline);
 
     let c = s
         .kmem_cache_create("sheaf_leak", 64, 0, SlabFlags::NO_MERGE, None)
@@ -522,7 +521,7 @@ fn sheaf_bytes_zero_disables_sheaves() {
     )
     .unwrap();
     s.shrink_all();
-    let baseline = free_pages(&m);
+    let baseline = m.pages().nr_free_pages_with_pcp();
     for cpu in 0..2 {
         run_on_cpu(cpu, || {
             let mut seen = HashSet::new();
@@ -550,7 +549,7 @@ fn sheaf_bytes_zero_disables_sheaves() {
     assert_eq!(sheaf_blocks(&m), 0);
     assert_eq!(s.errors(), 0);
     s.shrink_all();
-    assert_eq!(free_pages(&m), baseline);
+    assert_eq!(m.pages().nr_free_pages_with_pcp(), baseline);
 }
 
 /// A cache gets a sheaf only if at least 8 objects fit in `sheaf_bytes`;
@@ -648,7 +647,7 @@ struct Live {
 
 fn run_model(ops: Vec<Op>, hardened: bool) {
     let m = machine(64 << 20);
-    let before = free_pages(&m);
+    let before = m.pages().nr_free_pages_with_pcp();
     {
         let s = SlabAllocator::new(
             m.pages(),
@@ -663,7 +662,7 @@ fn run_model(ops: Vec<Op>, hardened: bool) {
             .kmem_cache_create("model", 40, 0, SlabFlags::NO_MERGE, None)
             .unwrap();
         s.shrink_all();
-        let baseline = free_pages(&m);
+        let baseline = m.pages().nr_free_pages_with_pcp();
         let mut live: BTreeMap<usize, Live> = BTreeMap::new();
         let mut freed: Vec<usize> = Vec::new();
         let mut tag = 0u8;
@@ -779,10 +778,18 @@ fn run_model(ops: Vec<Op>, hardened: bool) {
         }
         s.shrink_all();
         assert_eq!(sheaf_blocks(&m), 0);
-        assert_eq!(free_pages(&m), baseline, "every page back after shrink_all");
+        assert_eq!(
+            m.pages().nr_free_pages_with_pcp(),
+            baseline,
+            "every page back after shrink_all"
+        );
         c.destroy().unwrap();
     }
-    assert_eq!(free_pages(&m), before, "every page back after drop");
+    assert_eq!(
+        m.pages().nr_free_pages_with_pcp(),
+        before,
+        "every page back after drop"
+    );
 }
 
 proptest! {

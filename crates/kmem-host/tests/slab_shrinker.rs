@@ -63,6 +63,14 @@ fn give_back(m: &Machine, pages: Vec<Pfn>) {
     }
 }
 
+/// Every cache validates without an error.
+fn assert_caches_valid(slab: &SlabAllocator<'static, HostPlatform>) {
+    slab.for_each_cache(|c| {
+        let r = c.validate();
+        assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
+    });
+}
+
 /// Slab pages the kmalloc-4096 cache holds.
 fn kmalloc_4k_slabs(slab: &SlabAllocator<'static, HostPlatform>) -> usize {
     slab.find_cache("kmalloc-4k").unwrap().nr_slabs()
@@ -109,10 +117,7 @@ fn reclaim_takes_back_what_the_sheaves_hold() {
     // SAFETY: a fresh 4 KiB object.
     unsafe { p.as_ptr().write_bytes(0x5a, 4096) };
     slab.kfree(p.as_ptr()).unwrap();
-    slab.for_each_cache(|c| {
-        let r = c.validate();
-        assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
-    });
+    assert_caches_valid(slab);
 }
 
 #[test]
@@ -159,10 +164,7 @@ fn shrinking_under_live_objects_keeps_them() {
         assert!(bytes.iter().all(|&b| b == i as u8), "object {i} kept");
         slab.kfree(p.as_ptr()).unwrap();
     }
-    slab.for_each_cache(|c| {
-        let r = c.validate();
-        assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
-    });
+    assert_caches_valid(slab);
 }
 
 #[test]
@@ -208,10 +210,7 @@ fn reclaim_while_another_cpu_allocates() {
         });
     });
     assert!(m.pages().vmstat().direct_reclaim > before.direct_reclaim);
-    slab.for_each_cache(|c| {
-        let r = c.validate();
-        assert_eq!(r.errors, 0, "{}: {r:?}", c.name());
-    });
+    assert_caches_valid(slab);
     // Everything the first thread had comes back on a final shrink.
     slab.shrink_all();
     assert_eq!(kmalloc_4k_slabs(slab), 0);

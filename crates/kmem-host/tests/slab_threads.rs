@@ -4,27 +4,15 @@
 //! at the end debug caches validate clean, nothing was reported, and every
 //! page is back with the page allocator.
 
+mod slab_common;
+
 use kmem::gfp::{Gfp, GFP_KERNEL};
 use kmem::slab::{SlabAllocator, SlabConfig, SlabFlags};
 use kmem_host::{Machine, MachineConfig};
+use slab_common::Rng;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// An object in flight: address, size, fill byte, which cache (None:
 /// kmalloc).
@@ -59,7 +47,7 @@ fn stress(cfg: SlabConfig, threads: usize, ops: usize) {
         ..Default::default()
     })
     .unwrap();
-    let base = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let base = m.pages().nr_free_pages_with_pcp();
     {
         let slab = SlabAllocator::new(m.pages(), cfg).unwrap();
         let caches = [
@@ -223,11 +211,7 @@ fn stress(cfg: SlabConfig, threads: usize, ops: usize) {
         }
         assert!(slab.rcu_barrier());
     }
-    assert_eq!(
-        m.pages().nr_free_pages() + m.pages().pcp_pages(),
-        base,
-        "pages leaked"
-    );
+    assert_eq!(m.pages().nr_free_pages_with_pcp(), base, "pages leaked");
 }
 
 #[test]

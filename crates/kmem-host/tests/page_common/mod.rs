@@ -400,7 +400,7 @@ pub fn check_zone(m: &Machine, gfp: Gfp, pfn: u64, pages: u64) {
 /// model has live, must add up to what was free at the start.
 #[track_caller]
 pub fn assert_conserved(m: &Machine, sh: &Shadow, base: &Baseline) {
-    let free = m.pages().nr_free_pages() + m.pages().pcp_pages();
+    let free = m.pages().nr_free_pages_with_pcp();
     assert_eq!(
         free as u64 + sh.live_pages,
         base.nr_free as u64,

@@ -209,6 +209,12 @@ impl<P: Platform> PageAllocator<P> {
     pub fn nr_free_pages(&self) -> usize {
         self.zones.iter().map(|z| z.free_pages()).sum()
     }
+    /// Free pages anywhere: on the buddy lists and cached on every CPU's
+    /// lists (those are taken remotely, so not from an interrupt handler
+    /// that may have interrupted a CPU's owner).
+    pub fn nr_free_pages_with_pcp(&self) -> usize {
+        self.nr_free_pages() + self.pcp_pages()
+    }
     /// Pages managed by the buddy allocator, all zones.
     pub fn nr_managed_pages(&self) -> usize {
         self.zones.iter().map(|z| z.managed_pages()).sum()

@@ -122,8 +122,6 @@ impl<P: Platform> Shrinker<P> for SlabAllocator<'static, P> {
     /// time blurs the count). The next round starts with the cache after the
     /// last one shrunk, so the caches share the cost of reclaim.
     fn scan_objects(&self, pages: &PageAllocator<P>, nr_to_scan: usize, _gfp: Gfp) -> usize {
-        self.try_shrink(nr_to_scan.max(1), || {
-            pages.nr_free_pages() + pages.pcp_pages()
-        })
+        self.try_shrink(nr_to_scan.max(1), || pages.nr_free_pages_with_pcp())
     }
 }
