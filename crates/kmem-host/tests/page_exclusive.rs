@@ -65,18 +65,26 @@ fn release_live(live: &Live, pfn: Pfn) {
         .expect("freed block was live");
 }
 
+/// Remote drains the owners wait for before they stop.
+const MIN_DRAINS: usize = 20;
+
 fn run(claimed: bool) {
     let m = small_machine();
     let base = Baseline::take(&m);
     let live: Live = Mutex::new(BTreeMap::new());
     // Workers (two owners and the sharer) that have finished.
     let finished = AtomicUsize::new(0);
+    // Remote drains done so far: the owners keep working until there have
+    // been MIN_DRAINS, so the drains overlap them however the threads are
+    // scheduled.
+    let drains_done = AtomicUsize::new(0);
     let (to1, from0) = mpsc::channel::<(Pfn, u32, u64)>();
     let (to0, from1) = mpsc::channel::<(Pfn, u32, u64)>();
     let channels = Mutex::new(vec![(to1, from1), (to0, from0)]);
     std::thread::scope(|s| {
         for cpu in 0..2usize {
-            let (m, live, channels, finished) = (&m, &live, &channels, &finished);
+            let (m, live, channels, finished, drains_done) =
+                (&m, &live, &channels, &finished, &drains_done);
             s.spawn(move || {
                 let (to_other, from_other) = channels.lock().unwrap().remove(0);
                 let _claim = if claimed {
@@ -87,7 +95,10 @@ fn run(claimed: bool) {
                 };
                 let mut rng = SeqRng::new(cpu as u64 + 1);
                 let mut mine: Vec<(Pfn, u32, u64)> = Vec::new();
-                for round in 0..20_000u64 {
+                for round in 0u64.. {
+                    if round >= 20_000 && drains_done.load(Relaxed) >= MIN_DRAINS {
+                        break;
+                    }
                     let order = rng.below(4) as u32;
                     let pfn = m.pages().alloc_pages(GFP_KERNEL, order).unwrap();
                     claim_live(live, pfn, order);
@@ -132,6 +143,7 @@ fn run(claimed: bool) {
                 m.pages().drain_all_pages();
                 let _ = m.pages().pcp_pages();
                 drains += 1;
+                drains_done.store(drains as usize, Relaxed);
                 std::thread::yield_now();
             }
             assert!(
