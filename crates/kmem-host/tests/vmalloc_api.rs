@@ -531,3 +531,62 @@ fn vmallocinfo_format() {
         m.pages().free_pages(pfn, 0).unwrap();
     }
 }
+
+/// Linux's `alloc_vmap_area` purges the lazily freed areas once before it
+/// gives up, if the caller may block: a range full of lazy areas fails a
+/// GFP_ATOMIC request (counted, no purge) and serves a GFP_KERNEL one after
+/// one purge, for vmalloc and for `vm_map_ram`'s blocks alike.
+#[test]
+fn a_full_range_is_purged_once_for_callers_that_may_block() {
+    let m = machine();
+    // 8 MiB: room for one of vm_map_ram's 4 MiB blocks once it is empty.
+    const RANGE: usize = 8 << 20;
+    let host = HostVmap::new(&m, RANGE).unwrap();
+    let mut config = host.config();
+    config.lazy_max_pages = Some(1 << 20);
+    let vm = vmap::from_host(&m, host, config).unwrap();
+    // One area (plus its guard page) fills the range; freed, it stays
+    // lazily unmapped and still holds the space.
+    let fill = |vm: &kmem::vmalloc::Vmalloc<'_, _, _>| {
+        let p = vm.vmalloc(RANGE - PAGE_SIZE).unwrap().as_ptr();
+        vm.vfree(p).unwrap();
+        assert_eq!(vm.stats().lazy_areas, 1);
+    };
+    fill(&vm);
+    let st0 = vm.stats();
+    let e = vm
+        .vmalloc_gfp(PAGE_SIZE, GFP_ATOMIC | __GFP_NOWARN)
+        .unwrap_err();
+    assert!(matches!(e, VmallocError::NoVirtualSpace { .. }), "{e}");
+    let st = vm.stats();
+    assert_eq!(st.va_failures, st0.va_failures + 1);
+    assert_eq!(st.purges, st0.purges, "an atomic caller does not purge");
+    assert_eq!(st.lazy_areas, 1);
+
+    let p = vm.vmalloc_gfp(PAGE_SIZE, GFP_KERNEL).unwrap().as_ptr();
+    let st = vm.stats();
+    assert_eq!(st.va_failures, st0.va_failures + 2);
+    assert_eq!(st.purges, st0.purges + 1);
+    assert_eq!(st.lazy_areas, 0);
+    check_mapping(&vm, p, PAGE_SIZE);
+    vm.vfree(p).unwrap();
+    vm.purge();
+
+    // vm_map_ram's per-CPU block: the same purge, then a new block.
+    fill(&vm);
+    let st0 = vm.stats();
+    let page = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let v = vm.vm_map_ram(&[page], -1).unwrap().as_ptr();
+    let st = vm.stats();
+    assert_eq!(st.va_failures, st0.va_failures + 1);
+    assert_eq!(st.purges, st0.purges + 1);
+    assert_eq!(
+        vm.vmalloc_to_page(v),
+        Some(page),
+        "the mapping is live after the retry"
+    );
+    vm.vm_unmap_ram(v, 1).unwrap();
+    vm.purge();
+    m.pages().free_pages(page, 0).unwrap();
+    vm.verify().unwrap();
+}

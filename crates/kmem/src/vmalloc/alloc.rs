@@ -488,11 +488,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                 }
                 Err(_) => {
                     drop(s);
-                    self.stats.va_failures.fetch_add(1, Relaxed);
-                    if gfp.allows_blocking() && !purged {
-                        self.purge_fragmented_blocks();
-                        self.purge();
-                        purged = true;
+                    if self.purge_to_retry(gfp, &mut purged) {
                         continue;
                     }
                     if !gfp.contains(Gfp::NOWARN) {

@@ -78,11 +78,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                 }
                 Err(_) => {
                     drop(s);
-                    self.stats.va_failures.fetch_add(1, Relaxed);
-                    if gfp.allows_blocking() && !purged {
-                        self.purge_fragmented_blocks();
-                        self.purge();
-                        purged = true;
+                    if self.purge_to_retry(gfp, &mut purged) {
                         continue;
                     }
                     return Err(VmallocError::NoVirtualSpace {
@@ -192,6 +188,22 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.teardown(rec);
         self.stats.vb_frees.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// After a failed search for virtual space: counts the failure and, the
+    /// first time (`purged` false) for a caller that may block, retires the
+    /// fragmented blocks and purges the lazily freed areas, as Linux's
+    /// `alloc_vmap_area` does before giving up. True if the caller should
+    /// search again.
+    pub(crate) fn purge_to_retry(&self, gfp: Gfp, purged: &mut bool) -> bool {
+        self.stats.va_failures.fetch_add(1, Relaxed);
+        if *purged || !gfp.allows_blocking() {
+            return false;
+        }
+        self.purge_fragmented_blocks();
+        self.purge();
+        *purged = true;
+        true
     }
 
     /// Linux's `purge_fragmented_blocks_allcpus` (forced): current blocks
