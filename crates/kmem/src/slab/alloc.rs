@@ -524,11 +524,15 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<usize, AllocError> {
         c.stat(Stat::AllocSlowpath);
-        if self.sheaf_cap != 0 {
+        // The sheaf path needs a sheaf block; without one (none could be had,
+        // memory being short) the CPU free list serves, as in a cache without
+        // sheaves, so that the free objects of the cache's slabs are used
+        // before a new slab is asked for.
+        if self.sheaf_cap != 0 && (!g.sheaf.is_null() || self.get_sheaf(&mut g)) {
             if let Some(obj) = self.refill_sheaf(&mut g, c, gfp, node) {
                 return Ok(obj);
             }
-        } else if self.refill_freelist(&mut g, c, gfp, node) {
+        } else if g.freelist != 0 || self.refill_freelist(&mut g, c, gfp, node) {
             return Ok(self.pop(&mut g));
         }
         // A new slab; the page allocator runs with no slab lock held.
@@ -830,6 +834,11 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<SlabRef<'_>, AllocError> {
         let pages = self.pages();
+        // Linux's GFP_SLAB_BUG_MASK check: zone bits a slab cannot honour
+        // are reported (and dropped below, as SLAB_PAGE_GFP has none).
+        if gfp.intersects(Gfp::DMA32 | Gfp::HIGHMEM) {
+            super::kmalloc::fix_flags(self.platform(), gfp);
+        }
         let flags = (gfp & SLAB_PAGE_GFP) | self.allocflags;
         let mut alloc_gfp = (flags | Gfp::NOWARN | Gfp::NORETRY) - Gfp::NOFAIL;
         if alloc_gfp.allows_blocking() && self.oo.order > self.min.order {

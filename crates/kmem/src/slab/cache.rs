@@ -240,6 +240,11 @@ pub enum CacheCreateError {
     },
     /// Memory for the cache structure could not be allocated.
     NoMemory(crate::error::AllocError),
+    /// Called in atomic context (an interrupt handler, a spinlock held):
+    /// creating a cache may sleep, merged or not (Linux's
+    /// `kmem_cache_sanity_check` refuses `in_interrupt()`, and the
+    /// `slab_mutex` it takes may sleep).
+    InAtomic(crate::context::ContextViolation),
 }
 
 impl core::fmt::Display for CacheCreateError {
@@ -258,6 +263,9 @@ impl core::fmt::Display for CacheCreateError {
                 "kmem_cache_create: objects of {size} bytes with their metadata do not fit a slab of order {MAX_PAGE_ORDER}"
             ),
             CacheCreateError::NoMemory(e) => write!(f, "kmem_cache_create: {e}"),
+            CacheCreateError::InAtomic(v) => {
+                write!(f, "kmem_cache_create: integrity check failed: {v}")
+            }
         }
     }
 }

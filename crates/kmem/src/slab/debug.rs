@@ -30,7 +30,7 @@
 
 use super::cache::TRACK_SIZE;
 use super::node::Which;
-use super::slab::{SlabRef, DISABLED, NO_FREE, ON_FULL};
+use super::slab::{SlabRef, Word, DISABLED, NO_FREE, ON_FULL};
 use super::{
     CacheName, KmemCache, SlabFlags, SlabFreeError, POISON_END, POISON_FREE, POISON_INUSE,
     SLUB_RED_ACTIVE, SLUB_RED_INACTIVE,
@@ -737,7 +737,12 @@ impl<P: Platform> KmemCache<P> {
         if self.offset >= self.inuse || val != SLUB_RED_ACTIVE {
             // SAFETY: obj is an object of the slab.
             let fp = unsafe { self.get_fp(obj) };
-            if !self.check_valid_pointer(slab, fp) {
+            // A hardened cache without debugging marks its allocated objects
+            // in the slot (outside the object here, so the owner cannot
+            // have written it).
+            let marked_allocated =
+                val == SLUB_RED_ACTIVE && self.hardened && !self.debug && fp == super::FP_ALLOCATED;
+            if !marked_allocated && !self.check_valid_pointer(slab, fp) {
                 self.object_err(slab, obj, format_args!("Freepointer corrupt"));
                 // SAFETY: as above.
                 unsafe { self.set_fp(obj, 0) };
@@ -776,6 +781,14 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `on_freelist`: walks the slab's free list looking for
     /// `search` (0: none), repairing a corrupt chain and wrong counters on
     /// the way. Node lock held.
+    ///
+    /// Everything is judged against one snapshot of the slab's word, and
+    /// counters are repaired with a compare-and-swap from it: in a cache
+    /// without debugging, frees push onto a listed slab without the node
+    /// lock, so the word may move on during the walk. A push only puts a
+    /// new head in front of the chain walked, which stays as it was, so the
+    /// count from the snapshot's head matches the snapshot's counters
+    /// exactly; a repair that finds the word changed is dropped.
     fn on_freelist(&self, slab: SlabRef<'_>, search: usize) -> bool {
         let w = slab.word();
         let objects = w.objects();
@@ -798,8 +811,7 @@ impl<P: Platform> KmemCache<P> {
                     break;
                 }
                 self.slab_err(slab, format_args!("Freepointer corrupt"));
-                let w = slab.word();
-                slab.store(w.with_free(NO_FREE).with_inuse(objects));
+                self.repair_word(slab, w, w.with_free(NO_FREE).with_inuse(objects));
                 self.slab_fix(format_args!("Freelist cleared"));
                 return false;
             }
@@ -810,12 +822,12 @@ impl<P: Platform> KmemCache<P> {
         }
         if nr > objects {
             self.slab_err(slab, format_args!("Freelist cycle detected"));
-            let w = slab.word();
-            slab.store(w.with_free(NO_FREE).with_inuse(objects));
+            self.repair_word(slab, w, w.with_free(NO_FREE).with_inuse(objects));
             self.slab_fix(format_args!("Freelist cleared"));
             return false;
         }
         let max_objects = ((slab.bytes() / self.size) as u32).min(super::slab::MAX_OBJS_PER_SLAB);
+        let mut fixed = w;
         if objects != max_objects {
             self.slab_err(
                 slab,
@@ -823,28 +835,36 @@ impl<P: Platform> KmemCache<P> {
                     "Wrong number of objects. Found {objects} but should be {max_objects}"
                 ),
             );
-            slab.store(slab.word().with_objects(max_objects));
+            fixed = fixed.with_objects(max_objects);
             self.slab_fix(format_args!("Number of objects adjusted"));
         }
-        let w = slab.word();
-        let objects = w.objects();
-        if w.inuse() != objects.saturating_sub(nr) {
+        let counted = max_objects.saturating_sub(nr);
+        if fixed.inuse() != counted {
             self.slab_err(
                 slab,
                 format_args!(
-                    "Wrong object count. Counter is {} but counted were {}",
-                    w.inuse(),
-                    objects.saturating_sub(nr)
+                    "Wrong object count. Counter is {} but counted were {counted}",
+                    fixed.inuse()
                 ),
             );
-            slab.store(w.with_inuse(objects.saturating_sub(nr)));
+            fixed = fixed.with_inuse(counted);
             self.slab_fix(format_args!("Object count adjusted"));
+        }
+        if fixed != w {
+            self.repair_word(slab, w, fixed);
         }
         search == 0
     }
 
+    /// Replaces the slab's word `old` (a snapshot) with `new` if nothing
+    /// changed it meanwhile; otherwise leaves it (a concurrent free moved
+    /// it on, and the repair was judged on a state that is gone).
+    fn repair_word(&self, slab: SlabRef<'_>, old: Word, new: Word) {
+        let _ = slab.cas(old, new);
+    }
+
     /// Walks the free list (no repairs) looking for `search`.
-    fn is_on_freelist(&self, slab: SlabRef<'_>, search: usize) -> bool {
+    pub(crate) fn is_on_freelist(&self, slab: SlabRef<'_>, search: usize) -> bool {
         let w = slab.word();
         let mut fp = if w.has_free() {
             self.obj_addr(slab.base, w.free())

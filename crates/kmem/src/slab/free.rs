@@ -43,12 +43,16 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// Linux's `kmem_cache_free_bulk`: frees each object; returns the first
-    /// error (every bad object is reported and skipped).
+    /// error (every bad object is reported and skipped). NULL entries are
+    /// skipped, as Linux's `build_detached_freelist` does.
     #[track_caller]
     pub fn free_bulk(&self, objs: &[*mut u8]) -> Result<(), SlabFreeError> {
         let caller = Location::caller();
         let mut first = Ok(());
         for &p in objs {
+            if p.is_null() {
+                continue;
+            }
             if let Err(e) = self.free_at(p as usize, caller) {
                 if first.is_ok() {
                     first = Err(e);
@@ -403,6 +407,27 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
+    /// Refuses `p` (the start of an object of `slab`) if it is known to be
+    /// free: what `kfree` checks, for the entry points that use an object
+    /// before (or instead of) freeing it (`ksize`, `kfree_sensitive`,
+    /// `kfree_rcu`, `krealloc`). Hardened: its free-pointer slot; debug: its
+    /// slab's free list, under the node lock (debug caches keep free
+    /// objects nowhere else). Without either nothing tells, as in Linux.
+    pub(crate) fn check_live(&self, slab: SlabRef<'_>, p: usize) -> Result<(), SlabFreeError> {
+        let free = if self.debug {
+            let _lists = self.nodes[slab.node()].lists.lock();
+            self.is_on_freelist(slab, p)
+        } else {
+            // SAFETY: p is an object of a live slab of this cache (caller).
+            self.hardened && self.plausible_fp(unsafe { self.get_fp(p) })
+        };
+        if free {
+            Err(self.double_free(p))
+        } else {
+            Ok(())
+        }
+    }
+
     #[cold]
     pub(crate) fn double_free(&self, p: usize) -> SlabFreeError {
         SlabFreeError::DoubleFree {
@@ -744,17 +769,21 @@ impl<P: Platform> KmemCache<P> {
     /// `kmem_cache_destroy` with the caller's location.
     pub(crate) fn destroy_at(&self, caller: &'static Location<'static>) -> Result<(), CacheLeak> {
         let global = self.global();
+        // Destroying may sleep (Linux: slab_mutex, rcu_barrier): reported in
+        // atomic context, then done anyway, as a kernel would go on after
+        // the splat.
+        let _ = super::sleep_in_atomic(self.pages(), global, caller);
         if self.refcount.fetch_sub(1, Relaxed) > 1 {
             return Ok(());
         }
         // kfree_rcu()s in flight may hold objects of ours.
-        global.rcu.run_all(self.pages());
+        global.rcu_barrier(self.pages());
         self.flush_all();
         let leak = self.shutdown();
         if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
             // Shutdown just queued our empty slabs for a grace period; they
             // must be gone before the cache is (Linux: rcu_barrier()).
-            global.rcu.run_all(self.pages());
+            global.rcu_barrier(self.pages());
         }
         SlabAllocator::unlink_cache(global, self);
         if let Some(leak) = leak {

@@ -444,7 +444,13 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
         match find(self.pages, addr) {
-            Ok(Found::Slab { cache, slab }) => cache.free_checked(slab, addr, caller),
+            Ok(Found::Slab { cache, slab }) => match self.not_descriptor(cache, addr) {
+                Ok(()) => cache.free_checked(slab, addr, caller),
+                Err(e) => {
+                    self.report(&e, caller);
+                    Err(e)
+                }
+            },
             Ok(Found::Large { head, order, base }) => free_large(
                 self.pages,
                 Some(self.global()),
@@ -521,6 +527,11 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 let w = slab.word();
                 if cache.obj_index(slab.base, w.objects(), addr).is_none() {
                     Err(cache.interior(slab, addr))
+                } else if let Err(e) = self
+                    .not_descriptor(cache, addr)
+                    .and_then(|()| cache.check_live(slab, addr))
+                {
+                    Err(e)
                 } else {
                     let ks = slab_ksize(cache);
                     let orig = cache.get_orig_size(addr);
@@ -579,14 +590,12 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                     self.report(&e, caller);
                     return Err(ReallocError::BadPointer(e));
                 }
-                if cache.hardened && !cache.debug {
-                    // SAFETY: an object of a live slab.
-                    let v = unsafe { cache.get_fp(addr) };
-                    if v == 0 || cache.obj_index(slab.base, w.objects(), v).is_some() {
-                        let e = cache.double_free(addr);
-                        self.report(&e, caller);
-                        return Err(ReallocError::BadPointer(e));
-                    }
+                if let Err(e) = self
+                    .not_descriptor(cache, addr)
+                    .and_then(|()| cache.check_live(slab, addr))
+                {
+                    self.report(&e, caller);
+                    return Err(ReallocError::BadPointer(e));
                 }
                 (cache.object_size, cache.get_orig_size(addr), Some(cache))
             }
@@ -631,7 +640,12 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         let n = new_size.min(if orig_size != 0 { orig_size } else { ks });
         // SAFETY: both objects are live and at least n bytes; distinct.
         unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, new.as_ptr(), n) };
-        let _ = self.kfree_at(addr, caller);
+        if let Err(e) = self.kfree_at(addr, caller) {
+            // Refused (and reported): the caller keeps the old object, as
+            // after any failed krealloc.
+            let _ = self.kfree_at(new.as_ptr() as usize, caller);
+            return Err(ReallocError::BadPointer(e));
+        }
         Ok(new)
     }
 
@@ -639,6 +653,10 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     /// ([`Self::rcu_barrier`]). `rcu_head_offset` is where in the object a
     /// 16-byte `rcu_head` field lies (Rust: `offset_of!(T, rcu)`); it is
     /// overwritten, the rest of the object stays readable until then.
+    /// Refused and reported: an object already free, an `rcu_head` that
+    /// does not fit, and a second `kfree_rcu` of an object still queued
+    /// (its head carries a queued mark; Linux catches that only with
+    /// `CONFIG_DEBUG_OBJECTS_RCU_HEAD`).
     #[track_caller]
     pub fn kfree_rcu(&self, p: *const u8, rcu_head_offset: usize) -> Result<(), SlabFreeError> {
         let caller = Location::caller();
@@ -647,25 +665,43 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             return Ok(());
         }
         let (ks, _) = self.ksize_checked(addr, caller)?;
-        if rcu_head_offset + RCU_HEAD_SIZE > ks || rcu_head_offset & 7 != 0 {
+        let cache_name = || match find(self.pages, addr) {
+            Ok(Found::Slab { cache, .. }) => CacheName::of(cache),
+            _ => CacheName::of(self.kmem_cache()),
+        };
+        if rcu_head_offset
+            .checked_add(RCU_HEAD_SIZE)
+            .is_none_or(|end| end > ks)
+            || rcu_head_offset & 7 != 0
+        {
             self.pages.platform().warn(format_args!(
                 "kfree_rcu: rcu_head at offset {rcu_head_offset} does not fit the {ks}-byte object {addr:#x} (at {caller}); freeing after the next grace period is impossible, object leaked"
             ));
             return Err(SlabFreeError::Interior {
-                addr: addr + rcu_head_offset,
+                addr: addr.wrapping_add(rcu_head_offset),
                 object: addr,
-                cache: match find(self.pages, addr) {
-                    Ok(Found::Slab { cache, .. }) => CacheName::of(cache),
-                    _ => CacheName::of(self.kmem_cache()),
-                },
+                cache: cache_name(),
             });
         }
+        let head = addr + rcu_head_offset;
         // SAFETY: a live object with room for the head at that offset.
-        unsafe {
-            self.global()
-                .rcu
-                .defer_obj(addr + rcu_head_offset, rcu_head_offset)
-        };
+        if unsafe { super::rcu::RcuQueue::is_queued(head, rcu_head_offset) } {
+            // Linux reports this only with CONFIG_DEBUG_OBJECTS_RCU_HEAD
+            // ("ODEBUG: activate active"); queued twice, the object would
+            // be freed twice and its head would link to itself.
+            let e = SlabFreeError::DoubleFree {
+                addr,
+                cache: cache_name(),
+            };
+            self.pages.platform().warn(format_args!(
+                "kfree_rcu: object {addr:#x} is already queued for freeing after a grace period (a second kfree_rcu at {caller}); refused"
+            ));
+            self.global().errors.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+        // SAFETY: as above; nobody writes the head until it is freed
+        // (kfree_rcu's contract).
+        unsafe { self.global().rcu.defer_obj(head, rcu_head_offset) };
         Ok(())
     }
 
@@ -684,7 +720,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             ));
             return false;
         }
-        self.global().rcu.run_all(self.pages);
+        self.global().rcu_barrier(self.pages);
         true
     }
 

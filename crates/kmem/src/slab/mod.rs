@@ -350,6 +350,13 @@ pub enum SlabFreeError {
         /// The cache.
         cache: CacheName,
     },
+    /// A cache's own descriptor (an object of `kmem_cache`), which only
+    /// `kmem_cache_destroy` frees: freeing (or resizing, zeroing) it under
+    /// its handle would let the next cache be built over a live one.
+    CacheDescriptor {
+        /// The address.
+        addr: usize,
+    },
 }
 
 impl fmt::Display for SlabFreeError {
@@ -413,6 +420,10 @@ impl fmt::Display for SlabFreeError {
             SlabFreeError::Corrupt { addr, cache } => write!(
                 f,
                 "BUG {cache}: Object at {addr:#x} not freed: consistency checks failed"
+            ),
+            SlabFreeError::CacheDescriptor { addr } => write!(
+                f,
+                "kfree: {addr:#x} is a slab cache's descriptor (a kmem_cache object), which only kmem_cache_destroy frees; nothing freed"
             ),
         }
     }
@@ -479,6 +490,27 @@ pub(crate) fn find_slab<P: Platform>(
             base: pages.page_address(pfn).0,
         },
     ))
+}
+
+/// See [`SlabAllocator::sleep_in_atomic`].
+pub(crate) fn sleep_in_atomic<P: Platform>(
+    pages: &PageAllocator<P>,
+    global: &SlabGlobal<P>,
+    caller: &'static Location<'static>,
+) -> Option<crate::context::ContextViolation> {
+    let p = pages.platform();
+    let context = p.context();
+    if !context.is_atomic() {
+        return None;
+    }
+    let v = crate::context::ContextViolation {
+        context,
+        cpu: p.cpu_id(),
+        caller,
+    };
+    global.errors.fetch_add(1, Relaxed);
+    p.warn(format_args!("{v}"));
+    Some(v)
 }
 
 /// Classifies `addr` through the frame records. Never writes.
@@ -595,6 +627,11 @@ pub(crate) struct SlabGlobal<P: Platform> {
     pub(crate) ticks: AtomicU64,
     pub(crate) large: LargeStats,
     pub(crate) rcu: rcu::RcuQueue,
+    /// Held while a grace period ends (Linux's `rcu_barrier_mutex`): a
+    /// caller of [`SlabGlobal::rcu_barrier`] returns only after every
+    /// object and slab queued before it was freed, even those another
+    /// thread's barrier took off the queue first.
+    rcu_barrier: lock_api::Mutex<P::Lock, ()>,
     /// Where the shrinker's next round starts on the cache list (an index,
     /// taken modulo the list's length): rounds take turns over the caches.
     pub(crate) shrink_cursor: AtomicUsize,
@@ -613,6 +650,14 @@ impl<P: Platform> SlabGlobal<P> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         (z as usize) | 1
+    }
+
+    /// Ends a grace period: frees everything queued for one, one caller at
+    /// a time (see the `rcu_barrier` field).
+    #[track_caller]
+    pub(crate) fn rcu_barrier(&self, pages: &PageAllocator<P>) {
+        let _one_at_a_time = self.rcu_barrier.lock();
+        self.rcu.run_all(pages);
     }
 }
 
@@ -660,6 +705,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 ticks: AtomicU64::new(0),
                 large: LargeStats::default(),
                 rcu: rcu::RcuQueue::new(),
+                rcu_barrier: lock_api::Mutex::new(()),
                 shrink_cursor: AtomicUsize::new(0),
                 pfn: gpfn,
                 order: gorder,
@@ -705,6 +751,20 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         unsafe { &*self.global().kmem_cache.load(Relaxed) }
     }
 
+    /// `Err(CacheDescriptor)` if `cache` is `kmem_cache`: `addr` is then a
+    /// cache's descriptor, which the kmalloc-family entry points refuse.
+    pub(crate) fn not_descriptor(
+        &self,
+        cache: &KmemCache<P>,
+        addr: usize,
+    ) -> Result<(), SlabFreeError> {
+        if core::ptr::eq(cache, self.kmem_cache()) {
+            Err(SlabFreeError::CacheDescriptor { addr })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Creates the `kmem_cache` cache: computes its layout, takes its first
     /// slab from the page allocator and builds the cache structure in that
     /// slab's object 0.
@@ -747,6 +807,10 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 nr_cpus,
             );
         }
+        // No sheaves: kfree's fast path then never takes a cache descriptor,
+        // and its slow path refuses them (only kmem_cache_destroy frees one).
+        // SAFETY: just initialised, not shared yet.
+        unsafe { (*at).sheaf_cap = 0 };
         // SAFETY: just initialised.
         let kc = unsafe { &*at };
         kc.init_new_slab(pfn, layout.oo.order, true);
@@ -841,6 +905,16 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         }
     }
 
+    /// Linux's `might_sleep` for the cache-list operations (create,
+    /// destroy): in atomic context, the report (a `__might_resched` splat,
+    /// counted as a slab error) and the violation; None in process context.
+    pub(crate) fn sleep_in_atomic(
+        &self,
+        caller: &'static Location<'static>,
+    ) -> Option<crate::context::ContextViolation> {
+        sleep_in_atomic(self.pages, self.global(), caller)
+    }
+
     pub(crate) fn create_cache(
         &self,
         name: &str,
@@ -858,6 +932,9 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         }
         if align != 0 && !align.is_power_of_two() {
             return Err(CacheCreateError::BadAlign { align });
+        }
+        if let Some(v) = self.sleep_in_atomic(caller) {
+            return Err(CacheCreateError::InAtomic(v));
         }
         let g = self.global();
         let cfg = g.config;
@@ -931,15 +1008,21 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             let s = unsafe { &*cur };
             let ok = !s.flags.intersects(SlabFlags::NEVER_MERGE)
                 && s.ctor.is_none()
-                && s.refcount.load(Relaxed) > 0
                 && !core::ptr::eq(s, self.kmem_cache())
                 && size_al <= s.size
                 && size <= s.object_size
                 && (flags & SlabFlags::MERGE_SAME) == (s.flags & SlabFlags::MERGE_SAME)
                 && s.size & (align - 1) == 0
                 && s.size - size_al < 8;
-            if ok {
-                s.refcount.fetch_add(1, Relaxed);
+            // Only a cache nobody is destroying: a destroy drops the count
+            // to 0 without the list lock, and then goes on to free the cache
+            // (Linux holds slab_mutex for both; here the count is only
+            // raised while it is not 0).
+            if ok
+                && s.refcount
+                    .fetch_update(Relaxed, Relaxed, |r| (r > 0).then_some(r + 1))
+                    .is_ok()
+            {
                 return NonNull::new(cur);
             }
             cur = s.list_prev.load(Relaxed);
@@ -1008,7 +1091,7 @@ impl<P: Platform> Drop for SlabAllocator<'_, P> {
         let pages = self.pages;
         let global = self.global();
         // Pending RCU frees first: objects and slabs go back where they belong.
-        global.rcu.run_all(pages);
+        global.rcu_barrier(pages);
         let kc = global.kmem_cache.load(Relaxed);
         // Tear every cache down but kmem_cache, then kmem_cache.
         loop {
@@ -1036,7 +1119,7 @@ impl<P: Platform> Drop for SlabAllocator<'_, P> {
             Self::unlink_cache(global, c);
             c.teardown();
         }
-        global.rcu.run_all(pages);
+        global.rcu_barrier(pages);
         let (pfn, order) = (global.pfn, global.order);
         let _ = pages.free_pages(pfn, order);
     }

@@ -21,7 +21,13 @@
 //! `kvfree_rcu_barrier`.
 //!
 //! Both queues are lock-free stacks that are only pushed onto and taken
-//! whole, so they have no ABA problem.
+//! whole, so they have no ABA problem. Grace periods end one at a time
+//! (`SlabGlobal::rcu_barrier` holds a lock around `run_all`): a destroy
+//! must not find the queue empty while another thread is still freeing
+//! what it took. A queued `rcu_head` keeps its offset under an
+//! address-dependent mask, which refuses a second `kfree_rcu` of the object
+//! and notices a head overwritten while queued (the batch behind it is then
+//! leaked with a report, never freed twice).
 
 use super::slab::{SlabRef, NIL};
 use super::{find, Found, KmemCache};
@@ -35,6 +41,12 @@ use core::sync::atomic::{
 
 /// Bytes of the `rcu_head` field `kfree_rcu` needs in an object.
 pub const RCU_HEAD_SIZE: usize = 16;
+
+/// Mask of a queued `rcu_head`'s offset word (see `RcuQueue::queued_word`).
+const RCU_QUEUED: usize = 0x6b66_7263_755f_7164;
+
+/// Offsets of an `rcu_head` are below this (the largest kmalloc block).
+const MAX_HEAD_OFFSET: usize = 1 << 32;
 
 /// Objects and slabs waiting for a grace period.
 #[derive(Debug)]
@@ -69,6 +81,25 @@ impl RcuQueue {
         (self.nr_objs.load(Relaxed), self.nr_slabs.load(Relaxed))
     }
 
+    /// The second word of a queued `rcu_head` at `head` holding `offset`:
+    /// the offset under a mask that depends on the address, so that a second
+    /// `kfree_rcu` of a queued object is recognised (user data matches it by
+    /// chance about once in 2^48) and a head overwritten while queued is
+    /// noticed.
+    fn queued_word(head: usize, offset: usize) -> usize {
+        offset ^ RCU_QUEUED ^ head.swap_bytes()
+    }
+
+    /// True if the `rcu_head` at `head` (`offset` bytes into a live object)
+    /// is queued already.
+    ///
+    /// # Safety
+    /// `head..head + RCU_HEAD_SIZE` must be readable memory of a live object.
+    pub(crate) unsafe fn is_queued(head: usize, offset: usize) -> bool {
+        // SAFETY: per the contract.
+        unsafe { (head as *const usize).add(1).read() == Self::queued_word(head, offset) }
+    }
+
     /// Queues an object whose `rcu_head` is at `head`, `offset` bytes into it.
     ///
     /// # Safety
@@ -80,7 +111,9 @@ impl RcuQueue {
             // SAFETY: per the contract.
             unsafe {
                 (head as *mut usize).write(old);
-                (head as *mut usize).add(1).write(offset);
+                (head as *mut usize)
+                    .add(1)
+                    .write(Self::queued_word(head, offset));
             }
             match self.objs.compare_exchange(old, head, AcqRel, Relaxed) {
                 Ok(_) => break,
@@ -116,13 +149,31 @@ impl RcuQueue {
             }
             while h != 0 {
                 // SAFETY: queued heads are live objects nobody writes.
-                let (next, off) = unsafe {
+                let (next, word) = unsafe {
                     (
                         (h as *const usize).read(),
                         (h as *const usize).add(1).read(),
                     )
                 };
-                self.nr_objs.fetch_sub(1, Relaxed);
+                let off = word ^ RCU_QUEUED ^ h.swap_bytes();
+                if off >= MAX_HEAD_OFFSET || off & 7 != 0 {
+                    // Written while queued: freed (and maybe reused) by a
+                    // plain kfree, or a write after kfree_rcu. Its link is
+                    // not to be trusted either: the rest of this batch is
+                    // dropped (leaked), never freed twice.
+                    let dropped = self.nr_objs.swap(0, Relaxed);
+                    pages.platform().warn(format_args!(
+                        "kfree_rcu: the rcu_head at {h:#x} was overwritten while queued (the object was freed or written after kfree_rcu); {dropped} queued objects leaked (grace period ended at {caller})"
+                    ));
+                    break;
+                }
+                // Saturating: a dropped batch zeroed the count.
+                let _ = self
+                    .nr_objs
+                    .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+                // SAFETY: as above; cleared so that a later kfree_rcu of the
+                // object, reallocated, does not find it queued.
+                unsafe { (h as *mut usize).add(1).write(0) };
                 free_any(pages, h - off, caller);
                 h = next;
             }
