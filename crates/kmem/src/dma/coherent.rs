@@ -153,6 +153,13 @@ pub(crate) fn free_coherent_at<P: Platform>(
         None,
         site,
     );
+    // A free refused below keeps its debug entry: the memory stays mapped
+    // as far as the checks know, and a later correct free still finds it.
+    let restore = |dma: &super::Dma<'_, P>| {
+        if let Some(e) = entry {
+            dma.debug.add(dma.pages, e);
+        }
+    };
     let (pa, size) = match (entry, report) {
         (Some(e), _) => (PhysAddr(e.paddr), e.size as usize),
         (None, Some(r)) => return Err(DmaError::Api(r)),
@@ -170,6 +177,7 @@ pub(crate) fn free_coherent_at<P: Platform>(
             dev.driver(),
             dev.name()
         ));
+        restore(dma);
         return Err(DmaError::InvalidArgument(
             "dma_free_coherent of memory dma_alloc_coherent did not return",
         ));
@@ -181,6 +189,7 @@ pub(crate) fn free_coherent_at<P: Platform>(
             dev.driver(),
             dev.name()
         ));
+        restore(dma);
         return Err(DmaError::InvalidArgument(
             "dma_free_coherent with a size of another page order than allocated",
         ));

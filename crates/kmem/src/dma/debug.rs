@@ -226,6 +226,26 @@ pub enum Violation {
         /// Entries given to the unmap.
         unmap_count: usize,
     },
+    /// `dma_sync_sg_*` with another entry count than `dma_map_sg` was
+    /// given.
+    SyncWrongSgCount {
+        /// Entries given to the map.
+        map_count: usize,
+        /// Entries given to the sync.
+        sync_count: usize,
+    },
+    /// A scatterlist segment handed to the device is longer than its
+    /// `max_segment_size` (mapped anyway, as Linux does).
+    SgSegmentTooLong {
+        /// The device's limit.
+        max: u32,
+    },
+    /// A scatterlist segment handed to the device crosses its segment
+    /// boundary (mapped anyway, as Linux does).
+    SgSegmentAcrossBoundary {
+        /// The device's boundary mask.
+        boundary: u64,
+    },
     /// Sync of an address the device has not mapped.
     SyncNotMapped,
     /// Sync past the end of the mapping.
@@ -353,6 +373,22 @@ impl fmt::Display for DebugReport {
             } => write!(
                 f,
                 "device driver frees DMA sg list with different entry count [device address={a}] [map count={map_count}] [unmap count={unmap_count}]"
+            )?,
+            Violation::SyncWrongSgCount {
+                map_count,
+                sync_count,
+            } => write!(
+                f,
+                "device driver syncs DMA sg list with different entry count [map count={map_count}] [sync count={sync_count}]"
+            )?,
+            Violation::SgSegmentTooLong { max } => write!(
+                f,
+                "mapping sg segment longer than device claims to support [len={sz}] [max={max}]"
+            )?,
+            Violation::SgSegmentAcrossBoundary { boundary } => write!(
+                f,
+                "mapping sg segment across boundary [start={a}] [end={:#018x}] [boundary={boundary:#018x}]",
+                self.dev_addr.0.wrapping_add(sz as u64).wrapping_sub(1)
             )?,
             Violation::SyncNotMapped => write!(
                 f,
@@ -705,6 +741,37 @@ impl<P: Platform> DmaDebug<P> {
         }
     }
 
+    /// The live entry of `dev_id` starting exactly at `bus` that an unmap
+    /// of `size`, `dir`, `kind` means: drivers may map one address several
+    /// times, so, as Linux's `bucket_find_exact`, the entry that matches in
+    /// size, direction and type is preferred, then the first at `bus`.
+    fn find_best(
+        &self,
+        st: &DebugState,
+        dev_id: u32,
+        bus: u64,
+        size: usize,
+        dir: DmaDirection,
+        kind: MapType,
+    ) -> Option<u32> {
+        let mut first = None;
+        // SAFETY: bucket chains hold live entries, read under the lock.
+        unsafe {
+            let mut i = *self.bucket(st, bus);
+            while i != NIL {
+                let e = &*self.entry(st, i);
+                if e.dev_id == dev_id && e.bus == bus {
+                    if e.size as usize == size && e.direction() == dir && e.map_type() == kind {
+                        return Some(i);
+                    }
+                    first.get_or_insert(i);
+                }
+                i = e.next;
+            }
+        }
+        first
+    }
+
     /// The live entry of `dev_id` starting exactly at `bus`.
     fn find_exact(&self, st: &DebugState, dev_id: u32, bus: u64) -> Option<u32> {
         // SAFETY: bucket chains hold live entries, read under the lock.
@@ -801,7 +868,7 @@ impl<P: Platform> DmaDebug<P> {
             return (None, None);
         }
         let mut st = self.state.lock();
-        let Some(idx) = self.find_exact(&st, dev.id(), bus.0) else {
+        let Some(idx) = self.find_best(&st, dev.id(), bus.0, size, dir, kind) else {
             let unmapped_at = self.recently_unmapped(&st, dev.id(), bus.0);
             drop(st);
             let v = Violation::NotMapped {
@@ -925,7 +992,7 @@ impl<P: Platform> DmaDebug<P> {
         let slot = self.entry(&st, idx);
         // SAFETY: a live entry, changed under the lock.
         let e = unsafe { *slot };
-        let end = (bus.0 - e.bus) as usize + size;
+        let end = ((bus.0 - e.bus) as usize).saturating_add(size);
         if end > e.size as usize {
             drop(st);
             let v = Violation::SyncOutOfRange {
@@ -941,7 +1008,12 @@ impl<P: Platform> DmaDebug<P> {
             }
         }
         drop(st);
-        if e.direction() != dir && e.map_type() != MapType::Coherent {
+        // A bidirectional mapping may be synced either way (Linux's
+        // check_sync skips the direction check for it).
+        if e.direction() != dir
+            && e.direction() != DmaDirection::Bidirectional
+            && e.map_type() != MapType::Coherent
+        {
             let v = Violation::SyncWrongDirection {
                 mapped: e.direction(),
                 synced: dir,
@@ -967,7 +1039,8 @@ impl<P: Platform> DmaDebug<P> {
         let st = self.state.lock();
         let mut hit = None;
         self.walk_live(&st, |e| {
-            let overlaps = phys < e.paddr + e.size as u64 && e.paddr < phys + len as u64;
+            let overlaps =
+                phys < e.paddr + e.size as u64 && e.paddr < phys.saturating_add(len as u64);
             if e.dev_id == dev.id() && overlaps && e.owner == OWNER_DEVICE {
                 hit = Some(*e);
                 false
@@ -1030,6 +1103,37 @@ impl<P: Platform> DmaDebug<P> {
             Some(_) => return Ok(()),
         };
         Err(self.report(dev, v, bus, len, site, found.and_then(|e| e.site)))
+    }
+
+    /// Checks a `dma_sync_sg_*` of the segment at `bus` given `nents`
+    /// entries against the count given to the map (Linux's `check_sync`
+    /// for sg mappings). None when it matches, is unknown, or debugging is
+    /// off.
+    pub(crate) fn check_sg_sync_count(
+        &self,
+        dev: &Device<'_, P>,
+        bus: DmaAddr,
+        size: usize,
+        nents: usize,
+        site: &'static Location<'static>,
+    ) -> Option<DebugReport> {
+        if !self.enabled() {
+            return None;
+        }
+        let st = self.state.lock();
+        let idx = self.find_exact(&st, dev.id(), bus.0)?;
+        // SAFETY: a live entry, read under the lock.
+        let e = unsafe { *self.entry(&st, idx) };
+        drop(st);
+        let map_count = e.sg_call_ents as usize;
+        if e.map_type() != MapType::Sg || map_count == 0 || map_count == nents {
+            return None;
+        }
+        let v = Violation::SyncWrongSgCount {
+            map_count,
+            sync_count: nents,
+        };
+        Some(self.report(dev, v, bus, size, site, e.site))
     }
 
     /// Sets the sg counts of the entry at `bus` (after `dma_map_sg`).

@@ -28,7 +28,7 @@
 //! Every function is `#[track_caller]`: debug reports name the driver line
 //! that made the call.
 
-use super::debug::{Entry, MapType};
+use super::debug::{Entry, MapType, Violation};
 use super::device::{dma_addressing_limited, dma_capable, phys_to_dma, Device};
 use super::sg::{Scatterlist, SgTable};
 use super::swiotlb::SWIOTLB_MAX_MAPPING;
@@ -100,13 +100,16 @@ pub(crate) fn map_phys<P: Platform>(
     if size > SWIOTLB_MAX_MAPPING {
         return Err(overflow(OverflowReason::TooLarge));
     }
-    let tlb = dma.swiotlb.map(pa, size, dir).inspect_err(|e| {
-        dma.pages.platform().warn(format_args!(
-            "{} {}: swiotlb: {e}",
-            dev.driver(),
-            dev.name()
-        ));
-    })?;
+    let tlb = dma
+        .swiotlb
+        .map(pa, size, dir, dev.segment_boundary())
+        .inspect_err(|e| {
+            dma.pages.platform().warn(format_args!(
+                "{} {}: swiotlb: {e}",
+                dev.driver(),
+                dev.name()
+            ));
+        })?;
     if !dma_capable(mask, phys_to_dma(tlb), size) {
         dma.swiotlb.discard(tlb);
         return Err(overflow(OverflowReason::PoolBeyondMask));
@@ -487,6 +490,25 @@ fn emit<P: Platform>(
     s.dma_address = DmaAddr(bus);
     s.dma_length = len as u32;
     s.set_bounced(bounced);
+    let dma = dev.dma();
+    if dma.debug.enabled() {
+        // Linux's check_sg_segment: a segment the device cannot take whole
+        // (an entry longer than its limit, or across its boundary, which
+        // no merge made) is reported and mapped anyway.
+        let max = dev.max_segment_size();
+        let boundary = dev.segment_boundary();
+        let violation = if len > max as u64 {
+            Some(Violation::SgSegmentTooLong { max })
+        } else if len > 0 && (bus ^ (bus + len - 1)) & !boundary != 0 {
+            Some(Violation::SgSegmentAcrossBoundary { boundary })
+        } else {
+            None
+        };
+        if let Some(v) = violation {
+            dma.debug
+                .report(dev, v, DmaAddr(bus), len as usize, site, None);
+        }
+    }
     let mut e = Entry::new(
         dev.id(),
         MapType::Sg,
@@ -498,7 +520,6 @@ fn emit<P: Platform>(
     )
     .bounced(bounced);
     e.sg_call_ents = nents as u32;
-    let dma = dev.dma();
     dma.debug.add(dma.pages, e);
 }
 
@@ -538,6 +559,22 @@ fn unmap_sg_at<P: Platform>(
     site: &'static Location<'static>,
 ) -> Result<(), DmaError> {
     let n = sgl.len();
+    if sgl.first().is_none_or(|s| s.dma_length == 0) {
+        // No segment: the list was never mapped (or is unmapped already).
+        // With debugging, the check of its first entry reports it, as
+        // Linux's debug_dma_unmap_sg does; nothing is undone either way.
+        let dma = dev.dma();
+        let (bus, len) = sgl
+            .first()
+            .map_or((DmaAddr(0), 0), |s| (s.dma_address, s.length as usize));
+        if let (_, Some(r)) =
+            dma.debug
+                .check_unmap(dev, bus, len, dir, MapType::Sg, None, Some(n), site)
+        {
+            return Err(DmaError::Api(r));
+        }
+        return Ok(());
+    }
     for_each_segment(sgl, |s| {
         let (bus, len) = (s.dma_address, s.dma_length as usize);
         unmap_at(dev, bus, len, dir, MapType::Sg, Some(n), site)
@@ -551,9 +588,14 @@ fn sync_sg_at<P: Platform>(
     for_cpu: bool,
     site: &'static Location<'static>,
 ) -> Result<(), DmaError> {
+    let n = sgl.len();
     for_each_segment(sgl, |s| {
         let (bus, len) = (s.dma_address, s.dma_length as usize);
-        sync_at(dev, bus, len, dir, for_cpu, site)
+        let synced = sync_at(dev, bus, len, dir, for_cpu, site);
+        match dev.dma().debug.check_sg_sync_count(dev, bus, len, n, site) {
+            Some(r) if synced.is_ok() => Err(DmaError::Api(r)),
+            _ => synced,
+        }
     })
 }
 

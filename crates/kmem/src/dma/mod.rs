@@ -116,7 +116,7 @@ impl DmaAddr {
     }
     /// The address `n` bytes further on.
     pub const fn add(self, n: u64) -> DmaAddr {
-        DmaAddr(self.0 + n)
+        DmaAddr(self.0.wrapping_add(n))
     }
 }
 

@@ -117,7 +117,14 @@ pub fn dma_pool_create<'d, P: Platform>(
             "dma_pool_create: align must be a power of two",
         ));
     }
-    let size = size.max(BLOCK_HEADER).next_multiple_of(align.max(8));
+    let Some(size) = size
+        .max(BLOCK_HEADER)
+        .checked_next_multiple_of(align.max(8))
+    else {
+        return Err(DmaError::InvalidArgument(
+            "dma_pool_create: blocks larger than 4 MiB",
+        ));
+    };
     let allocation = size.max(PAGE_SIZE).next_power_of_two();
     let order = get_order(allocation);
     if order > MAX_PAGE_ORDER {
@@ -389,6 +396,17 @@ pub fn dma_pool_free<P: Platform>(
     // The block, as this pool's records name it (the same address as
     // `vaddr`, now known to be one of its blocks).
     let blk = (d.pages.page_address(head).0 + off) as *mut u8;
+    // Without debugging, the checks that cost nothing: the block on top of
+    // the free list, or a page with no block in use (a second free would
+    // link the block to itself and hand it out twice).
+    let page_in_use = d
+        .pages
+        .frame(head)
+        .map_or(0, |f| f.private[1].load(Relaxed));
+    if st.free == blk as usize || page_in_use == 0 {
+        drop(st);
+        return refuse("already free");
+    }
     if pool.debug() {
         let mut b = st.free;
         while b != 0 {

@@ -325,12 +325,15 @@ impl<P: Platform> Swiotlb<P> {
     }
 
     /// Bounces `size` bytes at `orig`: takes a run of slots and copies the
-    /// buffer in. Never waits. `size` must be at most 256 KiB.
+    /// buffer in. Never waits. `size` must be at most 256 KiB. The run never
+    /// crosses a multiple of `boundary + 1` (the device's segment boundary
+    /// mask), as Linux's `swiotlb_search_pool_area` ensures.
     pub(crate) fn map(
         &self,
         orig: PhysAddr,
         size: usize,
         dir: DmaDirection,
+        boundary: u64,
     ) -> Result<PhysAddr, DmaError> {
         debug_assert!(size > 0 && size <= SWIOTLB_MAX_MAPPING);
         let nslots = size.div_ceil(IO_TLB_SIZE);
@@ -351,8 +354,18 @@ impl<P: Platform> Swiotlb<P> {
                 let ci = self.seg_chunk[seg] as usize;
                 let base = (seg - self.chunks[ci].first_seg) * IO_TLB_SEGSIZE;
                 let slots = self.slots(ci);
+                let chunk_phys = self.chunks[ci].phys;
+                let crosses = |first: usize| {
+                    let start = chunk_phys + (first * IO_TLB_SIZE) as u64;
+                    let last = start + (nslots * IO_TLB_SIZE) as u64 - 1;
+                    (start ^ last) & !boundary != 0
+                };
                 let mut i = 0;
                 while i + nslots <= IO_TLB_SEGSIZE {
+                    if crosses(base + i) {
+                        i += stride;
+                        continue;
+                    }
                     // SAFETY: base + i + t < nslots of the chunk; records
                     // change only under the lock we hold.
                     let busy =

@@ -1,0 +1,434 @@
+//! Edge cases of the DMA API found in review, each stating the Linux
+//! behaviour it expects: swiotlb bounce buffers within the device's segment
+//! boundary, dma-debug's rules for bidirectional syncs, a buffer mapped
+//! twice, scatterlist segments beyond the device's limits, sg unmap and sync
+//! checks, refused frees that keep their records, absurd sizes (errors, not
+//! overflow panics), pool double frees without debugging, and the bounce
+//! data paths (exact bytes copied, two threads at once).
+
+mod dma_common;
+
+use dma_common::*;
+use kmem::addr::{PhysAddr, PAGE_SIZE};
+use kmem::dma::*;
+use kmem::gfp::GFP_KERNEL;
+use kmem::Platform;
+
+/// Linux's dma-debug check_sync: `if (entry->direction == DMA_BIDIRECTIONAL)
+/// goto out;` -- a bidirectional mapping may be synced with any direction.
+#[test]
+fn bidirectional_mapping_synced_with_from_device_is_not_reported() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    let bus = dma_map_single(&dev, cpu, PAGE_SIZE, DMA_BIDIRECTIONAL).unwrap();
+    let r1 = dma_sync_single_for_cpu(&dev, bus, PAGE_SIZE, DMA_FROM_DEVICE);
+    let r2 = dma_sync_single_for_device(&dev, bus, PAGE_SIZE, DMA_TO_DEVICE);
+    dma_unmap_single(&dev, bus, PAGE_SIZE, DMA_BIDIRECTIONAL).unwrap();
+    m.pages().free_pages(pfn, 0).unwrap();
+    assert!(
+        r1.is_ok(),
+        "sync_for_cpu(FROM_DEVICE) of a BIDIRECTIONAL mapping: {r1:?}"
+    );
+    assert!(
+        r2.is_ok(),
+        "sync_for_device(TO_DEVICE) of a BIDIRECTIONAL mapping: {r2:?}"
+    );
+    assert_eq!(dma.debug().errors(), 0);
+}
+
+/// Linux's dma-debug finds the *best fit* entry for an unmap: "Some drivers
+/// map the same physical address multiple times. Without a hardware IOMMU
+/// this results in the same device addresses being put into the dma-debug
+/// hash multiple times too. This can result in false positives being
+/// reported."
+#[test]
+fn same_buffer_mapped_twice_unmaps_without_false_reports() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    let a = dma_map_single(&dev, cpu, PAGE_SIZE, DMA_FROM_DEVICE).unwrap();
+    let b = dma_map_single(&dev, cpu, 64, DMA_TO_DEVICE).unwrap();
+    assert_eq!(a, b);
+    let ra = dma_unmap_single(&dev, a, PAGE_SIZE, DMA_FROM_DEVICE);
+    let rb = dma_unmap_single(&dev, b, 64, DMA_TO_DEVICE);
+    let text = log(&m);
+    m.pages().free_pages(pfn, 0).unwrap();
+    assert!(ra.is_ok() && rb.is_ok(), "{ra:?}\n{rb:?}\n{text}");
+    assert_eq!(dma.debug().errors(), 0);
+}
+
+/// Linux's dma-debug check_sg_segment: "mapping sg segment longer than
+/// device claims to support" / "mapping sg segment across boundary". Here
+/// the segments handed to the device must respect its limits, or the map
+/// must say so.
+#[test]
+fn sg_entry_longer_than_max_segment_is_caught() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
+    dev.set_max_seg_size(PAGE_SIZE as u32);
+    let block = m.pages().alloc_pages(GFP_KERNEL, 1).unwrap();
+    let mut sgl = vec![Scatterlist::new(block, 0, 2 * PAGE_SIZE as u32)];
+    let r = dma_map_sg(&dev, &mut sgl, DMA_TO_DEVICE);
+    let segs: Vec<_> = sgl
+        .iter()
+        .take_while(|s| s.dma_length != 0)
+        .map(|s| s.dma_length)
+        .collect();
+    let errors = dma.debug().errors();
+    if r.is_ok() {
+        dma_unmap_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    }
+    m.pages().free_pages(block, 1).unwrap();
+    assert!(
+        r.is_err() || errors > 0 || segs.iter().all(|&l| l as usize <= PAGE_SIZE),
+        "a {}-byte segment for a device with max_segment_size {PAGE_SIZE}, nothing reported: {r:?}",
+        segs[0]
+    );
+}
+
+#[test]
+fn sg_entry_across_segment_boundary_is_caught() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
+    dev.set_seg_boundary(PAGE_SIZE as u64 - 1);
+    let block = m.pages().alloc_pages(GFP_KERNEL, 1).unwrap();
+    // 200 bytes straddling the page boundary inside one block.
+    let mut sgl = vec![Scatterlist::new(block, PAGE_SIZE as u32 - 100, 200)];
+    let r = dma_map_sg(&dev, &mut sgl, DMA_TO_DEVICE);
+    let (b, l) = (sgl[0].dma_address.0, sgl[0].dma_length as u64);
+    let errors = dma.debug().errors();
+    if r.is_ok() {
+        dma_unmap_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    }
+    m.pages().free_pages(block, 1).unwrap();
+    let crosses = (b ^ (b + l - 1)) & !(PAGE_SIZE as u64 - 1) != 0;
+    assert!(
+        r.is_err() || errors > 0 || !crosses,
+        "segment {b:#x}+{l} crosses the device's 4 KiB boundary, nothing reported"
+    );
+}
+
+/// Linux's swiotlb slot search honours the device's segment boundary
+/// (dma_get_seg_boundary; iommu_is_span_boundary in swiotlb_search_pool_area):
+/// a bounce buffer never crosses it.
+#[test]
+fn bounce_buffer_respects_device_segment_boundary() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev"); // 32-bit: pages above 4 GiB bounce
+    let boundary = 16 * KIB as u64;
+    dev.set_seg_boundary(boundary - 1);
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 2).unwrap();
+    assert!(pfn.phys().0 >= 4 * GIB);
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    // Three one-page bounces take pages 0..3 of a segment; an 8 KiB bounce
+    // then starts at 12 KiB and would run to 20 KiB.
+    let mut small = Vec::new();
+    for _ in 0..3 {
+        small.push(dma_map_single(&dev, cpu, PAGE_SIZE, DMA_TO_DEVICE).unwrap());
+    }
+    let bus = dma_map_single(&dev, cpu, 2 * PAGE_SIZE, DMA_TO_DEVICE).unwrap();
+    let end = bus.0 + 2 * PAGE_SIZE as u64 - 1;
+    dma_unmap_single(&dev, bus, 2 * PAGE_SIZE, DMA_TO_DEVICE).unwrap();
+    for b in small {
+        dma_unmap_single(&dev, b, PAGE_SIZE, DMA_TO_DEVICE).unwrap();
+    }
+    m.pages().free_pages(pfn, 2).unwrap();
+    assert_eq!(
+        bus.0 / boundary,
+        end / boundary,
+        "bounce buffer {bus}..{end:#x} crosses the device's {boundary:#x} boundary"
+    );
+}
+
+/// "Bad input gets a clear error and loses nothing": a refused
+/// dma_free_coherent must not drop the debug entry of what it refused.
+#[test]
+fn refused_free_coherent_keeps_the_debug_entry() {
+    let m = machine();
+    let before = free_pages(&m);
+    {
+        let dma = dma(&m);
+        let dev = Device::new(&dma, "drv", "dev");
+        let pool = dma_pool_create("p", &dev, 64, 64, 0).unwrap();
+        let (blk, bus) = dma_pool_alloc(&pool, GFP_KERNEL).unwrap();
+        let live = dev.live_mappings();
+        // The driver mistakes the pool page for a coherent allocation.
+        let r = dma_free_coherent(&dev, pool.allocation(), blk.as_ptr(), bus);
+        assert!(r.is_err(), "refused");
+        let after = dev.live_mappings();
+        dma_pool_free(&pool, blk.as_ptr(), bus).unwrap();
+        let d = dma_pool_destroy(pool);
+        let text = log(&m);
+        assert_eq!(
+            after, live,
+            "the refused free dropped the pool page's debug entry\n{text}"
+        );
+        assert!(d.is_ok(), "{d:?}");
+        dev.release().unwrap();
+    }
+    assert_eq!(free_pages(&m), before, "every page back");
+}
+
+/// Partial ranged syncs of a bounced FROM_DEVICE mapping at an odd offset
+/// copy exactly their bytes.
+#[test]
+fn ranged_sync_copies_exactly_its_bytes() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 2).unwrap();
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    fill(cpu, 4 * PAGE_SIZE, 0x11);
+    let start = cpu.wrapping_add(100);
+    let len = 9000;
+    let bus = dma_map_single(&dev, start, len, DMA_FROM_DEVICE).unwrap();
+    assert!(dma.swiotlb().is_swiotlb_buffer(PhysAddr(bus.0)));
+    let tlb = m
+        .pages()
+        .platform()
+        .phys_to_virt(PhysAddr(bus.0))
+        .as_ptr::<u8>();
+    for i in 0..len {
+        unsafe { *tlb.add(i) = (i % 251) as u8 };
+    }
+    dma_sync_single_range_for_cpu(&dev, bus, 2000, 2100, DMA_FROM_DEVICE).unwrap();
+    let got = read(start, len);
+    for i in 0..len {
+        let want = if (2000..4100).contains(&i) {
+            (i % 251) as u8
+        } else {
+            0x11
+        };
+        assert_eq!(got[i], want, "byte {i}");
+    }
+    dma_sync_single_range_for_device(&dev, bus, 2000, 2100, DMA_FROM_DEVICE).unwrap();
+    dma_unmap_single(&dev, bus, len, DMA_FROM_DEVICE).unwrap();
+    let got = read(cpu, 4 * PAGE_SIZE);
+    for i in 0..4 * PAGE_SIZE {
+        let want = if (100..100 + len).contains(&i) {
+            ((i - 100) % 251) as u8
+        } else {
+            0x11
+        };
+        assert_eq!(got[i], want, "byte {i}");
+    }
+    assert_eq!(dma.debug().errors(), 0);
+    m.pages().free_pages(pfn, 2).unwrap();
+}
+
+/// Linux's debug_dma_unmap_sg calls check_unmap on the first entry before
+/// anything else: unmapping a list that was never mapped is reported.
+#[test]
+fn unmap_sg_of_an_unmapped_list_is_reported() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let mut sgl = vec![Scatterlist::new(pfn, 0, 512)];
+    let r = dma_unmap_sg(&dev, &mut sgl, DMA_TO_DEVICE);
+    m.pages().free_pages(pfn, 0).unwrap();
+    assert!(
+        r.is_err() || dma.debug().errors() > 0,
+        "silently accepted: {r:?}"
+    );
+}
+
+/// Linux's check_sync for sg: "device driver syncs DMA sg list with
+/// different entry count [map count=%d] [sync count=%d]".
+#[test]
+fn sync_sg_with_another_entry_count_is_reported() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
+    let a = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let b = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let mut sgl = vec![Scatterlist::new(b, 0, 512), Scatterlist::new(a, 0, 512)];
+    let n = dma_map_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    assert_eq!(n, 2);
+    let r = dma_sync_sg_for_cpu(&dev, &sgl[..1], DMA_TO_DEVICE);
+    let errs = dma.debug().errors();
+    dma_unmap_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    m.pages().free_pages(a, 0).unwrap();
+    m.pages().free_pages(b, 0).unwrap();
+    assert!(
+        r.is_err() || errs > 0,
+        "sync of 1 entry of a 2-entry list: {r:?}"
+    );
+}
+
+fn no_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    std::panic::catch_unwind(f).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+/// Bad input gets a clear error, not a panic.
+#[test]
+fn sync_with_huge_size_is_an_error_not_a_panic() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    let bus = dma_map_single(&dev, cpu, PAGE_SIZE, DMA_FROM_DEVICE).unwrap();
+    let r1 = no_panic(std::panic::AssertUnwindSafe(|| {
+        dma_sync_single_range_for_cpu(&dev, bus, 1, usize::MAX, DMA_FROM_DEVICE)
+    }));
+    let r2 = no_panic(std::panic::AssertUnwindSafe(|| {
+        dma_sync_single_range_for_cpu(&dev, bus, usize::MAX, 1, DMA_FROM_DEVICE)
+    }));
+    let r3 = no_panic(std::panic::AssertUnwindSafe(|| {
+        dma_cpu_access(&dev, cpu, usize::MAX)
+    }));
+    let _ = dma_unmap_single(&dev, bus, PAGE_SIZE, DMA_FROM_DEVICE);
+    let _ = m.pages().free_pages(pfn, 0);
+    assert!(
+        r1.is_ok(),
+        "size usize::MAX at offset 1: panicked: {:?}",
+        r1.err()
+    );
+    assert!(r2.is_ok(), "offset usize::MAX: panicked: {:?}", r2.err());
+    assert!(
+        r3.is_ok(),
+        "dma_cpu_access len usize::MAX: panicked: {:?}",
+        r3.err()
+    );
+}
+
+#[test]
+fn pool_create_with_huge_size_is_an_error_not_a_panic() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let r = no_panic(std::panic::AssertUnwindSafe(|| {
+        dma_pool_create("p", &dev, usize::MAX - 3, 8, 0).map(|_| ())
+    }));
+    assert!(r.is_ok(), "panicked: {:?}", r.err());
+    assert!(r.unwrap().is_err());
+}
+
+/// Without debugging a double free cannot be recognised, but it should not
+/// panic the allocator (nr_active -= 1 on 0).
+#[test]
+fn pool_double_free_without_debugging() {
+    let m = machine();
+    let dma = Dma::new(
+        m.pages(),
+        DmaConfig {
+            debug: false,
+            ..config()
+        },
+    )
+    .unwrap();
+    let dev = Device::new(&dma, "drv", "dev");
+    let pool = dma_pool_create("p", &dev, 64, 64, 0).unwrap();
+    let (blk, bus) = dma_pool_alloc(&pool, GFP_KERNEL).unwrap();
+    dma_pool_free(&pool, blk.as_ptr(), bus).unwrap();
+    let r = no_panic(std::panic::AssertUnwindSafe(|| {
+        dma_pool_free(&pool, blk.as_ptr(), bus)
+    }));
+    let active = pool.active_blocks();
+    std::mem::forget(pool);
+    assert!(r.is_ok(), "panicked: {:?}", r.err());
+    assert_eq!(active, 0, "active count after a double free");
+}
+
+/// Two threads bounce, sync ranges and unmap at once: every byte lands.
+#[test]
+fn two_threads_bounce_and_sync_ranges() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    std::thread::scope(|s| {
+        for t in 0..2u8 {
+            let (m, dev, dma) = (&m, &dev, &dma);
+            s.spawn(move || {
+                let pfn = m.pages().alloc_pages(GFP_KERNEL, 1).unwrap();
+                let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+                for it in 0..600usize {
+                    let off = (it * 37) % 1000;
+                    let len = 100 + (it * 131) % 6000;
+                    let start = cpu.wrapping_add(off);
+                    fill(cpu, 2 * PAGE_SIZE, 0xee);
+                    let bus = dma_map_single(dev, start, len, DMA_FROM_DEVICE).unwrap();
+                    assert!(dma.swiotlb().is_swiotlb_buffer(PhysAddr(bus.0)));
+                    let tlb = m
+                        .pages()
+                        .platform()
+                        .phys_to_virt(PhysAddr(bus.0))
+                        .as_ptr::<u8>();
+                    let v = t.wrapping_mul(100).wrapping_add(it as u8);
+                    unsafe { tlb.write_bytes(v, len) };
+                    let a = len / 3;
+                    dma_sync_single_range_for_cpu(dev, bus, a, len / 3, DMA_FROM_DEVICE).unwrap();
+                    let got = read(start, len);
+                    assert!(got[a..a + len / 3].iter().all(|&x| x == v));
+                    assert!(got[..a].iter().all(|&x| x == 0xee));
+                    dma_sync_single_range_for_device(dev, bus, a, len / 3, DMA_FROM_DEVICE)
+                        .unwrap();
+                    dma_unmap_single(dev, bus, len, DMA_FROM_DEVICE).unwrap();
+                    let got = read(cpu, 2 * PAGE_SIZE);
+                    for (i, &x) in got.iter().enumerate() {
+                        let want = if (off..off + len).contains(&i) {
+                            v
+                        } else {
+                            0xee
+                        };
+                        assert_eq!(x, want, "thread {t} iter {it} byte {i}");
+                    }
+                }
+                m.pages().free_pages(pfn, 1).unwrap();
+            });
+        }
+    });
+    assert_eq!(dma.swiotlb().used_slots(), 0);
+    assert_eq!(dma.debug().errors(), 0);
+    assert_eq!(dma.debug().live_entries(), 0);
+}
+
+/// A bounced sg entry for a device with a 16 KiB segment boundary: the
+/// DMA segment handed to the device must not cross it (Linux's swiotlb
+/// honours dma_get_seg_boundary).
+#[test]
+fn bounced_sg_segment_respects_device_segment_boundary() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let boundary = 16 * KIB as u64;
+    dev.set_seg_boundary(boundary - 1);
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 2).unwrap();
+    let mut sgl: Vec<_> = (0..3)
+        .map(|_| Scatterlist::new(pfn, 0, PAGE_SIZE as u32))
+        .chain([Scatterlist::new(pfn, 0, 2 * PAGE_SIZE as u32)])
+        .collect();
+    let n = dma_map_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    let segs: Vec<_> = sgl[..n]
+        .iter()
+        .map(|s| (s.dma_address.0, s.dma_length as u64))
+        .collect();
+    dma_unmap_sg(&dev, &mut sgl, DMA_TO_DEVICE).unwrap();
+    m.pages().free_pages(pfn, 2).unwrap();
+    for (b, l) in segs {
+        assert_eq!(
+            b / boundary,
+            (b + l - 1) / boundary,
+            "segment {b:#x}+{l:#x} crosses {boundary:#x}"
+        );
+    }
+}
