@@ -78,8 +78,8 @@ pub struct RecordArgs {
     /// Output directory (created if missing).
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// Longest the command may run, seconds.
-    #[arg(value_name = "SECONDS")]
+    /// Longest the command may run, seconds (a finite number, at least 0).
+    #[arg(value_name = "SECONDS", value_parser = parse_seconds)]
     pub seconds: f64,
     /// The command and its arguments, after `--`.
     #[arg(value_name = "CMD", last = true, required = true)]
@@ -176,6 +176,21 @@ fn setting(t: &Path, name: &str) -> Option<String> {
         None => s,
     };
     (!v.is_empty()).then(|| v.to_string())
+}
+
+/// `SECONDS`: refused before tracefs is touched unless finite and >= 0
+/// (`inf` or `nan` would otherwise fail after the set-up).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_finite() && v >= 0.0 && Duration::try_from_secs_f64(v).is_ok() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "`{s}`: the time limit must be a finite number of seconds, at least 0"
+        ))
+    }
 }
 
 /// Runs `cmd` with its output discarded; after `secs`, SIGTERM (then SIGKILL

@@ -30,8 +30,11 @@ use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 use std::ffi::c_void;
 use std::io;
 
-/// Alignment and size granule of the direct-map reservation (one huge page).
-const DIRECT_MAP_ALIGN: usize = 2 << 20;
+/// Alignment and size granule of the direct-map reservation: the largest
+/// block the page allocator hands out (4 MiB, order MAX_PAGE_ORDER), so that
+/// a block aligned in physical memory is aligned in the direct map too
+/// (kmalloc promises alignment up to its 4 MiB limit).
+const DIRECT_MAP_ALIGN: usize = 4 << 20;
 
 /// One backed run of physical memory: `[start, end)` lives in the memfd at
 /// `memfd_offset`.

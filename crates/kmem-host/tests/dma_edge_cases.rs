@@ -205,24 +205,24 @@ fn ranged_sync_copies_exactly_its_bytes() {
     }
     dma_sync_single_range_for_cpu(&dev, bus, 2000, 2100, DMA_FROM_DEVICE).unwrap();
     let got = read(start, len);
-    for i in 0..len {
+    for (i, &byte) in got.iter().enumerate() {
         let want = if (2000..4100).contains(&i) {
             (i % 251) as u8
         } else {
             0x11
         };
-        assert_eq!(got[i], want, "byte {i}");
+        assert_eq!(byte, want, "byte {i}");
     }
     dma_sync_single_range_for_device(&dev, bus, 2000, 2100, DMA_FROM_DEVICE).unwrap();
     dma_unmap_single(&dev, bus, len, DMA_FROM_DEVICE).unwrap();
     let got = read(cpu, 4 * PAGE_SIZE);
-    for i in 0..4 * PAGE_SIZE {
+    for (i, &byte) in got.iter().enumerate() {
         let want = if (100..100 + len).contains(&i) {
             ((i - 100) % 251) as u8
         } else {
             0x11
         };
-        assert_eq!(got[i], want, "byte {i}");
+        assert_eq!(byte, want, "byte {i}");
     }
     assert_eq!(dma.debug().errors(), 0);
     m.pages().free_pages(pfn, 2).unwrap();

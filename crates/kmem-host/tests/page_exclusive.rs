@@ -68,6 +68,22 @@ fn release_live(live: &Live, pfn: Pfn) {
 /// Remote drains the owners wait for before they stop.
 const MIN_DRAINS: usize = 20;
 
+/// Blocks that may wait in one owner's channel to the other: bounded, so
+/// that an owner running far ahead of a descheduled peer (a loaded machine)
+/// keeps what does not fit instead of exhausting the 64 MiB machine.
+const IN_FLIGHT: usize = 256;
+
+/// Counts a worker as finished when it ends, panicking or not: the drain
+/// thread waits for all of them, so a worker's panic must fail the test, not
+/// hang it.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
 fn run(claimed: bool) {
     let m = small_machine();
     let base = Baseline::take(&m);
@@ -78,14 +94,15 @@ fn run(claimed: bool) {
     // been MIN_DRAINS, so the drains overlap them however the threads are
     // scheduled.
     let drains_done = AtomicUsize::new(0);
-    let (to1, from0) = mpsc::channel::<(Pfn, u32, u64)>();
-    let (to0, from1) = mpsc::channel::<(Pfn, u32, u64)>();
+    let (to1, from0) = mpsc::sync_channel::<(Pfn, u32, u64)>(IN_FLIGHT);
+    let (to0, from1) = mpsc::sync_channel::<(Pfn, u32, u64)>(IN_FLIGHT);
     let channels = Mutex::new(vec![(to1, from1), (to0, from0)]);
     std::thread::scope(|s| {
         for cpu in 0..2usize {
             let (m, live, channels, finished, drains_done) =
                 (&m, &live, &channels, &finished, &drains_done);
             s.spawn(move || {
+                let _finished = Finished(finished);
                 let (to_other, from_other) = channels.lock().unwrap().remove(0);
                 let _claim = if claimed {
                     Some(claim_cpu(cpu).expect("claim"))
@@ -106,8 +123,11 @@ fn run(claimed: bool) {
                     tag(m, pfn, order, t);
                     if rng.chance(50) {
                         mine.push((pfn, order, t));
-                    } else {
-                        to_other.send((pfn, order, t)).unwrap();
+                    } else if let Err(mpsc::TrySendError::Full(b)) =
+                        to_other.try_send((pfn, order, t))
+                    {
+                        // The other owner is behind: this one frees it.
+                        mine.push(b);
                     }
                     if mine.len() > 64 {
                         let (p, o, t) = mine.swap_remove(rng.below(mine.len() as u64) as usize);
@@ -133,7 +153,6 @@ fn run(claimed: bool) {
                     release_live(live, p);
                     m.pages().free_pages(p, o).unwrap();
                 }
-                finished.fetch_add(1, Relaxed);
             });
         }
         // Remote drains and counts, from a thread that owns no CPU.
@@ -153,6 +172,7 @@ fn run(claimed: bool) {
         });
         // A thread that shares CPU 0's number.
         s.spawn(|| {
+            let _finished = Finished(&finished);
             run_on_cpu(0, || {
                 let mut rng = SeqRng::new(99);
                 for round in 0..10_000u64 {
@@ -165,7 +185,6 @@ fn run(claimed: bool) {
                     m.pages().free_pages(pfn, order).unwrap();
                 }
             });
-            finished.fetch_add(1, Relaxed);
         });
     });
     assert!(live.lock().unwrap().is_empty());

@@ -195,6 +195,30 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A `%pS` symbol: [`str_word`](Self::str_word), plus the ` [module]`
+    /// that follows it when the symbol lies in a kernel module
+    /// (`nvme_setup_cmd+0x1a/0x200 [nvme_core]`), as one string.
+    pub(crate) fn symbol(&mut self, expected: &'static str) -> Result<&'a str, Fail> {
+        let start = self.pos;
+        let sym = self.str_word(expected)?;
+        let rest = self.rest();
+        if !rest.starts_with(b" [") {
+            return Ok(sym);
+        }
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return Ok(sym);
+        };
+        let module = &rest[2..close];
+        if module.is_empty() || module.contains(&b' ') {
+            return Ok(sym);
+        }
+        let whole = &self.s[start..self.pos + close + 1];
+        let whole = std::str::from_utf8(whole)
+            .map_err(|_| self.fail(self.pos + 2, ErrorKind::BadUtf8, expected))?;
+        self.pos += close + 1;
+        Ok(whole)
+    }
+
     /// The failure for a value that is missing.
     #[inline]
     fn empty(&self, expected: &'static str) -> Fail {

@@ -115,9 +115,12 @@ impl ParseError {
     pub(crate) fn new(line: u64, text: &[u8], fail: Fail) -> Self {
         let start = fail.col.min(text.len());
         let rest = &text[start..];
-        // The offending token: up to the next space, at most SNIPPET_MAX bytes.
-        let end = memchr::memchr(b' ', rest)
-            .unwrap_or(rest.len())
+        // The offending token: up to the next space, at most SNIPPET_MAX
+        // bytes; spaces in front of it are part of what was found (a value
+        // missing before the next field, an extra space), so that "end of
+        // line" is said only where the line ends.
+        let lead = rest.iter().take_while(|&&b| b == b' ').count();
+        let end = (lead + memchr::memchr(b' ', &rest[lead..]).unwrap_or(rest.len() - lead))
             .min(SNIPPET_MAX);
         let mut snippet = [0u8; SNIPPET_MAX];
         snippet[..end].copy_from_slice(&rest[..end]);

@@ -131,7 +131,8 @@ impl std::fmt::Display for EventKind {
     }
 }
 
-/// A call site as `%pS` prints it: `symbol+0xoffset/0xsize`, borrowed from the line.
+/// A call site as `%pS` prints it: `symbol+0xoffset/0xsize`, with ` [module]`
+/// after it for a symbol in a kernel module; borrowed from the line.
 ///
 /// The whole text identifies the site (perf groups by it); [`symbol`](Self::symbol)
 /// groups by function.
@@ -154,6 +155,13 @@ impl<'a> CallSite<'a> {
         let (_, rest) = self.0.split_once('+')?;
         let off = rest.split_once('/').map_or(rest, |(o, _)| o);
         u64::from_str_radix(off.strip_prefix("0x")?, 16).ok()
+    }
+
+    /// The kernel module the function lies in (`nvme_core` for
+    /// `nvme_setup_cmd+0x1a/0x200 [nvme_core]`), if printed.
+    pub fn module(&self) -> Option<&'a str> {
+        let (_, m) = self.0.split_once(" [")?;
+        m.strip_suffix(']')
     }
 
     /// The function's size (`0x140`), if printed.
@@ -536,7 +544,7 @@ pub(crate) fn parse_fields<'a>(
 /// `call_site=%pS`, the first field of the slab events.
 #[inline]
 fn call_site<'a>(c: &mut Cursor<'a>) -> Result<CallSite<'a>, Fail> {
-    field!(c, first "call_site=", str_word, "call site").map(CallSite)
+    field!(c, first "call_site=", symbol, "call site").map(CallSite)
 }
 
 /// ` gfp_flags=%s`, parsed through `cache`.

@@ -258,11 +258,23 @@ impl<R: Read> TextReader<R> {
 
 impl<R: Read> Read for TextReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.src {
-            Source::Plain(r) => r.read(buf),
+        let r = match &mut self.src {
+            Source::Plain(r) => return r.read(buf),
             Source::Zstd(r) => r.read(buf),
-            Source::Background(b) => b.read(buf),
-        }
+            // Its thread reads through a `Zstd` source: already said.
+            Source::Background(b) => return b.read(buf),
+        };
+        // A zstd error says what the decoder met ("incomplete frame"), not
+        // where or what it likely means: a capture cut off, or damage.
+        r.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} after {} compressed bytes (the zstd file is truncated or damaged)",
+                    self.input_bytes()
+                ),
+            )
+        })
     }
 }
 

@@ -301,7 +301,16 @@ impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
                     .ok_or(KvFreeError::Vfree(VfreeError::NotAllocated {
                         addr: p as usize,
                     }))?;
-            self.vm.zero_range(p as usize, len.min(a.usable_size()));
+            // Wiped only if vfree will take it: a vmalloc area's start, not
+            // queued for a deferred free (vfree refuses the rest, and the
+            // caller's data must then stay as it was).
+            let vfree_takes = a.addr.0 == p as usize
+                && a.flags.contains(VmFlags::ALLOC)
+                && !a.flags.contains(VmFlags::DEFERRED_FREE)
+                && !a.vm_map_ram;
+            if vfree_takes {
+                self.vm.zero_range(p as usize, len.min(a.usable_size()));
+            }
             self.vm.vfree(p).map_err(KvFreeError::Vfree)
         } else {
             let ks = self.slab.ksize(p);

@@ -780,10 +780,15 @@ impl<'r, 'm> Engine<'r, 'm> {
                     })
                     .unwrap_or((SlabFlags::empty(), false));
                 let ctor = if ctor { Some(no_ctor as fn(_)) } else { None };
-                let handle = self
-                    .slab
-                    .kmem_cache_create(name, osize, 0, flags, ctor)
-                    .ok()?;
+                // Linux creates caches at boot or module init, in process
+                // context; the trace shows only the first allocation, which
+                // may come from an interrupt (and kmem refuses a create
+                // there).
+                let handle = {
+                    let _process = kmem_host::enter(ExecContext::PROCESS);
+                    self.slab.kmem_cache_create(name, osize, 0, flags, ctor)
+                }
+                .ok()?;
                 // The cache lives as long as the slab allocator; the handle
                 // would destroy it (and report every live object) on drop.
                 std::mem::forget(handle);

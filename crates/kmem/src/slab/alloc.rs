@@ -226,6 +226,13 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.alloc_bypass(c, Stat::AllocContended, gfp, node, caller);
         };
+        // A node that does not exist means any node (Linux's slab_nodes
+        // check in ___slab_alloc), not a bypass of the CPU on every call.
+        let node = if node >= 0 && node as usize >= self.pages().nr_nodes() {
+            NUMA_NO_NODE
+        } else {
+            node
+        };
         if node >= 0 && (g.node != node as u32 || (g.sheaf_n != 0 && g.sheaf_node != node as u32)) {
             // Another node than this CPU's (or its sheaf's): that node's
             // partial lists, one object.

@@ -614,6 +614,11 @@ impl<P: Platform> KmemCache<P> {
     /// belongs (partial list, nowhere if full, back to the page allocator if
     /// empty and the node has enough).
     pub(crate) fn deactivate(&self, g: &mut CpuGuard<'_>, c: &CpuSlab) {
+        // Objects on the active slab's own list before the CPU list goes
+        // back were freed by other CPUs: such a slab goes to the tail of the
+        // partial list, any other to the head, where it is still cache-warm
+        // (Linux: DEACTIVATE_REMOTE_FREES, then TO_TAIL or TO_HEAD).
+        let remote_frees = g.slab != NIL && self.slab_at(g.slab).word().has_free();
         let head = g.freelist;
         g.freelist = 0;
         g.count = 0;
@@ -625,15 +630,15 @@ impl<P: Platform> KmemCache<P> {
         }
         let slab = self.slab_at(g.slab);
         g.slab = NIL;
-        let (old, new) = loop {
+        let new = loop {
             let old = slab.word();
             let new = old.with(FROZEN, false);
             if slab.cas(old, new) {
-                break (old, new);
+                break new;
             }
             c.stat(Stat::CmpxchgDoubleFail);
         };
-        if old.has_free() {
+        if remote_frees {
             c.stat(Stat::DeactivateRemoteFrees);
         }
         let node = slab.node();
@@ -646,8 +651,12 @@ impl<P: Platform> KmemCache<P> {
             self.discard_slab(slab);
         } else if new.has_free() {
             let mut lists = self.nodes[node].lists.lock();
-            self.add_partial(node, &mut lists, slab, true);
-            c.stat(Stat::DeactivateToTail);
+            self.add_partial(node, &mut lists, slab, remote_frees);
+            c.stat(if remote_frees {
+                Stat::DeactivateToTail
+            } else {
+                Stat::DeactivateToHead
+            });
         } else {
             c.stat(Stat::DeactivateFull);
         }

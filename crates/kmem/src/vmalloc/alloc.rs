@@ -235,6 +235,20 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, VmallocError> {
+        // Flags vmalloc sets on its own areas, or that mark its bookkeeping
+        // (an area born DEFERRED_FREE could never be freed).
+        let internal = VmFlags::ALLOC
+            | VmFlags::MAP
+            | VmFlags::IOREMAP
+            | VmFlags::UNINITIALIZED
+            | VmFlags::MAP_PUT_PAGES
+            | VmFlags::DEFERRED_FREE
+            | VmFlags::UNMAPPING;
+        if vm_flags.intersects(internal) {
+            return Err(VmallocError::BadFlags {
+                flags: vm_flags & internal,
+            });
+        }
         self.vmalloc_request(Request {
             size,
             align,
@@ -470,6 +484,12 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if !align.is_power_of_two() {
             return Err(VmallocError::BadAlign { align });
         }
+        if !vstart.is_multiple_of(PAGE_SIZE) || !vend.is_multiple_of(PAGE_SIZE) || vstart >= vend {
+            return Err(VmallocError::BadRange {
+                start: vstart,
+                end: vend,
+            });
+        }
         let gfp = gfp & GFP_RECLAIM_MASK;
         let mut purged = false;
         loop {
@@ -591,7 +611,17 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                             self.stats.large_chunks.fetch_add(1, Relaxed);
                             let _ = self.pages.split_page(pfn, lo);
                             for i in 0..(1u64 << lo) {
-                                self.add_page(&mut batch, pfn.add(i), prot, table_gfp)?;
+                                if let Err(e) =
+                                    self.add_page(&mut batch, pfn.add(i), prot, table_gfp)
+                                {
+                                    // add_page dealt with page i; the rest
+                                    // of the split chunk is ours to give
+                                    // back.
+                                    for j in i + 1..(1u64 << lo) {
+                                        let _ = self.pages.free_pages(pfn.add(j), 0);
+                                    }
+                                    return Err(e);
+                                }
                             }
                             remaining -= 1 << lo;
                         }
@@ -708,8 +738,29 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             ));
             return Err(VmallocError::BadFlags { flags });
         }
+        // Flags that describe vmalloc's own areas or its bookkeeping (an
+        // ALLOC area's pages are freed by vfree: the caller's would be).
+        let vmap_flags = VmFlags::MAP
+            | VmFlags::MAP_PUT_PAGES
+            | VmFlags::USERMAP
+            | VmFlags::IOREMAP
+            | VmFlags::DMA_COHERENT
+            | VmFlags::NO_GUARD
+            | VmFlags::SPARSE;
+        if !vmap_flags.contains(flags) {
+            self.pages.platform().warn(format_args!(
+                "vmap() with flags {:?} that only vmalloc itself sets, at {caller}",
+                flags - vmap_flags
+            ));
+            return Err(VmallocError::BadFlags { flags });
+        }
         // "Your top guard is someone else's bottom guard."
         let flags = flags - VmFlags::NO_GUARD;
+        // The pages become the area's only once they are mapped: a failed
+        // mapping must leave them with the caller (Linux sets
+        // VM_MAP_PUT_PAGES after vmap_pages_range succeeds).
+        let put_pages = flags.contains(VmFlags::MAP_PUT_PAGES);
+        let flags = flags - VmFlags::MAP_PUT_PAGES;
         if pages.is_empty() {
             return Err(VmallocError::ZeroSize);
         }
@@ -747,7 +798,8 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
         let s = self.state.lock();
         if let Some(r) = s.areas.find_busy(area.start) {
-            if flags.contains(VmFlags::MAP_PUT_PAGES) {
+            if put_pages {
+                r.vm_flags.fetch_or(VmFlags::MAP_PUT_PAGES.bits(), Relaxed);
                 r.nr_pages.store(pages.len(), Relaxed);
                 for p in pages {
                     if let Some(f) = self.pages.frame(*p) {

@@ -182,6 +182,19 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                 };
                 return Err(self.refuse(e));
             }
+            // A big vm_map_ram area is exactly its pages (no guard): the
+            // count must be the one given to vm_map_ram.
+            let mapped = s
+                .areas
+                .find_busy(a)
+                .map_or(0, |r| (r.end - r.start) / PAGE_SIZE);
+            if mapped != count {
+                return Err(self.refuse(VfreeError::WrongSize {
+                    addr: a,
+                    mapped,
+                    given: count,
+                }));
+            }
             self.unlink_to_lazy(&mut s, a)
         };
         // Owns no pages: teardown only clears the entries.
@@ -248,6 +261,9 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
     /// translation of a range vmalloc has unmapped (lazy areas and the dirty
     /// parts of vmap blocks).
     pub fn vm_unmap_aliases(&self) {
+        // Linux's _vm_unmap_aliases retires the blocks with nothing mapped
+        // any more first.
+        self.purge_fragmented_blocks();
         let (mut lo, mut hi) = (usize::MAX, 0usize);
         {
             let mut s = self.state.lock();

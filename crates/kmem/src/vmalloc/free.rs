@@ -120,29 +120,34 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             return Ok(());
         }
         self.check_addr(a)?;
-        {
+        // The head's two words may sit in different pages: each is written
+        // through the direct map of its own page, which must be mapped (a
+        // vrealloc shrink leaves the tail of the usable size unmapped).
+        let (w0, w1) = {
             let s = self.state.lock();
             let r = self.busy_area(&s, a)?;
             let size = VmArea::from_record(r).usable_size();
-            if !head_offset.is_multiple_of(8) || head_offset + 16 > size {
+            let words = head_offset
+                .checked_add(16)
+                .filter(|&end| end <= size && head_offset.is_multiple_of(8))
+                .and_then(|_| {
+                    Some((
+                        self.direct_ptr(a + head_offset)? as *mut usize,
+                        self.direct_ptr(a + head_offset + 8)? as *mut usize,
+                    ))
+                });
+            let Some(words) = words else {
                 self.pages.platform().warn(format_args!(
-                    "kvfree_rcu: rcu_head at offset {head_offset} does not fit the {size}-byte area {a:#x}; not freed"
+                    "kvfree_rcu: rcu_head at offset {head_offset} does not fit the {size}-byte area {a:#x} (or lies past its mapped pages); not freed"
                 ));
                 return Err(VfreeError::Interior {
-                    addr: a + head_offset,
+                    addr: a.wrapping_add(head_offset),
                     area: a,
                 });
-            }
+            };
             self.mark_deferred(r, a)?;
-        }
-        // The head's two words may sit in different pages: each is written
-        // through the direct map of its own page.
-        let w0 = self
-            .direct_ptr(a + head_offset)
-            .expect("a live area is mapped") as *mut usize;
-        let w1 = self
-            .direct_ptr(a + head_offset + 8)
-            .expect("a live area is mapped") as *mut usize;
+            words
+        };
         // SAFETY: both words lie inside the live area (checked above).
         unsafe {
             w1.write_volatile(head_offset);
@@ -240,6 +245,14 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             let mut s = self.state.lock();
             let r = self.busy_area(&s, a)?;
             let flags = VmFlags::from_bits_retain(r.vm_flags.load(Relaxed));
+            // Queued for a deferred free (vfree_atomic, vfree_rcu): the
+            // queue still holds it, and would free whatever sits there next.
+            if flags.contains(VmFlags::DEFERRED_FREE) {
+                return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
+            }
+            if flags.contains(VmFlags::UNINITIALIZED) {
+                return Err(self.refuse(VfreeError::NotAllocated { addr: a }));
+            }
             if flags.contains(VmFlags::ALLOC) {
                 return Err(self.refuse(VfreeError::WrongKind {
                     addr: a,

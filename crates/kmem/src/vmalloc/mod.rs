@@ -243,6 +243,13 @@ pub enum VmallocError {
         /// The flags.
         flags: VmFlags,
     },
+    /// A virtual range that is not page aligned or is empty.
+    BadRange {
+        /// Start asked for.
+        start: usize,
+        /// End asked for.
+        end: usize,
+    },
     /// The mask is invalid.
     InvalidGfp(GfpError),
     /// Called in hard or soft IRQ context (Linux: `BUG_ON(in_interrupt())`).
@@ -298,6 +305,10 @@ impl fmt::Display for VmallocError {
                 write!(f, "alignment {align:#x} is not a power of two")
             }
             VmallocError::BadFlags { flags } => write!(f, "flags {flags:?} not allowed here"),
+            VmallocError::BadRange { start, end } => write!(
+                f,
+                "virtual range {start:#x}-{end:#x} is not page aligned or is empty"
+            ),
             VmallocError::InvalidGfp(e) => write!(f, "{e}"),
             VmallocError::InInterrupt => write!(
                 f,
@@ -379,6 +390,15 @@ pub enum VfreeError {
         /// The call that frees it.
         use_instead: &'static str,
     },
+    /// `vm_unmap_ram` with another page count than `vm_map_ram` mapped.
+    WrongSize {
+        /// The address.
+        addr: usize,
+        /// Pages the area maps.
+        mapped: usize,
+        /// Pages given.
+        given: usize,
+    },
     /// Called in NMI context.
     InNmi,
     /// `vunmap` in interrupt context.
@@ -417,6 +437,14 @@ impl fmt::Display for VfreeError {
             } => write!(
                 f,
                 "{addr:#x} is a {kind} area: release it with {use_instead}"
+            ),
+            VfreeError::WrongSize {
+                addr,
+                mapped,
+                given,
+            } => write!(
+                f,
+                "vm_unmap_ram({addr:#x}, {given}): the area maps {mapped} pages; nothing unmapped"
             ),
             VfreeError::InNmi => write!(f, "vfree() in NMI context (Linux: BUG_ON(in_nmi()))"),
             VfreeError::InInterrupt => {
@@ -682,6 +710,7 @@ impl<P: Platform, B: PageTables> Drop for Vmalloc<'_, P, B> {
     fn drop(&mut self) {
         self.rcu_barrier();
         self.drain_deferred();
+        self.purge_fragmented_blocks();
         self.purge();
         let s = self.state.get_mut();
         let live = s.areas.nr_busy;
