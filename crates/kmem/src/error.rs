@@ -168,6 +168,15 @@ pub enum FreeError {
         /// The pfn.
         pfn: Pfn,
     },
+    /// The block still belongs to a higher layer (its owner tag is set:
+    /// slab, vmalloc, DMA, ...), which frees it itself after clearing the
+    /// tag; a `free_pages` from outside would pull it from under that layer.
+    Owned {
+        /// The pfn.
+        pfn: Pfn,
+        /// The owner tag (see `kmem::page::owner`).
+        owner: u8,
+    },
 }
 
 impl fmt::Display for FreeError {
@@ -192,6 +201,11 @@ impl fmt::Display for FreeError {
             FreeError::NotAllocated { pfn } => write!(f, "Bad page: pfn {pfn} is not an allocated block"),
             FreeError::Unaligned { addr } => write!(f, "Bad page: address {addr} is not page aligned"),
             FreeError::Compound { pfn } => write!(f, "split_page of compound page at pfn {pfn}"),
+            FreeError::Owned { pfn, owner } => write!(
+                f,
+                "Bad page: pfn {pfn} still belongs to {} (owner tag {owner:#04x}); free it through that layer",
+                crate::page::owner::describe(owner).unwrap_or("a higher layer")
+            ),
         }
     }
 }

@@ -396,8 +396,10 @@ impl<P: Platform> PageAllocator<P> {
             flags.0 |= AllocFlags::NO_WATERMARKS;
         }
         if !gfp.allows_blocking() {
-            // Blocks cached on this CPU's lists cannot merge; give them back.
-            self.drain_local_pages();
+            // Blocks cached on this CPU's lists cannot merge; give them back
+            // if that needs no waiting (an interrupt may have landed inside
+            // this CPU's own list section).
+            self.try_drain_local_pages();
             return self
                 .attempt(req, flags)
                 .ok_or_else(|| self.no_memory(req, false, false));

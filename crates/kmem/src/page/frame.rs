@@ -118,6 +118,8 @@ impl Frame {
     }
     /// Mask of state, order and flag bits in the info word.
     pub(crate) const INFO_STATE_ORDER_FLAGS: u32 = 0xffff;
+    /// Mask of the owner tag in the info word.
+    pub(crate) const INFO_OWNER: u32 = 0xff << OWNER_SHIFT;
     /// Flag bits (see [`flags`]).
     #[inline]
     pub fn flags(&self) -> u32 {

@@ -22,7 +22,13 @@ impl<P: Platform> PageAllocator<P> {
             return Err(self.free_error(FreeError::NotRam { pfn: page }));
         };
         let info = f.info();
-        if info & Frame::INFO_STATE_ORDER_FLAGS != Frame::allocated_info(order) {
+        // One compare: an allocated head of exactly `order`, no flags, no
+        // owner tag. An order beyond MAX_PAGE_ORDER would spill into the
+        // flag bits of the expected word, so it takes the careful path too.
+        if order > MAX_PAGE_ORDER
+            || info & (Frame::INFO_STATE_ORDER_FLAGS | Frame::INFO_OWNER)
+                != Frame::allocated_info(order)
+        {
             return self.free_pages_careful(page, order);
         }
         let slot = f.zone_slot();
@@ -47,6 +53,12 @@ impl<P: Platform> PageAllocator<P> {
         let f = self.mm.frame_unchecked(pfn);
         if f.state() != FrameState::Allocated || f.order() != order {
             return Err(self.free_error(self.diagnose(page, order)));
+        }
+        if f.owner() != 0 {
+            return Err(self.free_error(FreeError::Owned {
+                pfn: page,
+                owner: f.owner(),
+            }));
         }
         if f.flags() & flags::COMPOUND_HEAD != 0 {
             for i in 1..(1u64 << order) {

@@ -90,7 +90,8 @@ pub enum MemoryMapError {
         /// Index of the offending region.
         index: usize,
     },
-    /// Physical addresses beyond what frame links can encode (16 TiB).
+    /// Physical addresses beyond what frame links can encode (16 TiB less
+    /// one page: pfn `u32::MAX` means "no frame").
     TooLarge {
         /// Index of the offending region.
         index: usize,
@@ -118,7 +119,7 @@ impl fmt::Display for MemoryMapError {
             Self::Inverted { index } => {
                 write!(f, "memory map region {index} ends before it starts")
             }
-            Self::TooLarge { index } => write!(f, "memory map region {index} lies beyond 16 TiB"),
+            Self::TooLarge { index } => write!(f, "memory map region {index} reaches the last page below 16 TiB or beyond (frame links are 32-bit pfns)"),
             Self::BadNode { index } => write!(
                 f,
                 "memory map region {index} names a node beyond MAX_NUMNODES"
@@ -137,7 +138,9 @@ pub fn validate(regions: &[Region], max_nodes: usize) -> Result<(), MemoryMapErr
         if r.end.0 < r.start.0 {
             return Err(MemoryMapError::Inverted { index: i });
         }
-        if r.end.0 > (1u64 << 44) {
+        // Frame links are u32 pfns with u32::MAX as "none": the last page
+        // below 16 TiB would read as the end of every list it is on.
+        if r.end.0 > (1u64 << 44) - crate::addr::PAGE_SIZE as u64 {
             return Err(MemoryMapError::TooLarge { index: i });
         }
         if r.node as usize >= max_nodes {

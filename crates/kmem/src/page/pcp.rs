@@ -209,8 +209,12 @@ impl<P: Platform> PageAllocator<P> {
         self.stats.pcp_drain.fetch_add(1, Relaxed);
     }
 
-    /// Empties one CPU's lists for every zone.
+    /// Empties one CPU's lists for every zone (nothing for a CPU number the
+    /// machine does not have).
     pub fn drain_cpu_pages(&self, cpu: usize) {
+        if cpu >= self.nr_cpus {
+            return;
+        }
         for slot in 0..MAX_ZONES {
             let mut pcp = self.pcp(cpu, slot).lock_remote(self.platform(), cpu);
             if pcp.count > 0 {
@@ -222,6 +226,25 @@ impl<P: Platform> PageAllocator<P> {
     /// Empties the running CPU's lists (Linux's `drain_local_pages`).
     pub fn drain_local_pages(&self) {
         self.drain_cpu_pages(self.platform().cpu_id());
+    }
+
+    /// Empties the running CPU's lists that can be taken without waiting:
+    /// for an allocation that may not sleep, which may run in an interrupt
+    /// that landed inside this CPU's own list section (those lists are
+    /// busy, and waiting for them would wait for itself).
+    pub(crate) fn try_drain_local_pages(&self) {
+        let p = self.platform();
+        let (cpu, exclusive) = p.this_cpu();
+        if cpu >= self.nr_cpus {
+            return;
+        }
+        for slot in 0..MAX_ZONES {
+            if let Some(mut pcp) = self.pcp(cpu, slot).try_lock_this(p, cpu, exclusive) {
+                if pcp.count > 0 {
+                    self.free_pcppages_bulk(&mut pcp, slot, 0);
+                }
+            }
+        }
     }
 
     /// Empties every CPU's lists (Linux's `drain_all_pages`), so their pages
@@ -263,6 +286,9 @@ impl<P: Platform> PageAllocator<P> {
         node: usize,
         ztype: crate::gfp::ZoneType,
     ) -> (u32, u32, u32) {
+        if cpu >= self.nr_cpus {
+            return (0, 0, 0);
+        }
         let p = self
             .pcp(cpu, node * 3 + ztype.index())
             .lock_remote(self.platform(), cpu);
