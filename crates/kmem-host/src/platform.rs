@@ -65,6 +65,11 @@ impl HostPlatform {
     }
 }
 
+thread_local! {
+    /// The thread is in direct reclaim (see `Platform::set_memalloc`).
+    static MEMALLOC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Platform for HostPlatform {
     /// A host thread can be descheduled while it holds a lock, so a parking
     /// lock beats a spinning one here: waiters sleep instead of burning the
@@ -119,6 +124,15 @@ impl Platform for HostPlatform {
     #[inline]
     fn in_atomic(&self) -> bool {
         context::in_atomic()
+    }
+
+    /// Per thread, as Linux's `PF_MEMALLOC` is per task.
+    fn set_memalloc(&self, on: bool) -> bool {
+        MEMALLOC.with(|m| m.replace(on))
+    }
+
+    fn in_memalloc(&self) -> bool {
+        MEMALLOC.with(|m| m.get())
     }
 
     fn relax(&self) {

@@ -4,7 +4,8 @@
 //! numbers the machine does not have, a region ending on the pfn that means
 //! "no frame", and a GFP_ATOMIC allocation from an interrupt that landed
 //! inside its CPU's own list section under memory pressure (it must not wait
-//! for itself).
+//! for itself), and a shrinker that allocates (it must not enter reclaim
+//! again: Linux's PF_MEMALLOC).
 
 mod page_common;
 
@@ -15,7 +16,7 @@ use kmem::page::FrameState;
 use kmem_host::Machine;
 use page_common::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
 
 fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = e.downcast_ref::<String>() {
@@ -318,4 +319,70 @@ fn pfn_u32_max_collides_with_nil() {
     eprintln!("verify after freeing: {:?}", m.pages().verify());
     m.platform().take_log();
     base.assert_restored(&m);
+}
+/// A shrinker that allocates (a buffer, a new list node...) recurses into
+/// direct reclaim: Linux's PF_MEMALLOC stops that at depth 1.
+#[test]
+fn a_shrinker_that_allocates_does_not_reclaim_again() {
+    use kmem::page::{PageAllocator, Shrinker};
+    use kmem_host::HostPlatform;
+    struct Alloc {
+        depth: AtomicUsize,
+        max: AtomicUsize,
+        calls: AtomicUsize,
+    }
+    impl Shrinker<HostPlatform> for Alloc {
+        fn name(&self) -> &str {
+            "alloc-in-scan"
+        }
+        fn count_objects(&self, _: &PageAllocator<HostPlatform>, _: Gfp) -> usize {
+            1
+        }
+        fn scan_objects(&self, pa: &PageAllocator<HostPlatform>, _n: usize, _g: Gfp) -> usize {
+            self.calls.fetch_add(1, Relaxed);
+            let d = self.depth.fetch_add(1, Relaxed) + 1;
+            self.max.fetch_max(d, Relaxed);
+            if d < 6 {
+                if let Ok(p) = pa.alloc_pages(GFP_KERNEL | Gfp::NOWARN, 0) {
+                    pa.free_pages(p, 0).unwrap();
+                }
+            }
+            self.depth.fetch_sub(1, Relaxed);
+            0
+        }
+    }
+    let m: &'static Machine = Box::leak(Box::new(small_machine()));
+    let mut held = Vec::new();
+    for order in (0..=10).rev() {
+        while let Ok(p) = m
+            .pages()
+            .alloc_pages(GFP_KERNEL | Gfp::NOWARN | Gfp::NORETRY, order)
+        {
+            held.push((p, order));
+        }
+    }
+    let s: &'static Alloc = Box::leak(Box::new(Alloc {
+        depth: AtomicUsize::new(0),
+        max: AtomicUsize::new(0),
+        calls: AtomicUsize::new(0),
+    }));
+    let id = m.pages().register_shrinker(s).unwrap();
+    let r = m.pages().alloc_pages(GFP_KERNEL | Gfp::NOWARN, 0);
+    m.pages().unregister_shrinker(id);
+    eprintln!(
+        "alloc: {r:?}; shrinker calls {}, max nesting depth {}",
+        s.calls.load(Relaxed),
+        s.max.load(Relaxed)
+    );
+    if let Ok(p) = r {
+        m.pages().free_pages(p, 0).unwrap();
+    }
+    for (p, o) in held {
+        m.pages().free_pages(p, o).unwrap();
+    }
+    assert_eq!(
+        s.max.load(Relaxed),
+        1,
+        "direct reclaim re-entered from inside a shrinker"
+    );
 }

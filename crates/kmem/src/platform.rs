@@ -90,6 +90,21 @@ pub trait Platform: Send + Sync + 'static {
         self.context().is_atomic()
     }
 
+    /// Marks the running task as reclaiming memory (Linux's `PF_MEMALLOC`,
+    /// set around direct reclaim) and returns the previous mark. An
+    /// allocation made under the mark (by a shrinker) neither enters direct
+    /// reclaim again nor stops at the watermarks. The default keeps no mark
+    /// (always returns false, and [`Self::in_memalloc`] stays false): a
+    /// shrinker that allocates may then recurse into reclaim.
+    fn set_memalloc(&self, _on: bool) -> bool {
+        false
+    }
+
+    /// Whether the running task carries the [`Self::set_memalloc`] mark.
+    fn in_memalloc(&self) -> bool {
+        false
+    }
+
     /// Wait a little for another CPU to make progress (free memory, release a
     /// lock). Called only from contexts that may block or spin.
     fn relax(&self) {

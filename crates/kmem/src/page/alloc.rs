@@ -386,7 +386,10 @@ impl<P: Platform> PageAllocator<P> {
         if let Some(pfn) = self.attempt(req, flags) {
             return Ok(pfn);
         }
-        if AllocFlags::memalloc(gfp) {
+        // Inside direct reclaim (a shrinker allocating): no watermarks and no
+        // reclaim again, as Linux's PF_MEMALLOC.
+        let in_reclaim = self.platform().in_memalloc();
+        if AllocFlags::memalloc(gfp) || (in_reclaim && !gfp.contains(Gfp::NOMEMALLOC)) {
             if let Some(pfn) =
                 self.get_page_from_freelist(req, AllocFlags(flags.0 | AllocFlags::NO_WATERMARKS))
             {
@@ -395,7 +398,7 @@ impl<P: Platform> PageAllocator<P> {
             }
             flags.0 |= AllocFlags::NO_WATERMARKS;
         }
-        if !gfp.allows_blocking() {
+        if !gfp.allows_blocking() || in_reclaim {
             // Blocks cached on this CPU's lists cannot merge; give them back
             // if that needs no waiting (an interrupt may have landed inside
             // this CPU's own list section).

@@ -94,6 +94,16 @@ impl<P: Platform> PageAllocator<P> {
     /// `max(SWAP_CLUSTER_MAX, 2^order)` objects. Returns objects freed.
     pub(crate) fn direct_reclaim(&self, gfp: Gfp, order: u32) -> usize {
         self.stats.direct_reclaim.fetch_add(1, Relaxed);
+        // Linux's PF_MEMALLOC: what the shrinkers allocate does not reclaim
+        // again. Restored on the way out, panics included.
+        struct Memalloc<'p, P: Platform>(&'p P, bool);
+        impl<P: Platform> Drop for Memalloc<'_, P> {
+            fn drop(&mut self) {
+                self.0.set_memalloc(self.1);
+            }
+        }
+        let p = self.platform();
+        let _mark = Memalloc(p, p.set_memalloc(true));
         let slots = self.shrinkers.lock().slots;
         let mut want = SWAP_CLUSTER_MAX.max(1 << order);
         let mut freed = 0;
