@@ -59,6 +59,15 @@ pub fn run(args: &AnalyzeArgs) -> ExitCode {
             } else {
                 print!("{}", r.to_text());
             }
+            if r.events == 0 && r.malformed_lines > 0 {
+                // Nothing but malformed lines: not a trace this can read.
+                eprintln!(
+                    "kmem analyze: {}: no event parsed, {} malformed lines: is this the text of an ftrace trace of kmem events? (--strict names the first bad line)",
+                    args.trace.display(),
+                    r.malformed_lines
+                );
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -145,6 +145,15 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
     } else {
         print!("{}", report.to_text());
     }
+    let malformed: u64 = report.lines.malformed.values().sum();
+    if report.lines.events == 0 && malformed > 0 {
+        // Nothing but malformed lines: not a trace this can read.
+        eprintln!(
+            "kmem replay: {}: no event parsed, {malformed} malformed lines: is this the text of an ftrace trace of kmem events? (--strict names the first bad line)",
+            args.trace.display()
+        );
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 
