@@ -178,6 +178,11 @@ pub enum MapError {
         /// The size asked for.
         size: PageSize,
     },
+    /// A physical address beyond the 52 bits an x86-64 entry holds.
+    PhysTooLarge {
+        /// The physical address.
+        pa: PhysAddr,
+    },
     /// The virtual address is not canonical (bits 63..47 differ).
     NonCanonical {
         /// The address.
@@ -223,6 +228,10 @@ impl fmt::Display for MapError {
                 f,
                 "cannot map {va} -> {pa}: not aligned to a {} page",
                 size.name()
+            ),
+            MapError::PhysTooLarge { pa } => write!(
+                f,
+                "cannot map {pa}: beyond the 52-bit physical addresses a page-table entry holds"
             ),
             MapError::NonCanonical { va } => write!(f, "cannot map {va}: not a canonical address"),
             MapError::AlreadyMapped { va, existing } => write!(

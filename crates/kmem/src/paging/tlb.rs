@@ -339,7 +339,8 @@ impl<const N: usize> Array<N> {
             }
             let shift = size_of_index(s.size).shift();
             let base = (s.tag - 1) << shift;
-            let top = base + (1u64 << shift);
+            // Saturating: the last page's top is 2^64.
+            let top = base.saturating_add(1u64 << shift);
             if base < end && start < top {
                 s.tag = 0;
                 n += 1;
@@ -521,7 +522,7 @@ impl Tlb {
     pub fn invlpg(&mut self, va: VirtAddr) {
         self.stats.invlpg += 1;
         let v = va.0 as u64;
-        self.invalidate(v, v + 1);
+        self.invalidate(v, v.saturating_add(1));
     }
 
     /// Drops every entry overlapping `[start, end)`.

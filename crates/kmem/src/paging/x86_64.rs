@@ -352,6 +352,11 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
         if !va.0.is_multiple_of(size.bytes()) || !pa.0.is_multiple_of(size.bytes() as u64) {
             return Err(MapError::Unaligned { va, pa, size });
         }
+        // The entry keeps bits 12..52; anything above would be cut off and
+        // map other memory.
+        if pa.0 & !ADDR_MASK & !0xfff != 0 {
+            return Err(MapError::PhysTooLarge { pa });
+        }
         Ok(())
     }
 
@@ -537,11 +542,18 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
         if let Some(f) = frames.first() {
             Self::check_map(va, f.phys(), size)
                 .map_err(|error| MapRangeError { mapped: 0, error })?;
-            let last = VirtAddr(va.0 + (frames.len() - 1) * size.bytes());
-            if !is_canonical(last) {
+            // A range that runs past the top of the address space wraps: as
+            // non-canonical as its end would be.
+            let last = (frames.len() - 1)
+                .checked_mul(size.bytes())
+                .and_then(|off| va.0.checked_add(off))
+                .map(VirtAddr);
+            if let Some(bad) = last.map_or(Some(VirtAddr(usize::MAX)), |l| {
+                (!is_canonical(l)).then_some(l)
+            }) {
                 return Err(MapRangeError {
                     mapped: 0,
-                    error: MapError::NonCanonical { va: last },
+                    error: MapError::NonCanonical { va: bad },
                 });
             }
         }
@@ -559,11 +571,22 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
                 },
             });
         }
+        if let Some(i) = frames
+            .iter()
+            .position(|f| f.phys().0 & !ADDR_MASK & !0xfff != 0)
+        {
+            return Err(MapRangeError {
+                mapped: 0,
+                error: MapError::PhysTooLarge {
+                    pa: frames[i].phys(),
+                },
+            });
+        }
         self.map_many(va, frames.len(), |i| frames[i].phys(), size, flags, gfp)?;
         Ok(FlushRange::new(
             self,
             va,
-            VirtAddr(va.0 + frames.len() * size.bytes()),
+            VirtAddr(va.0.saturating_add(frames.len() * size.bytes())),
         ))
     }
 
@@ -579,7 +602,7 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
             self.root.0,
             4,
             va.0,
-            va.0 + t.size.bytes(),
+            va.0.saturating_add(t.size.bytes()),
             &mut |_, _, _| {},
         );
         Ok((t, Flush::new(self, va)))
@@ -593,7 +616,11 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
     ) -> FlushRange<'_, Self> {
         if start < end {
             let _g = self.lock.lock();
-            self.unmap_level(self.root.0, 4, start.0, end.0, on_leaf);
+            // Only the canonical parts: the walk indexes by bits 47..39
+            // alone, so a non-canonical address would alias the other half.
+            for (s, e) in canonical_parts(start.0, end.0) {
+                self.unmap_level(self.root.0, 4, s, e, on_leaf);
+            }
         }
         FlushRange::new(self, start, end)
     }
@@ -621,7 +648,9 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
             return 0;
         }
         let _g = self.lock.lock();
-        self.free_level(self.root.0, 4, start.0, end.0)
+        canonical_parts(start.0, end.0)
+            .map(|(s, e)| self.free_level(self.root.0, 4, s, e))
+            .sum()
     }
 
     fn flush_page(&self, va: VirtAddr) {
@@ -659,4 +688,14 @@ impl<P: Platform> fmt::Debug for X86PageTables<'_, P> {
             .field("tlbs", &self.tlbs.len())
             .finish()
     }
+}
+
+/// The parts of `[start, end)` inside the two canonical halves (below 2^47,
+/// and from 2^64 - 2^47), empty parts left out.
+fn canonical_parts(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
+    const LOW_END: usize = 1 << 47;
+    const HIGH_START: usize = !(LOW_END - 1);
+    [(start, end.min(LOW_END)), (start.max(HIGH_START), end)]
+        .into_iter()
+        .filter(|&(s, e)| s < e)
 }
