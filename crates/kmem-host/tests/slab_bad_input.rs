@@ -6,40 +6,13 @@
 use kmem::error::AllocError;
 use kmem::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL};
 use kmem::slab::{
-    PageKind, ReallocError, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, KMALLOC_MAX_SIZE,
-    ZERO_SIZE_PTR,
+    PageKind, ReallocError, SlabConfig, SlabFlags, SlabFreeError, KMALLOC_MAX_SIZE, ZERO_SIZE_PTR,
 };
-use kmem_host::{HostPlatform, Machine, MachineConfig};
-use std::collections::HashSet;
+mod slab_common;
+
+use kmem_host::{Machine, MachineConfig};
+use slab_common::{assert_consistent, machine, slab};
 use std::ptr::NonNull;
-
-fn machine() -> Machine {
-    Machine::new(MachineConfig {
-        ram_bytes: 128 << 20,
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-fn slab(m: &Machine, cfg: SlabConfig) -> SlabAllocator<'_, HostPlatform> {
-    SlabAllocator::new(m.pages(), cfg).unwrap()
-}
-
-/// After a refused free: objects handed out are still all distinct and the
-/// cache gives out what it has (no object twice, nothing lost).
-fn assert_consistent(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: usize) {
-    let mut seen = HashSet::new();
-    let mut v = Vec::new();
-    for _ in 0..n {
-        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
-        assert!(seen.insert(p as usize), "object {p:p} handed out twice");
-        unsafe { p.write_bytes(0x3c, size) };
-        v.push(p);
-    }
-    for p in v {
-        s.kfree(p).unwrap();
-    }
-}
 
 #[test]
 fn double_free_fast_path_is_refused() {

@@ -12,23 +12,14 @@ use kmem::slab::{
     KmemCache, PageKind, ReallocError, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError,
     KMALLOC_MAX_SIZE,
 };
-use kmem_host::{HostPlatform, Machine, MachineConfig};
+mod slab_common;
+
+use kmem_host::{HostPlatform, Machine};
+use slab_common::{assert_consistent, machine, slab};
 use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::mpsc;
 use std::time::Duration;
-
-fn machine() -> Machine {
-    Machine::new(MachineConfig {
-        ram_bytes: 128 << 20,
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-fn slab(m: &Machine, cfg: SlabConfig) -> SlabAllocator<'_, HostPlatform> {
-    SlabAllocator::new(m.pages(), cfg).unwrap()
-}
 
 /// Enters an execution context until the guard drops.
 type EnterContext = fn() -> kmem_host::ContextGuard;
@@ -38,21 +29,6 @@ fn no_sheaf(hardened: bool) -> SlabConfig {
         freelist_hardened: hardened,
         sheaf_bytes: 0,
         ..Default::default()
-    }
-}
-
-/// Allocates `n` objects of `size` and checks none comes twice; frees them.
-fn assert_unique(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: usize) {
-    let mut seen = HashSet::new();
-    let mut v = Vec::new();
-    for _ in 0..n {
-        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
-        assert!(seen.insert(p as usize), "object {p:p} handed out twice");
-        unsafe { p.write_bytes(0x3c, size) };
-        v.push(p);
-    }
-    for p in v {
-        s.kfree(p).unwrap();
     }
 }
 
@@ -110,7 +86,7 @@ fn double_free_sheaf_positions(cfg: SlabConfig) -> Vec<(String, Result<(), SlabF
     for (w, r) in &out {
         eprintln!("{w}: {r:?}");
     }
-    assert_unique(&s, 64, 300);
+    assert_consistent(&s, 64, 300);
     out
 }
 
@@ -173,7 +149,7 @@ fn double_free_lists(hardened: bool) -> Vec<(String, Result<(), SlabFreeError>)>
     for (w, r) in &out {
         eprintln!("{w}: {r:?}");
     }
-    assert_unique(&s, 64, 500);
+    assert_consistent(&s, 64, 500);
     out
 }
 
@@ -286,7 +262,7 @@ fn kfree_sensitive_of_freed_object_is_refused() {
     s.kfree(a).unwrap();
     s.kfree(b).unwrap();
     s.kfree(keep).unwrap();
-    assert_unique(&s, 64, 300);
+    assert_consistent(&s, 64, 300);
 }
 
 #[test]
@@ -311,7 +287,7 @@ fn kfree_sensitive_of_freed_object_on_cpu_list_is_refused() {
             s.kfree(p).unwrap();
         }
     }
-    assert_unique(&s, 64, 300);
+    assert_consistent(&s, 64, 300);
 }
 
 #[test]
@@ -335,7 +311,7 @@ fn kfree_sensitive_of_interior_and_foreign_pointers() {
     assert!(matches!(e, SlabFreeError::LargeInterior { .. }), "{e:?}");
     s.kfree_sensitive(big).unwrap();
     s.kfree_sensitive(p).unwrap();
-    assert_unique(&s, 64, 100);
+    assert_consistent(&s, 64, 100);
 }
 
 #[test]
@@ -486,7 +462,7 @@ fn kfree_of_vmalloc_and_sheaf_and_global_pages() {
             "sheaf +{off}: {e:?}"
         );
     }
-    assert_unique(&s, 64, 300);
+    assert_consistent(&s, 64, 300);
 }
 
 #[test]
@@ -547,7 +523,7 @@ fn kfree_of_object_of_destroyed_cache() {
     let mut out = String::new();
     kmem::slab::slabinfo::slabinfo(&s, &mut out).unwrap();
     assert!(!out.contains("leaky"), "{out}");
-    assert_unique(&s, 192, 300);
+    assert_consistent(&s, 192, 300);
 }
 
 // ---------------------------------------------------------------------
@@ -581,7 +557,7 @@ fn kfree_bulk_with_bad_entries() {
     // Everything else was freed: v[10] is still live.
     s.kfree(v[10]).unwrap();
     v.clear();
-    assert_unique(&s, 64, 300);
+    assert_consistent(&s, 64, 300);
 }
 
 #[test]
@@ -746,7 +722,7 @@ fn krealloc_grow_in_atomic_context_keeps_the_object() {
     }
     assert!((0..64).all(|i| unsafe { *p.add(i) } == 0x42));
     s.kfree(p).unwrap();
-    assert_unique(&s, 64, 100);
+    assert_consistent(&s, 64, 100);
 }
 
 #[test]
@@ -825,7 +801,7 @@ fn bad_cache_parameters_more() {
         .unwrap();
     assert!(c.name().len() <= 48);
     c.destroy().unwrap();
-    assert_unique(&s, 64, 100);
+    assert_consistent(&s, 64, 100);
 }
 
 #[test]
@@ -867,7 +843,7 @@ fn destroy_twice_through_a_merged_alias_and_use_after() {
     b.free(p).unwrap();
     b.destroy().unwrap();
     eprintln!("merged={merged}");
-    assert_unique(&s, 40, 200);
+    assert_consistent(&s, 40, 200);
 }
 
 #[test]
@@ -896,7 +872,7 @@ fn wrong_cache_between_kmalloc_types_and_sizes() {
     s.kfree(p.as_ptr()).unwrap();
     assert_eq!(k.validate().errors, 0);
     assert_eq!(k128.validate().errors, 0);
-    assert_unique(&s, 64, 200);
+    assert_consistent(&s, 64, 200);
 }
 
 #[test]

@@ -1,5 +1,14 @@
-//! Shared by the `slab_*` tests that drive threads with their own random
-//! streams. Each test crate pulls this in with `mod slab_common;`.
+//! Shared by the `slab_*` tests: a random stream for threads, and the
+//! machine, allocator and consistency check of the bad-input tests. Each
+//! test crate pulls this in with `mod slab_common;` and uses part of it,
+//! hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+use kmem::gfp::GFP_KERNEL;
+use kmem::slab::{SlabAllocator, SlabConfig};
+use kmem_host::{HostPlatform, Machine, MachineConfig};
+use std::collections::HashSet;
 
 /// A xorshift64 stream: deterministic per seed, cheap enough to call on
 /// every operation of a worker thread. The seed must not be 0.
@@ -19,5 +28,36 @@ impl Rng {
     /// A value in `0..n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// A 128 MiB default machine.
+pub fn machine() -> Machine {
+    Machine::new(MachineConfig {
+        ram_bytes: 128 << 20,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A slab allocator over `m` with `cfg`.
+pub fn slab(m: &Machine, cfg: SlabConfig) -> SlabAllocator<'_, HostPlatform> {
+    SlabAllocator::new(m.pages(), cfg).unwrap()
+}
+
+/// After a refused free: `n` kmalloc objects of `size` are all distinct and
+/// usable (no object twice, nothing lost); they are freed again.
+pub fn assert_consistent(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: usize) {
+    let mut seen = HashSet::new();
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+        assert!(seen.insert(p as usize), "object {p:p} handed out twice");
+        // SAFETY: a live object of at least `size` bytes.
+        unsafe { p.write_bytes(0x3c, size) };
+        v.push(p);
+    }
+    for p in v {
+        s.kfree(p).unwrap();
     }
 }
