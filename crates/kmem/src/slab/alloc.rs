@@ -226,18 +226,17 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.alloc_bypass(c, Stat::AllocContended, gfp, node, caller);
         };
-        // A node that does not exist means any node (Linux's slab_nodes
-        // check in ___slab_alloc), not a bypass of the CPU on every call.
-        let node = if node >= 0 && node as usize >= self.pages().nr_nodes() {
-            NUMA_NO_NODE
-        } else {
-            node
-        };
+        let mut node = node;
         if node >= 0 && (g.node != node as u32 || (g.sheaf_n != 0 && g.sheaf_node != node as u32)) {
-            // Another node than this CPU's (or its sheaf's): that node's
-            // partial lists, one object.
-            drop(g);
-            return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
+            if (node as usize) < self.pages().nr_nodes() {
+                // Another node than this CPU's (or its sheaf's): that node's
+                // partial lists, one object.
+                drop(g);
+                return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
+            }
+            // A node that does not exist means any node (Linux's slab_nodes
+            // check in ___slab_alloc), not a bypass of the CPU on every call.
+            node = NUMA_NO_NODE;
         }
         if let Some(obj) = self.sheaf_pop(&mut g, c) {
             return Ok(obj);
@@ -298,10 +297,10 @@ impl<P: Platform> KmemCache<P> {
         self.alloc_single(gfp, node, self.object_size, caller)
     }
 
-    /// Refills the CPU's empty sheaf to half its capacity from the CPU free
-    /// list and the slabs behind it (steps 1-3 of `alloc_slow`), getting the
-    /// sheaf's block first if the CPU has none. Returns an object popped from
-    /// it, or None if nothing was free short of a new slab.
+    /// Refills the CPU's empty sheaf (it has one: `alloc_slow` got it) to
+    /// half its capacity from the CPU free list and the slabs behind it
+    /// (steps 1-3 of `alloc_slow`). Returns an object popped from it, or
+    /// None if nothing was free short of a new slab.
     #[cold]
     fn refill_sheaf(
         &self,
@@ -310,9 +309,7 @@ impl<P: Platform> KmemCache<P> {
         gfp: Gfp,
         node: i32,
     ) -> Option<usize> {
-        if g.sheaf.is_null() && !self.get_sheaf(g) {
-            return None;
-        }
+        debug_assert!(!g.sheaf.is_null());
         let target = g.sheaf_cap.div_ceil(2);
         if g.sheaf_n == 0 {
             g.sheaf_node = g.node;

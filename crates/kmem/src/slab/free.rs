@@ -618,17 +618,18 @@ impl<P: Platform> KmemCache<P> {
         // back were freed by other CPUs: such a slab goes to the tail of the
         // partial list, any other to the head, where it is still cache-warm
         // (Linux: DEACTIVATE_REMOTE_FREES, then TO_TAIL or TO_HEAD).
-        let remote_frees = g.slab != NIL && self.slab_at(g.slab).word().has_free();
+        let active = (g.slab != NIL).then(|| self.slab_at(g.slab));
+        let remote_frees = active.is_some_and(|s| s.word().has_free());
         let head = g.freelist;
         g.freelist = 0;
         g.count = 0;
         if head != 0 {
+            // Frees to the slabs; the active slab stays the CPU's.
             self.flush_chain(head, c, g);
         }
-        if g.slab == NIL {
+        let Some(slab) = active else {
             return;
-        }
-        let slab = self.slab_at(g.slab);
+        };
         g.slab = NIL;
         let new = loop {
             let old = slab.word();

@@ -492,7 +492,9 @@ pub(crate) fn find_slab<P: Platform>(
     ))
 }
 
-/// See [`SlabAllocator::sleep_in_atomic`].
+/// Linux's `might_sleep` for the cache-list operations (create, destroy):
+/// in atomic context, the report (a `__might_resched` splat, counted as a
+/// slab error) and the violation; None in process context.
 pub(crate) fn sleep_in_atomic<P: Platform>(
     pages: &PageAllocator<P>,
     global: &SlabGlobal<P>,
@@ -905,16 +907,6 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         }
     }
 
-    /// Linux's `might_sleep` for the cache-list operations (create,
-    /// destroy): in atomic context, the report (a `__might_resched` splat,
-    /// counted as a slab error) and the violation; None in process context.
-    pub(crate) fn sleep_in_atomic(
-        &self,
-        caller: &'static Location<'static>,
-    ) -> Option<crate::context::ContextViolation> {
-        sleep_in_atomic(self.pages, self.global(), caller)
-    }
-
     pub(crate) fn create_cache(
         &self,
         name: &str,
@@ -933,7 +925,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if align != 0 && !align.is_power_of_two() {
             return Err(CacheCreateError::BadAlign { align });
         }
-        if let Some(v) = self.sleep_in_atomic(caller) {
+        if let Some(v) = sleep_in_atomic(self.pages, self.global(), caller) {
             return Err(CacheCreateError::InAtomic(v));
         }
         let g = self.global();

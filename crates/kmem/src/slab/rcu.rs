@@ -155,7 +155,8 @@ impl RcuQueue {
                         (h as *const usize).add(1).read(),
                     )
                 };
-                let off = word ^ RCU_QUEUED ^ h.swap_bytes();
+                // The mask is an XOR: applied again, it gives the offset back.
+                let off = Self::queued_word(h, word);
                 if off >= MAX_HEAD_OFFSET || off & 7 != 0 {
                     // Written while queued: freed (and maybe reused) by a
                     // plain kfree, or a write after kfree_rcu. Its link is
