@@ -8,11 +8,11 @@
 
 use kmem::addr::VirtAddr;
 use kmem::gfp::{Gfp, GFP_KERNEL};
-use kmem::page::memmap::Region;
 use kmem::slab::{Layout, SlabAllocator, SlabConfig, SlabDebug, SlabFlags, Stat};
-use kmem_host::{HostPlatform, Machine, MachineConfig};
+mod slab_common;
 
-const MIB: u64 = 1 << 20;
+use kmem_host::{HostPlatform, Machine, MachineConfig};
+use slab_common::two_nodes;
 
 /// `/proc/slabinfo` captured after a kernel build on Linux 6.18 (shared data
 /// beside the repository, as the trace tests use it).
@@ -222,19 +222,6 @@ fn krealloc_large_shrink_in_place_and_grow_copy() {
 }
 
 // ---------------------------------------------------------------- NUMA
-
-fn two_nodes() -> Machine {
-    Machine::new(MachineConfig {
-        regions: Some(vec![
-            Region::reserved(0, MIB),
-            Region::usable(MIB, 96 * MIB),
-            Region::usable(96 * MIB, 192 * MIB).on_node(1),
-        ]),
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn node_of(m: &Machine, p: *mut u8) -> usize {
     let pfn = m.pages().virt_to_page(VirtAddr(p as usize)).unwrap();

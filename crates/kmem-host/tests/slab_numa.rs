@@ -5,25 +5,11 @@
 
 use kmem::addr::VirtAddr;
 use kmem::gfp::{Gfp, GFP_KERNEL};
-use kmem::page::memmap::Region;
 use kmem::slab::{SlabAllocator, SlabConfig, Stat};
-use kmem_host::{run_on_cpu, Machine, MachineConfig};
+mod slab_common;
 
-const MIB: u64 = 1 << 20;
-
-/// Node 0: 1..96 MiB; node 1: 96..192 MiB.
-fn two_nodes() -> Machine {
-    Machine::new(MachineConfig {
-        regions: Some(vec![
-            Region::reserved(0, MIB),
-            Region::usable(MIB, 96 * MIB),
-            Region::usable(96 * MIB, 192 * MIB).on_node(1),
-        ]),
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .expect("two-node machine builds")
-}
+use kmem_host::{run_on_cpu, Machine};
+use slab_common::two_nodes;
 
 fn node_of(m: &Machine, p: *mut u8) -> usize {
     let pfn = m

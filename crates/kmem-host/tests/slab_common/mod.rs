@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use kmem::gfp::GFP_KERNEL;
+use kmem::page::memmap::Region;
 use kmem::slab::{SlabAllocator, SlabConfig};
 use kmem_host::{HostPlatform, Machine, MachineConfig};
 use std::collections::HashSet;
@@ -60,4 +61,19 @@ pub fn assert_consistent(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: us
     for p in v {
         s.kfree(p).unwrap();
     }
+}
+
+/// A two-node machine, 2 CPUs: node 0 is 1..96 MiB, node 1 96..192 MiB.
+pub fn two_nodes() -> Machine {
+    const MIB: u64 = 1 << 20;
+    Machine::new(MachineConfig {
+        regions: Some(vec![
+            Region::reserved(0, MIB),
+            Region::usable(MIB, 96 * MIB),
+            Region::usable(96 * MIB, 192 * MIB).on_node(1),
+        ]),
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .expect("two-node machine builds")
 }
