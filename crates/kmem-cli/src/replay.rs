@@ -47,9 +47,9 @@ pub struct ReplayArgs {
     /// The trace: ftrace text, plain or zstd-compressed.
     #[arg(value_name = "TRACE")]
     pub trace: PathBuf,
-    /// RAM of the replay machine (bytes, or with K/M/G suffix) [default:
-    /// MemTotal of before.meminfo beside the trace, else 4G]
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    /// RAM of the replay machine (bytes, or with K/M/G suffix; at least
+    /// 32M) [default: MemTotal of before.meminfo beside the trace, else 4G]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ram)]
     pub ram: Option<u64>,
     /// Stop at the first malformed line (default: skip and count it).
     #[arg(long)]
@@ -85,6 +85,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&b| b > 0)
         .ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+/// `--ram`: a size ([`parse_size`]) no smaller than the hosted machine's
+/// smallest memory map.
+pub fn parse_ram(s: &str) -> Result<u64, String> {
+    let min = kmem::page::memmap::PC_LAYOUT_MIN_BYTES;
+    let b = parse_size(s)?;
+    if b < min {
+        return Err(format!(
+            "{:?} is below the replay machine's minimum of {}M (16 MiB below 4 GiB, 16 MiB above)",
+            s.trim(),
+            min >> 20
+        ));
+    }
+    Ok(b)
 }
 
 /// Runs `kmem replay`.
@@ -169,5 +184,8 @@ mod tests {
         assert_eq!(parse_size("1t"), Ok(1 << 40));
         assert!(parse_size("x").is_err());
         assert!(parse_size("0").is_err());
+        assert_eq!(super::parse_ram("32M"), Ok(32 << 20));
+        let e = super::parse_ram("31M").unwrap_err();
+        assert!(e.contains("minimum of 32M"), "{e}");
     }
 }

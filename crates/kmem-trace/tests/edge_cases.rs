@@ -118,3 +118,50 @@ fn hostile_input_is_accounted_for() {
     assert_eq!(s.accounted(), s.lines);
     assert_eq!(s.skipped_total(), 2);
 }
+
+/// Events name CPU 5 but the header says `#P:2`: the replay runs them on
+/// CPU 5 % 2 and the report says so, instead of folding them silently.
+#[test]
+fn cpus_beyond_the_header_are_reported() {
+    let ev = |cpu: u32, what: &str| {
+        format!("           cargo-9571    [{cpu:03}] .....   263.018527: {what}\n")
+    };
+    let text = format!(
+        "# tracer: nop\n#\n# entries-in-buffer/entries-written: 2/2   #P:2\n#\n{}{}",
+        ev(5, "kmalloc: call_site=f+0x1/0x2 ptr=ffff888100001000 bytes_req=64 bytes_alloc=64 gfp_flags=GFP_KERNEL node=-1 accounted=false"),
+        ev(1, "kfree: call_site=g+0x1/0x2 ptr=ffff888100001000"),
+    );
+    let path = write_tmp("cpus.txt", &text);
+    let r = replay_file(&path, &cfg(), None).unwrap();
+    assert_eq!(r.machine.nr_cpus, 2);
+    assert_eq!(r.machine.trace_cpus, 6);
+    assert_eq!(r.accounting.replayed, 2);
+    let t = r.to_text();
+    assert!(
+        t.contains("CPUs 0-5; CPU k ran as CPU k % 2"),
+        "no folding note in:\n{t}"
+    );
+    // Within the header's CPUs there is no note.
+    let text = format!(
+        "# tracer: nop\n#\n# entries-in-buffer/entries-written: 1/1   #P:8\n#\n{}",
+        ev(5, "kfree: call_site=g+0x1/0x2 ptr=0000000000000000"),
+    );
+    let path = write_tmp("cpus_ok.txt", &text);
+    let r = replay_file(&path, &cfg(), None).unwrap();
+    assert_eq!((r.machine.nr_cpus, r.machine.trace_cpus), (8, 6));
+    assert!(!r.to_text().contains("ran as CPU"));
+}
+
+/// A RAM size below the PC layout's minimum is raised by the machine; the
+/// report gives the size the machine has, not the one asked for.
+#[test]
+fn ram_below_the_minimum_reports_what_the_machine_has() {
+    let text = format!("{P}kfree: call_site=g+0x1/0x2 ptr=0000000000000000\n");
+    let path = write_tmp("ram.txt", &text);
+    let cfg = ReplayConfig {
+        ram_bytes: Some(1 << 20),
+        ..cfg()
+    };
+    let r = replay_file(&path, &cfg, None).unwrap();
+    assert_eq!(r.machine.ram_bytes, kmem::page::memmap::PC_LAYOUT_MIN_BYTES);
+}

@@ -262,6 +262,9 @@ pub struct EngineOutput {
     pub warning_examples: Vec<String>,
     /// First and last timestamps.
     pub span_ns: u64,
+    /// One more than the highest CPU number of any event (0 without
+    /// events). Above the machine's CPUs, CPU k ran as CPU k % CPUs.
+    pub trace_cpus: u32,
 }
 
 /// A cache the trace named, as created in kmem.
@@ -335,6 +338,7 @@ pub struct Engine<'r, 'm> {
     first_ts: Option<u64>,
     last_ts: u64,
     cur_cpu: u32,
+    trace_cpus: u32,
     warnings: u64,
     warning_examples: Vec<String>,
     caller: &'static Location<'static>,
@@ -441,6 +445,7 @@ impl<'r, 'm> Engine<'r, 'm> {
             first_ts: None,
             last_ts: 0,
             cur_cpu: u32::MAX,
+            trace_cpus: 0,
             warnings: 0,
             warning_examples: Vec::new(),
             caller: Location::caller(),
@@ -473,6 +478,7 @@ impl<'r, 'm> Engine<'r, 'm> {
         self.by_kind[ev.kind.index()] += 1;
         if ev.cpu != self.cur_cpu {
             self.cur_cpu = ev.cpu;
+            self.trace_cpus = self.trace_cpus.max(ev.cpu.saturating_add(1));
             kmem_host::set_cpu(ev.cpu as usize % self.nr_cpus);
         }
         let first = *self.first_ts.get_or_insert(ev.ts_ns);
@@ -1249,6 +1255,7 @@ impl<'r, 'm> Engine<'r, 'm> {
             warnings: self.warnings,
             warning_examples: self.warning_examples,
             span_ns: rel,
+            trace_cpus: self.trace_cpus,
         }
     }
 }

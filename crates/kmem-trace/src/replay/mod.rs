@@ -172,6 +172,8 @@ pub fn machine_config(path: &Path, cfg: &ReplayConfig) -> (MachineConfig, RamSou
             None => (DEFAULT_RAM, RamSource::Default),
         },
     };
+    // The PC layout raises anything smaller; say what the machine has.
+    let ram = ram.max(kmem::page::memmap::PC_LAYOUT_MIN_BYTES);
     let cpus = cfg
         .nr_cpus
         .or_else(|| header_cpus(path).map(|c| c as usize))
@@ -275,6 +277,7 @@ pub fn replay_file(
         ram_source,
         nr_cpus: machine.config().nr_cpus,
         managed_pages: managed,
+        trace_cpus: 0,
     };
     let kernel = path
         .parent()
@@ -338,7 +341,7 @@ fn cache_rows(
 fn build_report(
     path: &Path,
     kernel: Option<String>,
-    machine: MachineInfo,
+    mut machine: MachineInfo,
     stats: &crate::Stats,
     out: EngineOutput,
     caches: Vec<CacheRow>,
@@ -402,6 +405,7 @@ fn build_report(
     let perf_page = out.perf_page.report(rows);
     let pages_by = |k: KindPages, total: u64| PagesByKind { kinds: k, total };
     let events = out.acct.events;
+    machine.trace_cpus = out.trace_cpus;
     ReplayReport {
         trace: path.display().to_string(),
         kernel,

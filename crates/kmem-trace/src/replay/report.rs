@@ -29,6 +29,9 @@ pub struct MachineInfo {
     pub nr_cpus: usize,
     /// Pages the page allocator manages.
     pub managed_pages: u64,
+    /// One more than the highest CPU number of the trace's events; above
+    /// `nr_cpus`, CPU k ran as CPU k % `nr_cpus` (the text report says so).
+    pub trace_cpus: u32,
 }
 
 /// How the trace's lines were classified.
@@ -243,6 +246,14 @@ impl ReplayReport {
             m.nr_cpus,
             m.managed_pages
         );
+        if m.trace_cpus as usize > m.nr_cpus {
+            let _ = writeln!(
+                o,
+                "  note: the trace's events name CPUs 0-{}; CPU k ran as CPU k % {} (the machine's CPUs come from the header's #P)",
+                m.trace_cpus - 1,
+                m.nr_cpus
+            );
+        }
         let _ = writeln!(
             o,
             "  {} events over {:.3} s of trace time, replayed in {:.3} s ({:.3} s machine set-up): {:.2} M events/s",

@@ -159,6 +159,10 @@ pub fn validate(regions: &[Region], max_nodes: usize) -> Result<(), MemoryMapErr
     }
 }
 
+/// The smallest total [`pc_layout`] builds: 16 MiB below 4 GiB (DMA and
+/// DMA32) and 16 MiB above (Normal). Smaller totals are raised to it.
+pub const PC_LAYOUT_MIN_BYTES: u64 = 32 << 20;
+
 /// A PC-like sparse layout of about `total` bytes of RAM: low memory below
 /// 640 KiB, the legacy hole, RAM from 1 MiB up to at most 2 GiB, the PCI hole
 /// up to 4 GiB, and the rest above 4 GiB. All three zones are populated when
@@ -166,7 +170,7 @@ pub fn validate(regions: &[Region], max_nodes: usize) -> Result<(), MemoryMapErr
 pub fn pc_layout(total: u64) -> [Region; 5] {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    let total = total.max(32 * MIB);
+    let total = total.max(PC_LAYOUT_MIN_BYTES);
     // RAM below the 4 GiB boundary: half of it, at most 2 GiB - 1 MiB.
     let below = (total / 2).clamp(16 * MIB, 2 * GIB - MIB) & !(PAGE_SIZE as u64 * 512 - 1);
     let above = total.saturating_sub(below);
