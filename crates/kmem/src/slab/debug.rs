@@ -739,9 +739,12 @@ impl<P: Platform> KmemCache<P> {
             let fp = unsafe { self.get_fp(obj) };
             // A hardened cache without debugging marks its allocated objects
             // in the slot (outside the object here, so the owner cannot
-            // have written it).
-            let marked_allocated =
-                val == SLUB_RED_ACTIVE && self.hardened && !self.debug && fp == super::FP_ALLOCATED;
+            // have written it), those queued by kfree_rcu with their own
+            // address.
+            let marked_allocated = val == SLUB_RED_ACTIVE
+                && self.hardened
+                && !self.debug
+                && (fp == super::FP_ALLOCATED || fp == obj);
             if !marked_allocated && !self.check_valid_pointer(slab, fp) {
                 self.object_err(slab, obj, format_args!("Freepointer corrupt"));
                 // SAFETY: as above.

@@ -178,9 +178,10 @@ impl<P: Platform> KmemCache<P> {
         if self.hardened {
             // SAFETY: p is an object of a live slab of this cache.
             let v = unsafe { self.get_fp(p) };
-            // A free object's slot decodes to NULL or another object.
+            // A free object's slot decodes to NULL or another object; a
+            // queued one's to itself.
             if self.plausible_fp(v) {
-                return Err(self.refuse_double_free(p, caller));
+                return Err(self.refuse(self.not_live(p, v), caller));
             }
         }
         let (c, g) = self.this_cpu();
@@ -414,17 +415,66 @@ impl<P: Platform> KmemCache<P> {
     /// slab's free list, under the node lock (debug caches keep free
     /// objects nowhere else). Without either nothing tells, as in Linux.
     pub(crate) fn check_live(&self, slab: SlabRef<'_>, p: usize) -> Result<(), SlabFreeError> {
-        let free = if self.debug {
+        if self.debug {
             let _lists = self.nodes[slab.node()].lists.lock();
-            self.is_on_freelist(slab, p)
-        } else {
+            if self.is_on_freelist(slab, p) {
+                return Err(self.double_free(p));
+            }
+        } else if self.hardened {
             // SAFETY: p is an object of a live slab of this cache (caller).
-            self.hardened && self.plausible_fp(unsafe { self.get_fp(p) })
-        };
-        if free {
-            Err(self.double_free(p))
+            let v = unsafe { self.get_fp(p) };
+            if self.plausible_fp(v) {
+                return Err(self.not_live(p, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the hardened object `p`, whose slot decodes to the plausible
+    /// pointer `v`, is not live: queued by `kfree_rcu` (`v == p`, see
+    /// [`Self::mark_rcu_queued`]) or free.
+    #[cold]
+    fn not_live(&self, p: usize, v: usize) -> SlabFreeError {
+        if v == p {
+            SlabFreeError::RcuQueued {
+                addr: p,
+                cache: CacheName::of(self),
+            }
         } else {
-            Ok(())
+            self.double_free(p)
+        }
+    }
+
+    /// `kfree_rcu` queues `p` with its `rcu_head` at `head`: on a hardened
+    /// cache without debugging, its free-pointer slot then decodes to `p`
+    /// itself, which no free list holds (an object never links to itself),
+    /// and which every free path reads as "not live", so a plain free of a
+    /// queued object is refused instead of letting the object be handed out
+    /// again before the grace period frees it. Not when the slot lies inside
+    /// the head (objects under 32 bytes with the head at 0), which the queue
+    /// needs. The grace period undoes it with [`Self::unmark_rcu_queued`].
+    ///
+    /// # Safety
+    /// `p` is a live object of this cache and `head..head + 16` lies in it.
+    pub(crate) unsafe fn mark_rcu_queued(&self, p: usize, head: usize) {
+        let slot = p + self.offset;
+        let apart = slot + 8 <= head || head + super::rcu::RCU_HEAD_SIZE <= slot;
+        if self.hardened && !self.debug && apart {
+            // SAFETY: per the contract; the object stays allocated.
+            unsafe { self.set_fp(p, p) };
+        }
+    }
+
+    /// The grace period is over for the queued `p`: it is an allocated
+    /// object again, for the free that follows.
+    ///
+    /// # Safety
+    /// `p` is an object of a live slab of this cache.
+    pub(crate) unsafe fn unmark_rcu_queued(&self, p: usize) {
+        // SAFETY: per the contract.
+        if self.hardened && !self.debug && unsafe { self.get_fp(p) } == p {
+            // SAFETY: as above.
+            unsafe { self.set_fp(p, super::FP_ALLOCATED) };
         }
     }
 

@@ -699,6 +699,10 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             self.global().errors.fetch_add(1, Relaxed);
             return Err(e);
         }
+        if let Ok(Found::Slab { cache, .. }) = find(self.pages, addr) {
+            // SAFETY: a live object (ksize_checked) holding the head.
+            unsafe { cache.mark_rcu_queued(addr, head) };
+        }
         // SAFETY: as above; nobody writes the head until it is freed
         // (kfree_rcu's contract).
         unsafe { self.global().rcu.defer_obj(head, rcu_head_offset) };

@@ -319,6 +319,14 @@ pub enum SlabFreeError {
         /// The cache.
         cache: CacheName,
     },
+    /// The object is queued by `kfree_rcu`: the grace period frees it, not
+    /// this call (caught on hardened caches without debugging).
+    RcuQueued {
+        /// The address.
+        addr: usize,
+        /// The cache.
+        cache: CacheName,
+    },
     /// `kmem_cache_free` with a cache the object does not belong to.
     WrongCache {
         /// The address.
@@ -399,6 +407,10 @@ impl fmt::Display for SlabFreeError {
             SlabFreeError::DoubleFree { addr, cache } => write!(
                 f,
                 "BUG {cache}: Object already free: double free of {addr:#x}; nothing freed"
+            ),
+            SlabFreeError::RcuQueued { addr, cache } => write!(
+                f,
+                "BUG {cache}: Object {addr:#x} is queued by kfree_rcu: the grace period frees it, not this call; nothing freed"
             ),
             SlabFreeError::WrongCache {
                 addr,

@@ -201,7 +201,8 @@ impl RcuQueue {
     }
 }
 
-/// Frees any slab object or large kmalloc block (reporting bad addresses).
+/// Frees any slab object or large kmalloc block whose grace period ended
+/// (reporting bad addresses).
 pub(crate) fn free_any<P: Platform>(
     pages: &PageAllocator<P>,
     addr: usize,
@@ -209,6 +210,13 @@ pub(crate) fn free_any<P: Platform>(
 ) {
     match find(pages, addr) {
         Ok(Found::Slab { cache, slab }) => {
+            if cache
+                .obj_index(slab.base, slab.word().objects(), addr)
+                .is_some()
+            {
+                // SAFETY: an object of a live slab of the cache.
+                unsafe { cache.unmark_rcu_queued(addr) };
+            }
             let _ = cache.free_checked(slab, addr, caller);
         }
         Ok(Found::Large { head, order, base }) => {
