@@ -112,6 +112,13 @@ pub enum KvFreeError {
     Vfree(VfreeError),
     /// kfree refused it.
     Kfree(SlabFreeError),
+    /// `kvfree_rcu_mightsleep` in atomic context or inside an RCU read-side
+    /// section (reported as a sleep in atomic context): no grace period can
+    /// end there, so nothing was queued or freed.
+    NoGracePeriod {
+        /// The address.
+        addr: usize,
+    },
 }
 
 impl fmt::Display for KvFreeError {
@@ -123,6 +130,10 @@ impl fmt::Display for KvFreeError {
             ),
             KvFreeError::Vfree(e) => write!(f, "{e}"),
             KvFreeError::Kfree(e) => write!(f, "{e}"),
+            KvFreeError::NoGracePeriod { addr } => write!(
+                f,
+                "kvfree_rcu_mightsleep({addr:#x}) in atomic context or an RCU read-side section: it may wait for a grace period, which cannot end here; nothing freed"
+            ),
         }
     }
 }
@@ -436,6 +447,12 @@ impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
         if (p as usize) <= ZERO_SIZE_PTR {
             return Ok(());
         }
+        // Linux's kvfree_call_rcu(NULL, p): might_sleep() for every object.
+        let caller = Location::caller();
+        let no_gp = KvFreeError::NoGracePeriod { addr: p as usize };
+        if crate::slab::sleep_in_atomic(self.vm.pages(), self.slab.global(), caller).is_some() {
+            return Err(no_gp);
+        }
         if self.vm.is_vmalloc_addr(p) {
             return self.vm.vfree_rcu_mightsleep(p).map_err(KvFreeError::Vfree);
         }
@@ -444,7 +461,9 @@ impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
             return self.kvfree_rcu(p, 0);
         }
         // synchronize_rcu(), then free.
-        self.rcu_barrier();
+        if !self.rcu_barrier() {
+            return Err(no_gp);
+        }
         self.kvfree(p)
     }
 

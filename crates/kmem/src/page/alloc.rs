@@ -387,8 +387,13 @@ impl<P: Platform> PageAllocator<P> {
             return Ok(pfn);
         }
         // Inside direct reclaim (a shrinker allocating): no watermarks and no
-        // reclaim again, as Linux's PF_MEMALLOC.
-        let in_reclaim = self.platform().in_memalloc();
+        // reclaim again, as Linux's PF_MEMALLOC. Not for an interrupt that
+        // landed on such a task (Linux's __gfp_pfmemalloc_flags: outside
+        // interrupts, or serving a softirq).
+        let in_reclaim = self.platform().in_memalloc() && {
+            let ctx = self.platform().context();
+            !ctx.in_interrupt() || ctx.softirq > 0
+        };
         if AllocFlags::memalloc(gfp) || (in_reclaim && !gfp.contains(Gfp::NOMEMALLOC)) {
             if let Some(pfn) =
                 self.get_page_from_freelist(req, AllocFlags(flags.0 | AllocFlags::NO_WATERMARKS))

@@ -226,11 +226,14 @@ impl<P: Platform> PageAllocator<P> {
         let z = self.zone(node, ztype);
         let mut counts = [0u64; 5];
         let step = crate::addr::PAGEBLOCK_NR_PAGES;
-        let mut pfn = z.start_pfn() & !(step - 1);
+        // From the zone's first page in pageblock steps, as Linux's
+        // pagetypeinfo_showblockcount: a zone that starts inside a block
+        // counts that block through its first page.
+        let mut pfn = z.start_pfn();
         while pfn < z.start_pfn() + z.spanned_pages() {
             if let Some(f) = self.mm.frame(pfn) {
                 if f.zone_slot() == node * 3 + ztype.index() && f.state() != FrameState::Hole {
-                    counts[f.pageblock_mt().min(4)] += 1;
+                    counts[self.pageblock_mt(pfn).min(4)] += 1;
                 }
             }
             pfn += step;

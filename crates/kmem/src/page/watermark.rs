@@ -145,10 +145,17 @@ impl<P: Platform> PageAllocator<P> {
         let ratio = self.config().lowmem_reserve_ratio;
         for node in 0..MAX_ZONES / 3 {
             for (i, &ratio) in ratio.iter().enumerate() {
+                // An empty zone protects nothing (Linux clears its reserves
+                // when it has no managed pages).
+                let empty = self.zones[node * 3 + i].managed_pages() == 0;
                 let mut above = 0u64;
                 for j in i + 1..3 {
                     above += self.zones[node * 3 + j].managed_pages() as u64;
-                    let r = above.checked_div(ratio as u64).unwrap_or(0);
+                    let r = if empty {
+                        0
+                    } else {
+                        above.checked_div(ratio as u64).unwrap_or(0)
+                    };
                     self.zones[node * 3 + i].lowmem_reserve[j].store(r as usize, Relaxed);
                 }
             }

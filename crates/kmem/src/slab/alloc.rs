@@ -208,7 +208,9 @@ impl<P: Platform> KmemCache<P> {
         self.platform().warn(format_args!("{v}"));
         match self.pages().config().context_policy {
             ContextPolicy::Fail => Err(AllocError::SleepInAtomic(v)),
-            ContextPolicy::Warn => Ok(gfp - Gfp::DIRECT_RECLAIM),
+            // Without sleeping, __GFP_NOFAIL cannot be kept (the page
+            // allocator refuses that mask): reported above, it may fail.
+            ContextPolicy::Warn => Ok(gfp - Gfp::DIRECT_RECLAIM - Gfp::NOFAIL),
             ContextPolicy::Panic => panic!("{v}"),
         }
     }
@@ -839,8 +841,9 @@ impl<P: Platform> KmemCache<P> {
     ) -> Result<SlabRef<'_>, AllocError> {
         let pages = self.pages();
         // Linux's GFP_SLAB_BUG_MASK check: zone bits a slab cannot honour
-        // are reported (and dropped below, as SLAB_PAGE_GFP has none).
-        if gfp.intersects(Gfp::DMA32 | Gfp::HIGHMEM) {
+        // and unknown bits are reported (and dropped below, as
+        // SLAB_PAGE_GFP has none of them).
+        if !super::kmalloc::slab_bug_bits(gfp).is_empty() {
             super::kmalloc::fix_flags(self.platform(), gfp);
         }
         let flags = (gfp & SLAB_PAGE_GFP) | self.allocflags;

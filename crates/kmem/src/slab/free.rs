@@ -836,13 +836,15 @@ impl<P: Platform> KmemCache<P> {
         if self.refcount.fetch_sub(1, Relaxed) > 1 {
             return Ok(());
         }
-        // kfree_rcu()s in flight may hold objects of ours.
+        // kfree_rcu()s in flight may hold objects of ours (slabs their
+        // frees empty wait for the grace period below).
         global.rcu_barrier(self.pages());
         self.flush_all();
         let leak = self.shutdown();
         if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
-            // Shutdown just queued our empty slabs for a grace period; they
-            // must be gone before the cache is (Linux: rcu_barrier()).
+            // Shutdown just queued our empty slabs for a grace period, and
+            // the one above those its frees emptied; they must be gone
+            // before the cache is (Linux: rcu_barrier()).
             global.rcu_barrier(self.pages());
         }
         SlabAllocator::unlink_cache(global, self);

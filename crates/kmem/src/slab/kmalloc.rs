@@ -180,10 +180,18 @@ impl From<AllocError> for ReallocError {
     }
 }
 
+/// The bits of `gfp` in Linux's `GFP_SLAB_BUG_MASK`: the zone bits a slab
+/// cannot honour (`__GFP_DMA32`, `__GFP_HIGHMEM`) and any bit outside the
+/// GFP mask.
+#[inline]
+pub(crate) fn slab_bug_bits(gfp: Gfp) -> Gfp {
+    Gfp::from_bits_retain(gfp.bits() & ((Gfp::DMA32 | Gfp::HIGHMEM).bits() | !Gfp::all().bits()))
+}
+
 /// Linux's `kmalloc_fix_flags`: strips the zone bits kmalloc cannot honour.
 #[cold]
 pub(crate) fn fix_flags<P: Platform>(p: &P, gfp: Gfp) -> Gfp {
-    let bad = gfp & (Gfp::DMA32 | Gfp::HIGHMEM);
+    let bad = slab_bug_bits(gfp);
     let fixed = gfp - bad;
     p.warn(format_args!(
         "Unexpected gfp: {:#x} ({bad}). Fixing up to gfp: {:#x} ({fixed}). Fix your code!",
@@ -397,7 +405,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 max: KMALLOC_MAX_SIZE,
             });
         }
-        let gfp = if gfp.intersects(Gfp::DMA32 | Gfp::HIGHMEM) {
+        let gfp = if !slab_bug_bits(gfp).is_empty() {
             fix_flags(self.pages.platform(), gfp)
         } else {
             gfp
@@ -710,10 +718,14 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     }
 
     /// Ends a grace period (Linux's `rcu_barrier` for slab purposes): runs
-    /// every queued `kfree_rcu` and gives back every `SLAB_TYPESAFE_BY_RCU`
-    /// slab waiting for one. The caller vouches that no RCU reader that
+    /// every `kfree_rcu` queued before the call and gives back every
+    /// `SLAB_TYPESAFE_BY_RCU` slab waiting for one (slabs those frees empty
+    /// wait for the next grace period). The caller vouches that no RCU reader that
     /// could still see those objects is running; called from inside a
-    /// read-side critical section it refuses (returns false).
+    /// read-side critical section it refuses (returns false), and in atomic
+    /// context too (Linux's `rcu_barrier` sleeps; and with preemption or
+    /// interrupts off no grace period can end): reported as a sleep in
+    /// atomic context.
     #[track_caller]
     pub fn rcu_barrier(&self) -> bool {
         let ctx = self.pages.platform().context();
@@ -722,6 +734,9 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 "rcu_barrier called inside an RCU read-side critical section at {}: refused",
                 Location::caller()
             ));
+            return false;
+        }
+        if super::sleep_in_atomic(self.pages, self.global(), Location::caller()).is_some() {
             return false;
         }
         self.global().rcu_barrier(self.pages);

@@ -1094,7 +1094,9 @@ impl<P: Platform> Drop for SlabAllocator<'_, P> {
     fn drop(&mut self) {
         let pages = self.pages;
         let global = self.global();
-        // Pending RCU frees first: objects and slabs go back where they belong.
+        // Pending RCU frees first: objects and slabs go back where they
+        // belong; the second grace period takes the slabs the first emptied.
+        global.rcu_barrier(pages);
         global.rcu_barrier(pages);
         let kc = global.kmem_cache.load(Relaxed);
         // Tear every cache down but kmem_cache, then kmem_cache.

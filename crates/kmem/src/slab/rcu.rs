@@ -106,6 +106,9 @@ impl RcuQueue {
     /// `head..head + RCU_HEAD_SIZE` must be writable memory of a live object
     /// that nobody writes until it is freed.
     pub(crate) unsafe fn defer_obj(&self, head: usize, offset: usize) {
+        // Counted before it is published: a grace period that takes it at
+        // once must find it counted.
+        self.nr_objs.fetch_add(1, Relaxed);
         let mut old = self.objs.load(Relaxed);
         loop {
             // SAFETY: per the contract.
@@ -120,11 +123,11 @@ impl RcuQueue {
                 Err(cur) => old = cur,
             }
         }
-        self.nr_objs.fetch_add(1, Relaxed);
     }
 
     /// Queues an emptied `SLAB_TYPESAFE_BY_RCU` slab.
     pub(crate) fn defer_slab(&self, slab: SlabRef<'_>) {
+        self.nr_slabs.fetch_add(1, Relaxed);
         let mut old = self.slabs.load(Relaxed);
         loop {
             slab.set_next(old);
@@ -133,20 +136,19 @@ impl RcuQueue {
                 Err(cur) => old = cur,
             }
         }
-        self.nr_slabs.fetch_add(1, Relaxed);
     }
 
-    /// Ends a grace period: frees every queued object and slab (including
-    /// slabs emptied by those frees).
+    /// Ends a grace period: frees every object and slab queued when it
+    /// began. What is queued meanwhile waits for the next one: objects
+    /// other threads queue, and `SLAB_TYPESAFE_BY_RCU` slabs these frees
+    /// empty (a reader that started during this grace period may still be
+    /// looking into them; Linux queues such a slab with `call_rcu` again).
     #[track_caller]
     pub(crate) fn run_all<P: Platform>(&self, pages: &PageAllocator<P>) {
         let caller = Location::caller();
-        loop {
+        {
             let mut h = self.objs.swap(0, Acquire);
             let mut s = self.slabs.swap(NIL, Acquire);
-            if h == 0 && s == NIL {
-                return;
-            }
             while h != 0 {
                 // SAFETY: queued heads are live objects nobody writes.
                 let (next, word) = unsafe {

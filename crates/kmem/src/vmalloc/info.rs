@@ -228,7 +228,9 @@ impl<P: Platform, B: PageTables> Vmalloc<'_, P, B> {
     /// (the range), `VmallocUsed` (pages owned by vmalloc areas) and
     /// `VmallocChunk` (always 0 since Linux 4.20).
     pub fn meminfo(&self, out: &mut dyn Write) -> fmt::Result {
-        let total_kb = (self.config.end - self.config.start) >> 10;
+        // Linux's VMALLOC_TOTAL is VMALLOC_END - VMALLOC_START with an
+        // inclusive end (x86-64): one byte less than the range.
+        let total_kb = (self.config.end - self.config.start).saturating_sub(1) >> 10;
         let used_kb = self.nr_vmalloc_pages() * (PAGE_SIZE as u64 >> 10);
         writeln!(out, "VmallocTotal:   {total_kb:>8} kB")?;
         writeln!(out, "VmallocUsed:    {used_kb:>8} kB")?;
