@@ -118,3 +118,46 @@ fn meminfo_vmalloctotal_matches_linux_x86_64() {
     let got = mi.lines().find(|l| l.starts_with("VmallocTotal:")).unwrap();
     assert_eq!(got, want);
 }
+
+/// zoneinfo lists the zones Linux lists, in its order (DMA, DMA32, Normal,
+/// then the empty Movable and Device blocks the protection line's last two
+/// columns stand for), and a `vm stats threshold` line after each CPU's
+/// pageset, as the shared snapshots show.
+#[test]
+fn zoneinfo_has_linux_zone_blocks_and_thresholds() {
+    let snap = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/traces/build/before.zoneinfo"),
+    )
+    .expect("the shared build trace's zoneinfo snapshot");
+    let headers = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("Node 0,"))
+            .map(str::to_string)
+            .collect()
+    };
+    let m = Machine::new(MachineConfig {
+        ram_bytes: 2 * GIB,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let z = text(|s| kmem::procfs::zoneinfo(m.pages(), s));
+    assert_eq!(headers(&z), headers(&snap), "{z}");
+    for l in z.lines().filter(|l| l.contains("protection:")) {
+        assert_eq!(l.matches(',').count(), 4, "{l}");
+    }
+    let cpus = z
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cpu:"))
+        .count();
+    let thresholds: Vec<&str> = z
+        .lines()
+        .filter(|l| l.starts_with("  vm stats threshold: "))
+        .collect();
+    assert!(cpus > 0);
+    assert_eq!(thresholds.len(), cpus, "{z}");
+    // The DMA zone (under 128 MiB) on 2 CPUs: 2 * fls(2) * (1 + fls(0)) = 4,
+    // as in the snapshot.
+    assert_eq!(thresholds[0], "  vm stats threshold: 4");
+}

@@ -120,19 +120,43 @@ pub fn zoneinfo<P: Platform>(pa: &PageAllocator<P>, out: &mut dyn Write) -> fmt:
             }
             write!(out, "\n      {:<12} {}", "nr_free_pages", z.free_pages())?;
             write!(out, "\n  pagesets")?;
+            let threshold = vm_stats_threshold(z.managed_pages(), pa.platform().nr_cpus());
             for cpu in 0..pa.platform().nr_cpus() {
                 let (count, high, batch) = pa.pcp_info(cpu, node, zt);
                 write!(out, "\n    cpu: {cpu}")?;
                 write!(out, "\n              count:    {count}")?;
                 write!(out, "\n              high:     {high}")?;
                 write!(out, "\n              batch:    {batch}")?;
+                write!(out, "\n  vm stats threshold: {threshold}")?;
             }
             write!(out, "\n  node_unreclaimable:  0")?;
             write!(out, "\n  start_pfn:           {}", z.start_pfn())?;
             out.write_char('\n')?;
         }
+        // Linux lists ZONE_MOVABLE and ZONE_DEVICE too (the protection
+        // line's last two columns); kmem has neither: empty blocks.
+        for name in ["Movable", "Device"] {
+            write!(out, "Node {node}, zone {name:>8}")?;
+            write!(out, "\n  pages free     0")?;
+            for field in [
+                "boost", "min", "low", "high", "spanned", "present", "managed", "cma",
+            ] {
+                write!(out, "\n        {field:<8} 0")?;
+            }
+            writeln!(out, "\n        protection: (0, 0, 0, 0, 0)")?;
+        }
     }
     Ok(())
+}
+
+/// Linux's `calculate_normal_threshold`: how far a CPU's vmstat deltas may
+/// drift before they are folded into the zone's counters (zoneinfo's `vm
+/// stats threshold`), from the CPU count and the zone's size in 128 MiB
+/// units, at most 125.
+fn vm_stats_threshold(managed_pages: usize, nr_cpus: usize) -> u32 {
+    let fls = |x: usize| usize::BITS - x.leading_zeros();
+    let mem = managed_pages >> (27 - crate::addr::PAGE_SHIFT);
+    (2 * fls(nr_cpus) * (1 + fls(mem))).min(125)
 }
 
 /// `/proc/meminfo`, the fields that apply to a page allocator: totals, free,
@@ -178,5 +202,20 @@ impl fmt::Display for Label<'_> {
         buf[..n].copy_from_slice(&self.0.as_bytes()[..n]);
         buf[n] = b':';
         f.pad(core::str::from_utf8(&buf[..=n]).unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vm_stats_threshold;
+
+    /// The thresholds of the shared build trace's zoneinfo (2 CPUs): DMA
+    /// with 3840 managed pages, DMA32 with 772915, Normal with 622592.
+    #[test]
+    fn thresholds_match_linux() {
+        assert_eq!(vm_stats_threshold(3840, 2), 4);
+        assert_eq!(vm_stats_threshold(772_915, 2), 24);
+        assert_eq!(vm_stats_threshold(622_592, 2), 24);
+        assert_eq!(vm_stats_threshold(1 << 30, 256), 125);
     }
 }
