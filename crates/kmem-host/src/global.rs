@@ -78,7 +78,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicPtr, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::OnceLock;
 
 /// Alignment every kmalloc object has (Linux's ARCH_KMALLOC_MINALIGN).
@@ -635,7 +638,9 @@ impl KmemGlobal {
     /// Frees the objects whose free was deferred (nesting flag held).
     #[cold]
     fn drain_deferred(&self, st: &State) {
-        let mut p = self.deferred.swap(ptr::null_mut(), Relaxed);
+        // Acquire pairs with defer's Release: the links written before each
+        // push are visible here (another thread may have pushed them).
+        let mut p = self.deferred.swap(ptr::null_mut(), Acquire);
         while !p.is_null() {
             // SAFETY: deferred objects are dead kmem objects of at least 8
             // bytes, 8-aligned, whose first word links the list.
@@ -656,7 +661,7 @@ impl KmemGlobal {
             unsafe { p.cast::<*mut u8>().write(head) };
             match self
                 .deferred
-                .compare_exchange_weak(head, p, Relaxed, Relaxed)
+                .compare_exchange_weak(head, p, Release, Relaxed)
             {
                 Ok(_) => return,
                 Err(h) => head = h,
