@@ -1126,75 +1126,80 @@ fn kfree_rcu_negative_offset_does_not_write_outside_the_object() {
     assert!(intact, "kfree_rcu wrote into the previous object");
 }
 
-/// A plain `kfree` (or `krealloc`, `ksize`, `kmem_cache_free`) of an object
+/// A plain `kmem_cache_free` / `kfree` (or `ksize`, `krealloc`) of an object
 /// that `kfree_rcu` queued is refused with its own error on a hardened
-/// cache, and the grace period still frees it exactly once. Before, the
-/// kfree was accepted: the object could be handed out again before the
-/// grace period, which then freed it under its new owner (or, the head
-/// being overwritten, leaked the batch).
+/// cache whose free-pointer slot lies after the object (a constructor or
+/// `SLAB_TYPESAFE_BY_RCU` puts it there), and the grace period still frees
+/// it exactly once. Before, the free was accepted: the object could be
+/// handed out again before the grace period, which then freed it under its
+/// new owner.
 #[test]
 fn kfree_of_an_object_queued_by_kfree_rcu_is_refused() {
     let m = machine();
     let s = slab(&m, SlabConfig::default());
-    // kmalloc caches keep the free pointer mid-object: a head at offset 0
-    // leaves it alone for objects of 32 bytes and more.
-    for size in [32usize, 64, 192, 1024, 4096] {
-        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
-        s.kfree_rcu(p, 0).unwrap();
-        let r = s.kfree(p);
-        assert!(
-            matches!(r, Err(SlabFreeError::RcuQueued { .. })),
-            "{size}: kfree after kfree_rcu: {r:?}"
-        );
-        let l = log(&m);
-        assert!(l.contains("queued by kfree_rcu"), "{size}: {l}");
-        assert_eq!(s.ksize(p), 0, "{size}: ksize of a queued object");
-        log(&m);
-        assert!(
-            s.krealloc(p, size * 2, GFP_KERNEL).is_err(),
-            "{size}: krealloc of a queued object"
-        );
-        log(&m);
-        // Nothing handed out twice while it waits.
-        let v: Vec<_> = (0..64)
-            .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr())
-            .collect();
-        assert!(!v.contains(&p), "{size}: a queued object was handed out");
-        for q in v {
-            s.kfree(q).unwrap();
-        }
-        assert_eq!(s.rcu_pending().0, 1);
-        assert!(s.rcu_barrier());
-        assert_eq!(s.rcu_pending().0, 0);
-        assert!(
-            !log(&m).contains("overwritten"),
-            "{size}: the grace period found the head overwritten"
-        );
-        // Freed once by the grace period: a kfree now is a double free.
-        assert!(
-            matches!(s.kfree(p), Err(SlabFreeError::DoubleFree { .. })),
-            "{size}"
-        );
-        log(&m);
-        assert_consistent(&s, size, 200);
-    }
-    // A cache with a constructor keeps its slot after the object, which
-    // validation checks for allocated objects: the mark must pass it.
     fn ctor(p: NonNull<u8>) {
         unsafe { p.as_ptr().write_bytes(0x5a, 48) };
     }
-    let c = s
+    let with_ctor = s
         .kmem_cache_create("rcu_ctor", 48, 8, SlabFlags::empty(), Some(ctor))
         .unwrap();
-    let p = c.alloc(GFP_KERNEL).unwrap();
-    s.kfree_rcu(p.as_ptr(), 16).unwrap();
-    assert!(matches!(c.free(p), Err(SlabFreeError::RcuQueued { .. })));
-    log(&m);
-    let r = c.validate();
-    assert!(r.slabs >= 1, "{r:?}");
-    assert_eq!(r.errors, 0, "validation of a queued object: {}", log(&m));
-    assert!(s.rcu_barrier());
-    assert!(matches!(c.free(p), Err(SlabFreeError::DoubleFree { .. })));
-    log(&m);
-    c.destroy().unwrap();
+    let typesafe = s
+        .kmem_cache_create("rcu_typesafe", 64, 8, SlabFlags::TYPESAFE_BY_RCU, None)
+        .unwrap();
+    for c in [&with_ctor, &typesafe] {
+        let p = c.alloc(GFP_KERNEL).unwrap();
+        s.kfree_rcu(p.as_ptr(), 16).unwrap();
+        let r = c.free(p);
+        assert!(
+            matches!(r, Err(SlabFreeError::RcuQueued { .. })),
+            "{}: kmem_cache_free after kfree_rcu: {r:?}",
+            c.name()
+        );
+        assert!(log(&m).contains("queued by kfree_rcu"));
+        assert!(matches!(
+            s.kfree(p.as_ptr()),
+            Err(SlabFreeError::RcuQueued { .. })
+        ));
+        assert_eq!(s.ksize(p.as_ptr()), 0, "ksize of a queued object");
+        log(&m);
+        // Nothing handed out twice while it waits.
+        let v: Vec<_> = (0..64).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect();
+        assert!(!v.contains(&p), "a queued object was handed out");
+        for q in v {
+            c.free(q).unwrap();
+        }
+        let r = c.validate();
+        assert!(r.slabs >= 1, "{r:?}");
+        assert_eq!(r.errors, 0, "validation of a queued object: {}", log(&m));
+        assert_eq!(s.rcu_pending().0, 1);
+        assert!(s.rcu_barrier());
+        assert_eq!(s.rcu_pending().0, 0);
+        assert!(!log(&m).contains("overwritten"));
+        // Freed once by the grace period: a free now is a double free.
+        assert!(matches!(c.free(p), Err(SlabFreeError::DoubleFree { .. })));
+        log(&m);
+        assert_unique_cache(c, 200);
+    }
+    with_ctor.destroy().unwrap();
+    typesafe.destroy().unwrap();
+}
+
+/// kfree_rcu writes only the rcu_head: readers may read every other byte of
+/// the object until the grace period ends (a kmalloc cache keeps its
+/// free-pointer slot inside the object, so no mark goes there).
+#[test]
+fn kfree_rcu_writes_nothing_but_the_head() {
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    for size in [32usize, 64, 192, 1024, 4096] {
+        let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+        unsafe { p.write_bytes(0x5a, size) };
+        s.kfree_rcu(p, 0).unwrap();
+        let bytes = unsafe { std::slice::from_raw_parts(p.add(16), size - 16) };
+        assert!(
+            bytes.iter().all(|&b| b == 0x5a),
+            "{size}: kfree_rcu wrote outside its rcu_head"
+        );
+        assert!(s.rcu_barrier());
+    }
 }

@@ -445,21 +445,21 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// `kfree_rcu` queues `p` with its `rcu_head` at `head`: on a hardened
-    /// cache without debugging, its free-pointer slot then decodes to `p`
+    /// `kfree_rcu` queues `p`: on a hardened cache without debugging whose
+    /// free-pointer slot lies after the object (a constructor or
+    /// `SLAB_TYPESAFE_BY_RCU` puts it there), the slot then decodes to `p`
     /// itself, which no free list holds (an object never links to itself),
     /// and which every free path reads as "not live", so a plain free of a
     /// queued object is refused instead of letting the object be handed out
-    /// again before the grace period frees it. Not when the slot lies inside
-    /// the head (objects under 32 bytes with the head at 0), which the queue
-    /// needs. The grace period undoes it with [`Self::unmark_rcu_queued`].
+    /// again before the grace period frees it. A slot inside the object
+    /// (kmalloc caches) is left alone: readers may still read every byte
+    /// but the `rcu_head` until the grace period ends. The grace period
+    /// undoes the mark with [`Self::unmark_rcu_queued`].
     ///
     /// # Safety
-    /// `p` is a live object of this cache and `head..head + 16` lies in it.
-    pub(crate) unsafe fn mark_rcu_queued(&self, p: usize, head: usize) {
-        let slot = p + self.offset;
-        let apart = slot + 8 <= head || head + super::rcu::RCU_HEAD_SIZE <= slot;
-        if self.hardened && !self.debug && apart {
+    /// `p` is a live object of this cache.
+    pub(crate) unsafe fn mark_rcu_queued(&self, p: usize) {
+        if self.hardened && !self.debug && self.offset >= self.object_size {
             // SAFETY: per the contract; the object stays allocated.
             unsafe { self.set_fp(p, p) };
         }
@@ -472,7 +472,11 @@ impl<P: Platform> KmemCache<P> {
     /// `p` is an object of a live slab of this cache.
     pub(crate) unsafe fn unmark_rcu_queued(&self, p: usize) {
         // SAFETY: per the contract.
-        if self.hardened && !self.debug && unsafe { self.get_fp(p) } == p {
+        if self.hardened
+            && !self.debug
+            && self.offset >= self.object_size
+            && unsafe { self.get_fp(p) } == p
+        {
             // SAFETY: as above.
             unsafe { self.set_fp(p, super::FP_ALLOCATED) };
         }

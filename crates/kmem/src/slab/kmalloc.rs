@@ -709,7 +709,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         }
         if let Ok(Found::Slab { cache, .. }) = find(self.pages, addr) {
             // SAFETY: a live object (ksize_checked) holding the head.
-            unsafe { cache.mark_rcu_queued(addr, head) };
+            unsafe { cache.mark_rcu_queued(addr) };
         }
         // SAFETY: as above; nobody writes the head until it is freed
         // (kfree_rcu's contract).
