@@ -199,3 +199,42 @@ fn kvfree_rcu_mightsleep_in_spinlock_reports() {
         "kvfree_rcu_mightsleep under a spinlock: {r:?}, no might_sleep report"
     );
 }
+
+/// kvfree_rcu_mightsleep writes nothing into a kmalloc object (readers may
+/// read all of it until the grace period ends; Linux keeps the pointer in a
+/// page of pointers): the object is queued through a node of its own and
+/// freed by the grace period. Before, an object of 16 bytes or more lost its
+/// first 16 bytes to an rcu_head, and a smaller one ended a grace period on
+/// the spot.
+#[test]
+fn kvfree_rcu_mightsleep_writes_nothing_into_the_object() {
+    let m = machine_with(64 << 20, 2);
+    let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let kv = KvAlloc::new(&slab, &vm);
+    for size in [8usize, 16, 64, 4096, 16 << 10] {
+        let p = kv.kvmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+        assert!(!vm.is_vmalloc_addr(p), "{size}: want a kmalloc object");
+        unsafe { p.write_bytes(0x5a, size) };
+        kv.kvfree_rcu_mightsleep(p).unwrap();
+        let bytes = unsafe { std::slice::from_raw_parts(p, size) };
+        assert!(
+            bytes.iter().all(|&b| b == 0x5a),
+            "{size}: kvfree_rcu_mightsleep wrote into the object"
+        );
+        assert_eq!(slab.rcu_pending().0, 1, "{size}: not queued");
+        assert!(
+            slab.ksize(p) >= size,
+            "{size}: freed before the grace period"
+        );
+        assert!(kv.rcu_barrier());
+        assert_eq!(slab.rcu_pending().0, 0);
+        m.platform().take_log();
+        assert_eq!(slab.ksize(p), 0, "{size}: not freed by the grace period");
+        assert!(m
+            .platform()
+            .take_log()
+            .iter()
+            .any(|l| l.contains("double free") || l.contains("not a slab object")));
+    }
+}

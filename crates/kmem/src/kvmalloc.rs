@@ -30,11 +30,12 @@
 //! # RCU
 //! `kvfree_rcu(p, offset)` queues kmalloc objects on the slab's RCU queue
 //! and vmalloc areas on vmalloc's; [`KvAlloc::rcu_barrier`] ends a grace
-//! period for both. `kvfree_rcu_mightsleep(p)` (no `rcu_head`) queues a
-//! vmalloc area through its area record, writing nothing into it (readers
-//! may still read every byte until the grace period ends). A kmalloc object
-//! uses its first 16 bytes when it has them, and otherwise waits for a grace
-//! period (a barrier) and is freed at once, as Linux's fallback does.
+//! period for both. `kvfree_rcu_mightsleep(p)` (no `rcu_head`) writes nothing
+//! into the memory (readers may still read every byte until the grace
+//! period ends): a vmalloc area is queued through its area record, a
+//! kmalloc object through a small node of its own (Linux: pages of
+//! pointers); without memory for the node it waits for a grace period (a
+//! barrier) and frees at once, as Linux's fallback does.
 
 use crate::addr::{VirtAddr, PAGE_SIZE};
 use crate::error::AllocError;
@@ -437,11 +438,12 @@ impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
         }
     }
 
-    /// Linux's `kvfree_rcu_mightsleep(p)` (the one-argument form). A
-    /// vmalloc area is queued through its record and left untouched
-    /// ([`Vmalloc::vfree_rcu_mightsleep`]); a kmalloc object uses its first
-    /// 16 bytes as the `rcu_head` when it has them, and a smaller one waits
-    /// for a grace period here and is freed at once.
+    /// Linux's `kvfree_rcu_mightsleep(p)` (the one-argument form). Nothing is
+    /// written into the memory (readers may read all of it until the grace
+    /// period ends): a vmalloc area is queued through its record
+    /// ([`Vmalloc::vfree_rcu_mightsleep`]), a kmalloc object through a
+    /// 24-byte node of its own; if no node can be had, it waits for a grace
+    /// period here and frees at once, as Linux's fallback.
     #[track_caller]
     pub fn kvfree_rcu_mightsleep(&self, p: *const u8) -> Result<(), KvFreeError> {
         if (p as usize) <= ZERO_SIZE_PTR {
@@ -456,11 +458,14 @@ impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
         if self.vm.is_vmalloc_addr(p) {
             return self.vm.vfree_rcu_mightsleep(p).map_err(KvFreeError::Vfree);
         }
-        let room = self.slab.ksize(p);
-        if room >= 16 {
-            return self.kvfree_rcu(p, 0);
+        if self
+            .slab
+            .kfree_rcu_ptr(p, caller)
+            .map_err(KvFreeError::Kfree)?
+        {
+            return Ok(());
         }
-        // synchronize_rcu(), then free.
+        // No memory for the pointer node: synchronize_rcu(), then free.
         if !self.rcu_barrier() {
             return Err(no_gp);
         }

@@ -717,6 +717,35 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         Ok(())
     }
 
+    /// `kvfree_rcu_mightsleep` of a slab object or large kmalloc block `p`
+    /// (the caller checked that it may sleep): queued through a pointer node
+    /// of its own, nothing written into the object. Ok(false) if no node
+    /// could be allocated (the caller then waits for a grace period and
+    /// frees, as Linux's fallback); an error if `p` is not live.
+    pub(crate) fn kfree_rcu_ptr(
+        &self,
+        p: *const u8,
+        caller: &'static Location<'static>,
+    ) -> Result<bool, SlabFreeError> {
+        let addr = p as usize;
+        self.ksize_checked(addr, caller)?;
+        let Ok(node) = self.kmalloc_node_at(
+            super::rcu::PTR_NODE_SIZE,
+            crate::gfp::GFP_KERNEL | Gfp::NOWARN,
+            crate::page::NUMA_NO_NODE,
+            caller,
+        ) else {
+            return Ok(false);
+        };
+        if let Ok(Found::Slab { cache, .. }) = find(self.pages, addr) {
+            // SAFETY: a live object (ksize_checked).
+            unsafe { cache.mark_rcu_queued(addr) };
+        }
+        // SAFETY: a fresh node; p is live and freed only by the grace period.
+        unsafe { self.global().rcu.defer_ptr(node.as_ptr() as usize, addr) };
+        Ok(true)
+    }
+
     /// Ends a grace period (Linux's `rcu_barrier` for slab purposes): runs
     /// every `kfree_rcu` queued before the call and gives back every
     /// `SLAB_TYPESAFE_BY_RCU` slab waiting for one (slabs those frees empty

@@ -48,6 +48,13 @@ const RCU_QUEUED: usize = 0x6b66_7263_755f_7164;
 /// Offsets of an `rcu_head` are below this (the largest kmalloc block).
 const MAX_HEAD_OFFSET: usize = 1 << 32;
 
+/// The offset a pointer node is queued with (see [`RcuQueue::defer_ptr`]):
+/// no `rcu_head` lies that far into an object.
+const PTR_NODE: usize = MAX_HEAD_OFFSET;
+
+/// Bytes of a pointer node: link, queued word, the pointer.
+pub(crate) const PTR_NODE_SIZE: usize = 24;
+
 /// Objects and slabs waiting for a grace period.
 #[derive(Debug)]
 pub struct RcuQueue {
@@ -125,6 +132,23 @@ impl RcuQueue {
         }
     }
 
+    /// Queues `target` (a slab object or large kmalloc block) through
+    /// `node`, a [`PTR_NODE_SIZE`]-byte kmalloc object of its own: what
+    /// `kvfree_rcu_mightsleep` does for an object without an `rcu_head`,
+    /// writing nothing into it (Linux keeps such pointers in pages of
+    /// pointers). The grace period frees the target, then the node.
+    ///
+    /// # Safety
+    /// `node` is a live kmalloc object of at least [`PTR_NODE_SIZE`] bytes
+    /// that nobody else uses; `target` is live until the grace period.
+    pub(crate) unsafe fn defer_ptr(&self, node: usize, target: usize) {
+        // SAFETY: per the contract.
+        unsafe {
+            (node as *mut usize).add(2).write(target);
+            self.defer_obj(node, PTR_NODE);
+        }
+    }
+
     /// Queues an emptied `SLAB_TYPESAFE_BY_RCU` slab.
     pub(crate) fn defer_slab(&self, slab: SlabRef<'_>) {
         self.nr_slabs.fetch_add(1, Relaxed);
@@ -159,6 +183,20 @@ impl RcuQueue {
                 };
                 // The mask is an XOR: applied again, it gives the offset back.
                 let off = Self::queued_word(h, word);
+                if off == PTR_NODE {
+                    let _ = self
+                        .nr_objs
+                        .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+                    // SAFETY: a queued pointer node (defer_ptr).
+                    let target = unsafe {
+                        (h as *mut usize).add(1).write(0);
+                        (h as *const usize).add(2).read()
+                    };
+                    free_any(pages, target, caller);
+                    free_any(pages, h, caller);
+                    h = next;
+                    continue;
+                }
                 if off >= MAX_HEAD_OFFSET || off & 7 != 0 {
                     // Written while queued: freed (and maybe reused) by a
                     // plain kfree, or a write after kfree_rcu. Its link is
