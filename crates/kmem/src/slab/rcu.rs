@@ -6,6 +6,8 @@
 //! - `kfree_rcu(p, offset)` queues the object; it is freed after a grace
 //!   period. The link lives in a 16-byte `rcu_head` field of the object at
 //!   `offset` (which readers do not read), so queueing needs no memory.
+//!   `kvfree_rcu_mightsleep(p)` has no such field: a 24-byte node of its
+//!   own carries the link and the pointer, so nothing is written into `p`.
 //! - A `SLAB_TYPESAFE_BY_RCU` cache reuses objects at once, but an emptied
 //!   slab's pages go back to the page allocator only after a grace period:
 //!   a reader may find a *different* object of the *same type* there, never
