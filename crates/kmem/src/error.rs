@@ -61,6 +61,8 @@ pub enum AllocError {
     InNmi,
 }
 
+impl core::error::Error for AllocError {}
+
 impl fmt::Display for AllocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -178,6 +180,8 @@ pub enum FreeError {
         owner: u8,
     },
 }
+
+impl core::error::Error for FreeError {}
 
 impl fmt::Display for FreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

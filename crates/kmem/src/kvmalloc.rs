@@ -87,6 +87,8 @@ pub enum KvError {
     BadPointer(KvFreeError),
 }
 
+impl core::error::Error for KvError {}
+
 impl fmt::Display for KvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -121,6 +123,8 @@ pub enum KvFreeError {
         addr: usize,
     },
 }
+
+impl core::error::Error for KvFreeError {}
 
 impl fmt::Display for KvFreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

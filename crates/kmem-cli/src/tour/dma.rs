@@ -721,12 +721,13 @@ fn bounce_with(
         o,
         "A SATA controller ({} {}) with the default 32-bit mask cannot drive an address above \
          4 GiB. kmalloc(64 KiB) = {p:p} lies at physical {pa}. dma_max_mapping_size = {} KiB: \
-         the largest mapping swiotlb can bounce. The bounce pool: {} MiB at {:#x}..{:#x}, {} \
-         slots of 2 KiB.",
+         the largest mapping swiotlb can bounce. The bounce pool: {} MiB in {} blocks between \
+         {:#x} and {:#x}, {} slots of 2 KiB.",
         sata.driver(),
         sata.name(),
         dma_max_mapping_size(sata) / KIB,
         sw.stats().bytes >> 20,
+        sw.ranges().count(),
         pool_lo,
         pool_hi,
         group(sw.total_slots() as u64)

@@ -8,6 +8,7 @@
 use super::{group, Out, Table, TourError};
 use kmem::gfp::ZoneType;
 use kmem::page::memmap::RegionKind;
+use kmem::page::watermark::default_min_free_kbytes;
 use kmem::page::Watermark;
 use kmem::{Platform, PAGE_SIZE};
 use kmem_host::Machine;
@@ -150,7 +151,11 @@ pub fn run(m: &Machine, o: &mut Out) -> Result<Value, TourError> {
         "nr_nodes": pages.nr_nodes(),
         "regions": regions,
         "zones": zones,
-        "min_free_kbytes": sum_min * PAGE_SIZE / 1024,
+        "min_free_kbytes": cfg.min_free_kbytes.map_or_else(
+            || default_min_free_kbytes(pages.nr_managed_pages() as u64),
+            |k| k as u64
+        ),
+        "zone_min_kbytes_total": sum_min * PAGE_SIZE / 1024,
         "watermark_scale_factor": cfg.watermark_scale_factor,
         "lowmem_reserve_ratio": ratio,
         "memmap_pages": pages.memmap_pages(),

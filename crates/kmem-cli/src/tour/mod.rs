@@ -94,8 +94,9 @@ the command then exits with status 1.
 --json prints one object instead: one key per section (machine, reserves,
 reclaim, wrong_context, fragmentation, kmalloc, vmalloc_fragmentation,
 vmalloc_cost, vmalloc_tlb, dma), plus clean, failures and ok. Numbers are
-JSON numbers (times in nanoseconds, sizes in pages unless the key says
-bytes).";
+JSON numbers: times in nanoseconds; sizes in bytes in the kmalloc section
+and where the key ends in _bytes, in KiB where it ends in _kbytes, in pages
+elsewhere.";
 
 /// Arguments of `kmem tour`.
 #[derive(Args, Debug)]

@@ -316,6 +316,8 @@ pub enum OverflowReason {
     CoherentBeyondMask,
 }
 
+impl core::error::Error for DmaError {}
+
 impl fmt::Display for DmaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

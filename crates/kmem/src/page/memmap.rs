@@ -106,6 +106,8 @@ pub enum MemoryMapError {
     NoRoomForMemmap,
 }
 
+impl core::error::Error for MemoryMapError {}
+
 impl fmt::Display for MemoryMapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

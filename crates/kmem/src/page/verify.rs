@@ -35,6 +35,8 @@ pub struct VerifyError {
     pub problem: &'static str,
 }
 
+impl core::error::Error for VerifyError {}
+
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -221,6 +221,8 @@ pub enum MapError {
     },
 }
 
+impl core::error::Error for MapError {}
+
 impl fmt::Display for MapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -284,6 +286,8 @@ pub enum UnmapError {
     },
 }
 
+impl core::error::Error for UnmapError {}
+
 impl fmt::Display for UnmapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -313,6 +317,8 @@ pub enum TranslateError {
         level: u32,
     },
 }
+
+impl core::error::Error for TranslateError {}
 
 impl fmt::Display for TranslateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -163,6 +163,8 @@ pub enum TlbConfigError {
     },
 }
 
+impl core::error::Error for TlbConfigError {}
+
 impl fmt::Display for TlbConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -247,6 +247,8 @@ pub enum CacheCreateError {
     InAtomic(crate::context::ContextViolation),
 }
 
+impl core::error::Error for CacheCreateError {}
+
 impl core::fmt::Display for CacheCreateError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

@@ -165,6 +165,8 @@ pub enum ReallocError {
     BadPointer(SlabFreeError),
 }
 
+impl core::error::Error for ReallocError {}
+
 impl fmt::Display for ReallocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -43,7 +43,7 @@
 //! `SlabAllocator::register_shrinker`). With [`SlabConfig::sheaf_bytes`] 0
 //! the CPU free list alone is the fast path.
 //!
-//! //! ## Object layout
+//! ## Object layout
 //! Objects follow each other from the first byte of the slab, `size` bytes
 //! apart (Linux's `calculate_sizes`, see [`cache::Layout`]):
 //!
@@ -366,6 +366,8 @@ pub enum SlabFreeError {
         addr: usize,
     },
 }
+
+impl core::error::Error for SlabFreeError {}
 
 impl fmt::Display for SlabFreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

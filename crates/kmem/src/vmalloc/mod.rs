@@ -290,6 +290,8 @@ pub enum VmallocError {
     },
 }
 
+impl core::error::Error for VmallocError {}
+
 impl fmt::Display for VmallocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -404,6 +406,8 @@ pub enum VfreeError {
     /// `vunmap` in interrupt context.
     InInterrupt,
 }
+
+impl core::error::Error for VfreeError {}
 
 impl fmt::Display for VfreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,116 @@
+//! Claims the docs and `kmem tour` make, checked against what the code
+//! does (found wrong in review): the README's page-allocator example can
+//! use `?` with one error type, `tour --json`'s `min_free_kbytes` is
+//! `vm.min_free_kbytes`, and the tour's bounce-pool range holds the pool.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn kmem(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kmem"))
+        .args(args)
+        .output()
+        .expect("the kmem binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tour_text() -> &'static str {
+    static T: OnceLock<String> = OnceLock::new();
+    T.get_or_init(|| {
+        let (rc, out, err) = kmem(&["tour"]);
+        assert_eq!(rc, 0, "kmem tour failed: {err}");
+        out
+    })
+}
+
+fn tour_json() -> &'static serde_json::Value {
+    static T: OnceLock<serde_json::Value> = OnceLock::new();
+    T.get_or_init(|| {
+        let (rc, out, err) = kmem(&["tour", "--json"]);
+        assert_eq!(rc, 0, "kmem tour --json failed: {err}");
+        serde_json::from_str(&out).expect("tour --json is JSON")
+    })
+}
+
+/// README.md "Using the page allocator" uses `?` on `Machine::new`
+/// (`MachineError`), `alloc_pages` (`AllocError`) and `free_pages`
+/// (`FreeError`) in one function: the only common target is
+/// `Box<dyn Error>` (or anyhow), which needs `std::error::Error` on each,
+/// and on every other public error type of the core.
+#[test]
+fn error_types_are_std_errors() {
+    fn is_error<T: std::error::Error + Send + Sync + 'static>() {}
+    is_error::<kmem_host::MachineError>();
+    is_error::<kmem::AllocError>();
+    is_error::<kmem::FreeError>();
+    is_error::<kmem::slab::SlabFreeError>();
+    is_error::<kmem::slab::ReallocError>();
+    is_error::<kmem::vmalloc::VmallocError>();
+    is_error::<kmem::vmalloc::VfreeError>();
+    is_error::<kmem::kvmalloc::KvError>();
+    is_error::<kmem::kvmalloc::KvFreeError>();
+    is_error::<kmem::dma::DmaError>();
+    is_error::<kmem::paging::MapError>();
+    let e: Box<dyn std::error::Error> = Box::new(kmem::AllocError::InNmi);
+    assert!(!e.to_string().is_empty());
+}
+
+fn isqrt(n: u64) -> u64 {
+    let mut x = (n as f64).sqrt() as u64;
+    while x * x > n {
+        x -= 1;
+    }
+    while (x + 1) * (x + 1) <= n {
+        x += 1;
+    }
+    x
+}
+
+fn parse_hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
+}
+
+/// `tour --json`: `machine.min_free_kbytes` is vm.min_free_kbytes,
+/// sqrt(16 x lowmem KiB) as the README says (Linux's
+/// calculate_min_free_kbytes); it used to be the sum of the zones' min
+/// watermarks, which is now `zone_min_kbytes_total`.
+#[test]
+fn tour_json_min_free_kbytes_is_vm_min_free_kbytes() {
+    let j = tour_json();
+    let managed: u64 = j["machine"]["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z["managed"].as_u64().unwrap())
+        .sum();
+    let expected = isqrt(managed * 4 * 16).clamp(128, 262_144);
+    let got = j["machine"]["min_free_kbytes"].as_u64().unwrap();
+    assert_eq!(got, expected, "sqrt(16 x {} KiB)", managed * 4);
+    let total = j["machine"]["zone_min_kbytes_total"].as_u64().unwrap();
+    assert!(total > 0 && total <= expected + 4, "{total} vs {expected}");
+}
+
+/// The tour's bounce-pool line: "N MiB in K blocks between A and B". It
+/// used to say "N MiB at A..B" with a range of 496 MiB for a 64 MiB pool.
+#[test]
+fn tour_bounce_pool_line_holds_the_pool() {
+    let t = tour_text();
+    let i = t.find("The bounce pool: ").expect("bounce pool line");
+    let rest: Vec<&str> = t[i + "The bounce pool: ".len()..]
+        .split_whitespace()
+        .collect();
+    // N MiB in K blocks between A and B, ...
+    assert_eq!(
+        (rest[1], rest[2], rest[4], rest[5]),
+        ("MiB", "in", "blocks", "between")
+    );
+    let mib: u64 = rest[0].parse().unwrap();
+    let blocks: u64 = rest[3].parse().unwrap();
+    let (a, b) = (parse_hex(rest[6]), parse_hex(rest[8].trim_end_matches(',')));
+    assert!(blocks >= 1 && mib > 0);
+    assert!(b - a >= mib << 20, "{mib} MiB between {a:#x} and {b:#x}");
+}
