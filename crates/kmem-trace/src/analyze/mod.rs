@@ -68,6 +68,10 @@ impl FindingKind {
     }
 }
 
+/// Distinct values a [`Tally`] counts before it counts the rest under
+/// `others` unseen (bounds the memory of a site with endless task names).
+const TALLY_TRACKED: usize = 4096;
+
 /// Values seen with their counts, most frequent first (at most
 /// [`EVIDENCE_VALUES`] kept; the rest counted under `others`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -76,22 +80,35 @@ pub struct Tally {
     pub values: Vec<(String, u64)>,
     /// Events whose value was not kept.
     pub others: u64,
+    /// Every value's count while events come in (the first
+    /// [`TALLY_TRACKED`] distinct values); `sorted` keeps the most frequent.
+    #[serde(skip)]
+    counts: std::collections::HashMap<String, u64>,
 }
 
 impl Tally {
     fn add(&mut self, v: &str) {
-        if let Some(e) = self.values.iter_mut().find(|(s, _)| s == v) {
-            e.1 += 1;
-        } else if self.values.len() < EVIDENCE_VALUES {
-            self.values.push((v.to_string(), 1));
+        if let Some(n) = self.counts.get_mut(v) {
+            *n += 1;
+        } else if self.counts.len() < TALLY_TRACKED {
+            self.counts.insert(v.to_string(), 1);
         } else {
             self.others += 1;
         }
     }
 
+    /// The most frequent values (at most [`EVIDENCE_VALUES`]), the rest
+    /// under `others`.
     fn sorted(mut self) -> Self {
-        self.values
-            .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut all: Vec<(String, u64)> = std::mem::take(&mut self.counts).into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.others += all
+            .iter()
+            .skip(EVIDENCE_VALUES)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        all.truncate(EVIDENCE_VALUES);
+        self.values = all;
         self
     }
 
@@ -118,6 +135,8 @@ struct Cat {
     tasks: Tally,
     min_size: u64,
     max_size: u64,
+    /// Some event's mask asked for ZONE_DMA or ZONE_DMA32.
+    any_dma: bool,
 }
 
 impl Cat {
@@ -133,6 +152,7 @@ impl Cat {
         }
         if let Some(g) = gfp {
             self.gfp.add(&g.to_string());
+            self.any_dma |= g.intersects(Gfp::DMA | Gfp::DMA32);
         }
         let mut ctx = String::new();
         let _ = write!(ctx, "{} ({})", c.flags.raw(), c.ctx);
@@ -307,7 +327,7 @@ impl Analyzer {
             Event::Kfree(f) => self.free(f.ptr, c.ts_ns),
             Event::KmemCacheFree(f) => self.free(f.ptr, c.ts_ns),
             Event::MmPageAlloc(p) if p.gfp.allows_blocking() && c.ctx.is_atomic() => {
-                let size = (kmem::PAGE_SIZE as u64) << p.order;
+                let size = crate::replay::perf::order_bytes(p.order);
                 self.page_blocking.add(rec.line, Some(p.gfp), c, size);
             }
             Event::AllocVmapArea(a) => {
@@ -334,8 +354,8 @@ impl Analyzer {
             s.min_req = req;
         }
         s.allocs += 1;
-        s.bytes_req += req;
-        s.bytes_alloc += alloc;
+        s.bytes_req = s.bytes_req.saturating_add(req);
+        s.bytes_alloc = s.bytes_alloc.saturating_add(alloc);
         s.min_req = s.min_req.min(req);
         s.max_req = s.max_req.max(req);
         if !s.many_sizes && !s.sizes.contains(&req) {
@@ -406,7 +426,7 @@ impl Analyzer {
             }
             if s.costly.count > 0 && !is_kvmalloc(&name) {
                 let n = s.costly.count;
-                let dma = s.costly.gfp.values.iter().any(|(g, _)| g.contains("DMA"));
+                let dma = s.costly.any_dma;
                 let device = if dma {
                     "the mask asks for DMA memory: if the buffer goes to a device it needs physically contiguous pages and kvmalloc does not apply"
                 } else {

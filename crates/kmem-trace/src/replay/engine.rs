@@ -913,7 +913,8 @@ impl<'r, 'm> Engine<'r, 'm> {
             }
             return;
         };
-        self.perf_slab.summary.total_freed += u64::from(o.last_alloc);
+        let freed = &mut self.perf_slab.summary.total_freed;
+        *freed = freed.saturating_add(u64::from(o.last_alloc));
         if o.alloc_cpu != cpu {
             o.stat.pingpong += 1;
             let site = o.site;

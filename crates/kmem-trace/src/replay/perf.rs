@@ -68,8 +68,8 @@ impl SlabStat {
     #[inline]
     pub fn add(&mut self, req: u64, alloc: u64) {
         self.hit += 1;
-        self.bytes_req += req;
-        self.bytes_alloc += alloc;
+        self.bytes_req = self.bytes_req.saturating_add(req);
+        self.bytes_alloc = self.bytes_alloc.saturating_add(alloc);
     }
 }
 
@@ -184,8 +184,8 @@ impl PerfSlab {
         self.caller(site).add(req, alloc);
         let s = &mut self.summary;
         s.nr_allocs += 1;
-        s.total_requested += req;
-        s.total_allocated += alloc;
+        s.total_requested = s.total_requested.saturating_add(req);
+        s.total_allocated = s.total_allocated.saturating_add(alloc);
         // One node (0) on the traced machine as on the replay machine.
         if node != -1 && node != 0 {
             s.cross_cpu_allocs += 1;
@@ -200,7 +200,9 @@ impl PerfSlab {
         rows: usize,
     ) -> PerfSlabReport {
         let mut summary = self.summary;
-        summary.net_allocated = summary.total_allocated as i64 - summary.total_freed as i64;
+        summary.net_allocated = (i128::from(summary.total_allocated)
+            - i128::from(summary.total_freed))
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         summary.wasted =
             summary.total_allocated - summary.total_requested.min(summary.total_allocated);
         summary.internal_fragmentation_pct =
@@ -369,8 +371,10 @@ pub struct PerfPageReport {
     pub nr_rows: usize,
     /// Top rows by bytes then hits (`--alloc`).
     pub allocs: Vec<PageRow>,
-    /// Allocations by GFP mask, most frequent first.
+    /// Allocations by GFP mask, most frequent first (the first `rows`).
     pub by_gfp: Vec<GfpRow>,
+    /// Distinct GFP masks.
+    pub nr_gfp: usize,
 }
 
 /// Migrate type names as Linux 6.18 numbers them (perf's own header still
@@ -415,13 +419,13 @@ impl PerfPage {
         gfp: Gfp,
         row: &mut PerfRow,
     ) -> Option<PerfLive> {
-        let bytes = (kmem::PAGE_SIZE as u64) << order;
+        let bytes = order_bytes(order);
         let s = &mut self.summary;
         s.nr_page_allocs += 1;
-        s.total_page_alloc_bytes += bytes;
+        s.total_page_alloc_bytes = s.total_page_alloc_bytes.saturating_add(bytes);
         if failed {
             s.nr_page_fails += 1;
-            s.total_page_fail_bytes += bytes;
+            s.total_page_fail_bytes = s.total_page_fail_bytes.saturating_add(bytes);
             return None;
         }
         let key = PerfLive {
@@ -443,7 +447,7 @@ impl PerfPage {
         }
         let g = self.by_gfp.entry(gfp.bits()).or_default();
         g.0 += 1;
-        g.1 += bytes;
+        g.1 = g.1.saturating_add(bytes);
         g.2 |= 1 << order.min(31);
         Some(key)
     }
@@ -454,7 +458,7 @@ impl PerfPage {
         if row.nr_alloc == 0 && row.nr_free == 0 {
             return;
         }
-        let bytes = (kmem::PAGE_SIZE as u64) << k.order;
+        let bytes = order_bytes(u32::from(k.order));
         let r = self
             .rows
             .entry(PageKey {
@@ -465,22 +469,26 @@ impl PerfPage {
             })
             .or_default();
         r.nr_alloc += u64::from(row.nr_alloc);
-        r.alloc_bytes += u64::from(row.nr_alloc) * bytes;
+        r.alloc_bytes = r
+            .alloc_bytes
+            .saturating_add(u64::from(row.nr_alloc).saturating_mul(bytes));
         r.nr_free += u64::from(row.nr_free);
-        r.free_bytes += u64::from(row.nr_free) * bytes;
+        r.free_bytes = r
+            .free_bytes
+            .saturating_add(u64::from(row.nr_free).saturating_mul(bytes));
     }
 
     /// One `mm_page_free` of `order`; `live` is what perf remembered of the
     /// pfn, `row` its row slot.
     #[inline]
     pub fn on_free(&mut self, pfn: u64, order: u32, live: Option<PerfLive>, row: &mut PerfRow) {
-        let bytes = (kmem::PAGE_SIZE as u64) << order;
+        let bytes = order_bytes(order);
         let s = &mut self.summary;
         s.nr_page_frees += 1;
-        s.total_page_free_bytes += bytes;
+        s.total_page_free_bytes = s.total_page_free_bytes.saturating_add(bytes);
         let Some(l) = live else {
             s.nr_page_nomatch += 1;
-            s.total_page_nomatch += bytes;
+            s.total_page_nomatch = s.total_page_nomatch.saturating_add(bytes);
             return;
         };
         // perf looks the row up with the free's order and the allocation's
@@ -498,7 +506,7 @@ impl PerfPage {
             gfp: l.gfp,
         }) {
             r.nr_free += 1;
-            r.free_bytes += bytes;
+            r.free_bytes = r.free_bytes.saturating_add(bytes);
         }
     }
 
@@ -550,6 +558,8 @@ impl PerfPage {
             })
             .collect();
         by_gfp.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.gfp.cmp(&b.gfp)));
+        let nr_gfp = by_gfp.len();
+        by_gfp.truncate(rows);
         PerfPageReport {
             summary,
             migrate_types: MIGRATE_NAMES.to_vec(),
@@ -557,8 +567,18 @@ impl PerfPage {
             nr_rows: self.rows.len(),
             allocs,
             by_gfp,
+            nr_gfp,
         }
     }
+}
+
+/// Bytes of an order-`order` block, saturating for orders no kernel has
+/// (the parser takes any number; perf refuses orders above its maximum).
+pub fn order_bytes(order: u32) -> u64 {
+    (kmem::PAGE_SIZE as u64)
+        .checked_shl(order)
+        .filter(|b| b.trailing_zeros() == order + kmem::PAGE_SHIFT)
+        .unwrap_or(u64::MAX)
 }
 
 /// Thousands separators, as perf prints with `%'lu`.
@@ -626,12 +646,14 @@ pub fn write_slab(out: &mut String, r: &PerfSlabReport) {
     let _ = writeln!(out, "Total bytes requested: {}", grouped(s.total_requested));
     let _ = writeln!(out, "Total bytes allocated: {}", grouped(s.total_allocated));
     let _ = writeln!(out, "Total bytes freed:     {}", grouped(s.total_freed));
-    let net = if s.net_allocated < 0 {
-        format!("-{}", grouped(s.net_allocated.unsigned_abs()))
-    } else {
-        grouped(s.net_allocated as u64)
-    };
-    let _ = writeln!(out, "Net total bytes allocated: {net}");
+    // perf prints the net only when more was allocated than freed.
+    if s.net_allocated > 0 {
+        let _ = writeln!(
+            out,
+            "Net total bytes allocated: {}",
+            grouped(s.net_allocated as u64)
+        );
+    }
     let _ = writeln!(
         out,
         "Total bytes wasted on internal fragmentation: {}",
@@ -678,7 +700,7 @@ pub fn write_page(out: &mut String, r: &PerfPageReport) {
         " {:>8} | {:>16} | orders | GFP flags (no call sites: page events carry none)",
         "Hits", "Total alloc (KB)"
     );
-    for g in r.by_gfp.iter().take(DEFAULT_ROWS) {
+    for g in &r.by_gfp {
         let orders: Vec<String> = g.orders.iter().map(|o| o.to_string()).collect();
         let _ = writeln!(
             out,
@@ -688,6 +710,9 @@ pub fn write_page(out: &mut String, r: &PerfPageReport) {
             orders.join(","),
             g.gfp
         );
+    }
+    if r.nr_gfp > r.by_gfp.len() {
+        let _ = writeln!(out, "  ...      | {} more masks", r.nr_gfp - r.by_gfp.len());
     }
     let _ = writeln!(out);
     let s = &r.summary;
