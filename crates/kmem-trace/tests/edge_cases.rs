@@ -164,4 +164,7 @@ fn ram_below_the_minimum_reports_what_the_machine_has() {
     };
     let r = replay_file(&path, &cfg, None).unwrap();
     assert_eq!(r.machine.ram_bytes, kmem::page::memmap::PC_LAYOUT_MIN_BYTES);
+    // Said in MiB below 1 GiB (it printed "0.0 GiB").
+    let t = r.to_text();
+    assert!(t.contains("machine: 32 MiB (--ram)"), "{t}");
 }

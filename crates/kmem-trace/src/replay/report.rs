@@ -239,12 +239,15 @@ impl ReplayReport {
             RamSource::Meminfo(p) => format!("MemTotal of {}", p.display()),
             RamSource::Default => "default, no meminfo beside the trace".to_string(),
         };
+        let ram = if m.ram_bytes >= 1 << 30 {
+            format!("{:.1} GiB", m.ram_bytes as f64 / (1u64 << 30) as f64)
+        } else {
+            format!("{} MiB", m.ram_bytes >> 20)
+        };
         let _ = writeln!(
             o,
-            "  machine: {:.1} GiB ({src}), {} CPUs, {} pages managed",
-            m.ram_bytes as f64 / (1u64 << 30) as f64,
-            m.nr_cpus,
-            m.managed_pages
+            "  machine: {ram} ({src}), {} CPUs, {} pages managed",
+            m.nr_cpus, m.managed_pages
         );
         if m.trace_cpus as usize > m.nr_cpus {
             let _ = writeln!(
