@@ -2,11 +2,12 @@
 //! unmap, huge leaves, error cases, freeing emptied tables, and the TLB model
 //! kept coherent by flushes; at the end, edge cases found in review: the last
 //! page of the address space, ranges that wrap past the top, non-canonical
-//! ranges (they must not alias the kernel half) and physical addresses beyond
-//! 52 bits.
+//! ranges (they must not alias the kernel half), physical addresses beyond
+//! 52 bits, one table allocated per missing level, a 1 GiB leaf over emptied
+//! tables, and INVLPG of the last byte.
 
 use kmem::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
-use kmem::gfp::{GFP_ATOMIC, GFP_KERNEL};
+use kmem::gfp::{__GFP_MEMALLOC, __GFP_NOWARN, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT};
 use kmem::paging::tlb::TlbAccess;
 use kmem::paging::x86_64::ADDR_MASK;
 use kmem::paging::{
@@ -503,4 +504,159 @@ fn tlb_flush_with_top_page_cached() {
     assert!(pt.access(VirtAddr(TOP_PAGE)).is_some());
     pt.flush_all();
     assert!(tlbs[0].lock().is_empty());
+}
+
+/// Mapping a 4 KiB page whose PML4/PDPT/PD already exist needs exactly one
+/// new table (a PT). Linux's `vmap_pte_range` -> `pte_alloc_kernel_track`
+/// allocates one page. The model used to allocate 3 "spares" whatever was
+/// missing (and fail if any of them could not be had).
+#[test]
+fn one_missing_table_allocates_one_frame() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let f = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let va = VirtAddr(VMALLOC_START);
+    pt.map(va, f.phys(), PageSize::Size4K, PteFlags::KERNEL, GFP_KERNEL)
+        .unwrap()
+        .ignore();
+    let before = pt.stats();
+    let va2 = VirtAddr(VMALLOC_START + (1 << 21)); // same PD, new PT
+    pt.map(
+        va2,
+        f.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    let after = pt.stats();
+    assert_eq!(after.tables - before.tables, 1);
+    assert_eq!(
+        after.tables_allocated - before.tables_allocated,
+        1,
+        "table frames allocated to add one PT (freed unused: {})",
+        after.tables_freed - before.tables_freed
+    );
+}
+
+/// Same, under memory pressure: with exactly one free page, a map that
+/// needs one PT must succeed (Linux allocates just that PT). The model's
+/// `fill_spares` insists on 3 frames and fails the map.
+#[test]
+fn one_missing_table_with_one_free_page() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let f = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let va = VirtAddr(VMALLOC_START);
+    pt.map(va, f.phys(), PageSize::Size4K, PteFlags::KERNEL, GFP_KERNEL)
+        .unwrap()
+        .ignore();
+    let gfp = GFP_NOWAIT | __GFP_MEMALLOC | __GFP_NOWARN;
+    let mut held = Vec::new();
+    while let Ok(p) = m.pages().alloc_pages(gfp, 0) {
+        held.push(p);
+    }
+    // Give exactly one page back.
+    let one = held.pop().unwrap();
+    m.pages().free_pages(one, 0).unwrap();
+    // Control: that one page can be allocated with this mask, and is the
+    // only one.
+    let c = m
+        .pages()
+        .alloc_pages(gfp, 0)
+        .expect("the freed page is allocatable");
+    assert!(m.pages().alloc_pages(gfp, 0).is_err(), "only one page free");
+    m.pages().free_pages(c, 0).unwrap();
+    let va2 = VirtAddr(VMALLOC_START + (1 << 21));
+    let r = pt.map(va2, f.phys(), PageSize::Size4K, PteFlags::KERNEL, gfp);
+    let ok = match r {
+        Ok(fl) => {
+            fl.ignore();
+            true
+        }
+        Err(e) => {
+            eprintln!("map needing one PT with one free page failed: {e}");
+            false
+        }
+    };
+    for p in held {
+        m.pages().free_pages(p, 0).unwrap();
+    }
+    assert!(ok, "map needing a single PT failed with one free page");
+}
+
+/// A 1 GiB leaf where only emptied lower tables remain (a PD whose entries
+/// point to empty PTs) must be accepted: Linux's `vmap_try_huge_pud` calls
+/// x86 `pud_free_pmd_page`, which frees the PD and its PTs. The model used to
+/// replace only a PD whose own count was 0.
+#[test]
+fn leaf_1g_over_emptied_subtree() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let f = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let base = VirtAddr(VMALLOC_START + (3 << 30));
+    pt.map(
+        VirtAddr(base.0 + 0x5000),
+        f.phys(),
+        PageSize::Size4K,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    )
+    .unwrap()
+    .ignore();
+    pt.unmap(VirtAddr(base.0 + 0x5000)).unwrap().1.flush();
+    // Nothing is mapped in the gigabyte any more.
+    assert!(pt.translate(VirtAddr(base.0 + 0x5000)).is_err());
+    let r = pt.map(
+        base,
+        PhysAddr(1 << 30),
+        PageSize::Size1G,
+        PteFlags::KERNEL,
+        GFP_KERNEL,
+    );
+    match r {
+        Ok(fl) => fl.ignore(),
+        Err(MapError::TableInUse { level, .. }) => {
+            panic!("1 GiB leaf over an emptied PD/PT refused: TableInUse at level {level}")
+        }
+        Err(e) => panic!("1 GiB map failed: {e}"),
+    }
+    assert_eq!(
+        pt.translate(base).unwrap().size,
+        PageSize::Size1G,
+        "1 GiB leaf in place"
+    );
+}
+
+/// INVLPG of any address inside a page drops that page's entry, also the
+/// last byte of the address space (the model's saturated top, u64::MAX,
+/// used to make that an empty range).
+#[test]
+fn invlpg_last_byte_drops_top_page() {
+    let mut t = Box::new(Tlb::new(TlbConfig::GOLDEN_COVE).unwrap());
+    let walk = |_va: VirtAddr| Some((PhysAddr(0x1234_5000), PageSize::Size4K));
+    t.access(VirtAddr(TOP_PAGE), walk);
+    assert!(t.lookup(VirtAddr(TOP_PAGE)).is_some());
+    t.invlpg(VirtAddr(usize::MAX));
+    assert!(
+        t.lookup(VirtAddr(TOP_PAGE)).is_none(),
+        "invlpg of the top page's last byte left its entry cached ({} entries)",
+        t.len()
+    );
+}
+
+/// Same for a 2 MiB entry at the top of the address space: INVLPG of its
+/// last byte.
+#[test]
+fn invlpg_last_byte_drops_top_2m() {
+    let mut t = Box::new(Tlb::new(TlbConfig::GOLDEN_COVE).unwrap());
+    let top2m = usize::MAX & !((1 << 21) - 1);
+    let walk = |_va: VirtAddr| Some((PhysAddr(0x4000_0000), PageSize::Size2M));
+    t.access(VirtAddr(top2m), walk);
+    t.invlpg(VirtAddr(usize::MAX));
+    assert!(
+        t.lookup(VirtAddr(top2m)).is_none(),
+        "invlpg of the top 2 MiB page's last byte left its entry cached"
+    );
 }

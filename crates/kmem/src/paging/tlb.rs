@@ -335,15 +335,18 @@ impl<const N: usize> Array<N> {
     /// Drops entries whose page overlaps `[start, end)`; returns how many.
     fn invalidate(&mut self, start: u64, end: u64) -> u64 {
         let mut n = 0;
+        if end <= start {
+            return 0;
+        }
+        // Compared as page numbers: the last page's top, 2^64, is not a u64.
+        let last = end - 1;
         for s in self.slots[..self.geo.entries].iter_mut() {
             if s.tag == 0 {
                 continue;
             }
             let shift = size_of_index(s.size).shift();
-            let base = (s.tag - 1) << shift;
-            // Saturating: the last page's top is 2^64.
-            let top = base.saturating_add(1u64 << shift);
-            if base < end && start < top {
+            let page = s.tag - 1;
+            if start >> shift <= page && page <= last >> shift {
                 s.tag = 0;
                 n += 1;
             }
@@ -523,8 +526,10 @@ impl Tlb {
     /// x86 `invlpg`: drops every entry (any size, both levels) covering `va`.
     pub fn invlpg(&mut self, va: VirtAddr) {
         self.stats.invlpg += 1;
-        let v = va.0 as u64;
-        self.invalidate(v, v.saturating_add(1));
+        // The 4 KiB page holding va: its first byte, so the range never
+        // ends past 2^64 - 1.
+        let v = va.0 as u64 & !0xfff;
+        self.invalidate(v, v + 1);
     }
 
     /// Drops every entry overlapping `[start, end)`.

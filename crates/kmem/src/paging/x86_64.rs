@@ -114,7 +114,8 @@ struct Spares {
 
 /// Why a locked walk stopped.
 enum WalkStop {
-    NeedTable,
+    /// This many tables are missing below the entry it stopped at.
+    NeedTable(usize),
     Err(MapError),
 }
 
@@ -284,7 +285,8 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
             let v = e.load(Relaxed);
             if v & PteFlags::PRESENT.bits() == 0 {
                 if spares.n == 0 {
-                    return Err(WalkStop::NeedTable);
+                    // One table per missing level (Linux's *_alloc_track).
+                    return Err(WalkStop::NeedTable((level - target) as usize));
                 }
                 spares.n -= 1;
                 let t = spares.frames[spares.n];
@@ -319,13 +321,20 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
                 // A lower table sits there. Linux's pmd_free_pte_page: an
                 // empty one may be replaced by the huge leaf.
                 let child = (v & ADDR_MASK) >> 12;
+                let base = va.0 & !(level_span(level) - 1);
+                if self.count(child).load(Relaxed) != 0 && level > 2 {
+                    // Tables below may hold nothing but empty tables
+                    // (Linux's pud_free_pmd_page frees them all).
+                    let end = base.saturating_add(level_span(level));
+                    self.free_level(child, level - 1, base, end);
+                }
                 if self.count(child).load(Relaxed) != 0 {
                     return Err(MapError::TableInUse { va, level });
                 }
                 e.store(0, Relaxed);
                 self.bump(table, -1);
-                let base = VirtAddr(va.0 & !(level_span(level) - 1));
-                self.flush_range(base, VirtAddr(base.0 + level_span(level)));
+                let end = base.saturating_add(level_span(level));
+                self.flush_range(VirtAddr(base), VirtAddr(end));
                 self.free_table(child);
             } else {
                 return Err(MapError::AlreadyMapped {
@@ -360,8 +369,9 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
         Ok(())
     }
 
-    fn fill_spares(&self, spares: &mut Spares, gfp: Gfp) -> Result<(), AllocError> {
-        while spares.n < spares.frames.len() {
+    /// Allocates spare tables (outside the lock) until `need` are held.
+    fn fill_spares(&self, spares: &mut Spares, gfp: Gfp, need: usize) -> Result<(), AllocError> {
+        while spares.n < need.min(spares.frames.len()) {
             spares.frames[spares.n] = self.alloc_table(gfp)?;
             spares.n += 1;
         }
@@ -390,6 +400,7 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
             frames: [0; 3],
             n: 0,
         };
+        let mut need: usize;
         let mut i = 0;
         let result = loop {
             {
@@ -424,10 +435,10 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
                 match stop {
                     None => break Ok(()),
                     Some(WalkStop::Err(error)) => break Err(MapRangeError { mapped: i, error }),
-                    Some(WalkStop::NeedTable) => {}
+                    Some(WalkStop::NeedTable(k)) => need = k,
                 }
             }
-            if let Err(e) = self.fill_spares(&mut spares, gfp) {
+            if let Err(e) = self.fill_spares(&mut spares, gfp, need) {
                 break Err(MapRangeError {
                     mapped: i,
                     error: MapError::TableAlloc(e),
