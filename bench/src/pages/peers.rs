@@ -3,9 +3,10 @@
 //! Each peer manages the same frame-number range, [`PEER_FRAMES`] frames from
 //! [`PEER_BASE_PFN`], as plain numbers: nothing is mapped or touched, except by
 //! frame-alloc, whose metadata lives inside the pool it manages (as kmem's frame
-//! records do). For it a lazily committed 1 GiB host allocation stands in for the
-//! physical range, and its `Provenance` hook translates frame addresses into that
-//! allocation.
+//! records do). For it a 1 GiB zeroed host allocation stands in for the physical
+//! range (written at setup: `alloc_zeroed` with page alignment fills it, so a
+//! `pages` run holds about 2 GiB of such pools, even with `--only kmem`), and
+//! its `Provenance` hook translates frame addresses into that allocation.
 //!
 //! Orders map to the peers' own calls: buddy allocators take a count of 2^order
 //! frames and return naturally aligned blocks; bitmap-allocator takes `alloc()` for
@@ -190,8 +191,8 @@ unsafe impl<const ID: usize> Provenance for PoolProv<ID> {
     }
 }
 
-/// A 1 GiB zeroed host allocation standing in for the peers' physical range.
-/// The OS commits only the pages frame-alloc writes (its metadata).
+/// A 1 GiB zeroed host allocation standing in for the peers' physical range
+/// (every byte written at setup, see the module comment).
 struct HostPool<const ID: usize> {
     ptr: NonNull<u8>,
     layout: Layout,
