@@ -2,11 +2,15 @@
 //! grace period frees only what was queued before it began (objects queued
 //! meanwhile, and `SLAB_TYPESAFE_BY_RCU` slabs its own frees empty, wait for
 //! the next), the pending counts stay exact under concurrent `kfree_rcu`, and
-//! `rcu_barrier` in atomic context is refused with a report.
+//! `rcu_barrier` (slab and vmalloc) in atomic context is refused with a
+//! report, and kvfree_rcu_mightsleep's pointer nodes notice an object
+//! written while queued.
 
 use kmem::addr::VirtAddr;
 use kmem::gfp::GFP_KERNEL;
+use kmem::kvmalloc::KvAlloc;
 use kmem::slab::{SlabAllocator, SlabConfig, SlabFlags};
+use kmem_host::vmap;
 use kmem_host::{HostPlatform, Machine, MachineConfig};
 
 fn small_machine(ram: u64, cpus: usize) -> Machine {
@@ -254,4 +258,101 @@ fn rcu_barrier_in_atomic_context_is_refused_or_reported() {
         silent.is_empty(),
         "rcu_barrier ran a grace period silently inside: {silent:?}"
     );
+}
+
+fn machine(ram: u64, cpus: usize) -> Machine {
+    small_machine(ram, cpus)
+}
+
+fn log(m: &Machine) -> String {
+    m.platform().take_log().join("\n")
+}
+
+/// kvfree_rcu_mightsleep queues a kmalloc object through a pointer node,
+/// writing nothing into it; a plain kfree of the queued object is not caught
+/// on a kmalloc cache, so the object may be handed out again. The node's
+/// fingerprint of the object's first words tells the grace period it was
+/// written: reported and leaked, not freed under its next owner (as an
+/// overwritten rcu_head is).
+#[test]
+fn kvfree_rcu_mightsleep_then_kfree_is_noticed_not_freed() {
+    let m = machine(64 << 20, 1);
+    kmem_host::set_cpu(0);
+    let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let kv = KvAlloc::new(&slab, &vm);
+    let p = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    kv.kvfree_rcu_mightsleep(p).unwrap();
+    // Misuse: a plain kfree of the queued object (not caught on kmalloc).
+    let _ = slab.kfree(p);
+    // The next owner gets it back and writes all of it.
+    let q = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    assert_eq!(q, p, "setup: the object is handed out again (LIFO)");
+    unsafe { q.write_bytes(0x77, 64) };
+    log(&m);
+    assert!(kv.rcu_barrier());
+    let l = log(&m);
+    assert!(l.contains("was written while queued"), "{l}");
+    // Is q still live? A live object's ksize is 64; a freed one's 0 (or the
+    // next kmalloc hands it out again).
+    let r = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    assert!(
+        r != q,
+        "the grace period freed the next owner's live object {q:p} (log: {l:?})"
+    );
+}
+
+/// A second kvfree_rcu_mightsleep of a queued kmalloc object is not refused
+/// at the call (nothing in the object says it is queued), but the grace
+/// period frees it once: the second node finds the object changed (freed by
+/// the first) and reports instead of freeing it again.
+#[test]
+fn kvfree_rcu_mightsleep_twice_frees_once() {
+    let m = machine(64 << 20, 1);
+    kmem_host::set_cpu(0);
+    let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let kv = KvAlloc::new(&slab, &vm);
+    let p = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    unsafe { p.write_bytes(0x33, 64) };
+    kv.kvfree_rcu_mightsleep(p).unwrap();
+    let _ = kv.kvfree_rcu_mightsleep(p);
+    log(&m);
+    assert!(kv.rcu_barrier());
+    let l = log(&m);
+    assert!(
+        l.contains("was written while queued") || l.contains("double free"),
+        "{l}"
+    );
+    // Freed exactly once: handed out once, not twice.
+    let a = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    let b = slab.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
+    assert_ne!(a, b, "the object was freed twice");
+}
+
+/// Vmalloc's rcu_barrier (the other half of KvAlloc::rcu_barrier) refuses
+/// in atomic context with the sleeping-function report, as the slab's does
+/// (it ran a grace period silently under a spinlock).
+#[test]
+fn vmalloc_rcu_barrier_in_atomic_context_is_refused_or_reported() {
+    let m = machine(64 << 20, 1);
+    kmem_host::set_cpu(0);
+    let vm = vmap::vmalloc(&m).unwrap();
+    let p = vm.vmalloc(4 * 4096).unwrap().as_ptr();
+    vm.vfree_rcu_mightsleep(p).unwrap();
+    log(&m);
+    let ok = {
+        let _g = kmem_host::spin_lock();
+        vm.rcu_barrier()
+    };
+    let l = log(&m);
+    assert!(
+        !ok,
+        "Vmalloc::rcu_barrier under a spinlock ran a grace period"
+    );
+    assert!(
+        l.contains("sleeping function called from invalid context"),
+        "{l}"
+    );
+    assert!(vm.rcu_barrier());
 }

@@ -138,7 +138,7 @@ fn cpus_beyond_the_header_are_reported() {
     assert_eq!(r.accounting.replayed, 2);
     let t = r.to_text();
     assert!(
-        t.contains("CPUs 0-5; CPU k ran as CPU k % 2"),
+        t.contains("CPUs 0-5, the machine has 2: CPU k ran as CPU k % 2"),
         "no folding note in:\n{t}"
     );
     // Within the header's CPUs there is no note.

@@ -282,3 +282,15 @@ fn costly_dma_caveat_sees_every_mask() {
         f[0].evidence.gfp
     );
 }
+
+/// Bytes of an order: saturating from the first order whose bytes do not
+/// fit (52 with 4 KiB pages; order 52 wrapped to 0 bytes).
+#[test]
+fn order_bytes_saturates() {
+    use kmem_trace::replay::perf::order_bytes;
+    assert_eq!(order_bytes(0), 4096);
+    assert_eq!(order_bytes(10), 4 << 20);
+    assert_eq!(order_bytes(51), 1 << 63);
+    assert_eq!(order_bytes(52), u64::MAX);
+    assert_eq!(order_bytes(u32::MAX - 20), u64::MAX);
+}

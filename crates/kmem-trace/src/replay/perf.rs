@@ -575,10 +575,11 @@ impl PerfPage {
 /// Bytes of an order-`order` block, saturating for orders no kernel has
 /// (the parser takes any number; perf refuses orders above its maximum).
 pub fn order_bytes(order: u32) -> u64 {
-    (kmem::PAGE_SIZE as u64)
-        .checked_shl(order)
-        .filter(|b| b.trailing_zeros() == order + kmem::PAGE_SHIFT)
-        .unwrap_or(u64::MAX)
+    if order + kmem::PAGE_SHIFT >= u64::BITS {
+        u64::MAX
+    } else {
+        (kmem::PAGE_SIZE as u64) << order
+    }
 }
 
 /// Thousands separators, as perf prints with `%'lu`.

@@ -252,7 +252,7 @@ impl ReplayReport {
         if m.trace_cpus as usize > m.nr_cpus {
             let _ = writeln!(
                 o,
-                "  note: the trace's events name CPUs 0-{}; CPU k ran as CPU k % {} (the machine's CPUs come from the header's #P)",
+                "  note: the trace's events name CPUs 0-{}, the machine has {1}: CPU k ran as CPU k % {1}",
                 m.trace_cpus - 1,
                 m.nr_cpus
             );

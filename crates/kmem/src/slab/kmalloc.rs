@@ -730,7 +730,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<bool, SlabFreeError> {
         let addr = p as usize;
-        self.ksize_checked(addr, caller)?;
+        let (ks, _) = self.ksize_checked(addr, caller)?;
         let Ok(node) = self.kmalloc_node_at(
             super::rcu::PTR_NODE_SIZE,
             crate::gfp::GFP_KERNEL | Gfp::NOWARN,
@@ -744,7 +744,11 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             unsafe { cache.mark_rcu_queued(addr) };
         }
         // SAFETY: a fresh node; p is live and freed only by the grace period.
-        unsafe { self.global().rcu.defer_ptr(node.as_ptr() as usize, addr) };
+        unsafe {
+            self.global()
+                .rcu
+                .defer_ptr(node.as_ptr() as usize, addr, ks / 8)
+        };
         Ok(true)
     }
 

@@ -50,12 +50,34 @@ const RCU_QUEUED: usize = 0x6b66_7263_755f_7164;
 /// Offsets of an `rcu_head` are below this (the largest kmalloc block).
 const MAX_HEAD_OFFSET: usize = 1 << 32;
 
-/// The offset a pointer node is queued with (see [`RcuQueue::defer_ptr`]):
-/// no `rcu_head` lies that far into an object.
+/// The offset a pointer node is queued with (see [`RcuQueue::defer_ptr`]),
+/// plus the words its fingerprint covers (0..=[`FINGERPRINT_WORDS`]): no
+/// `rcu_head` lies that far into an object.
 const PTR_NODE: usize = MAX_HEAD_OFFSET;
 
-/// Bytes of a pointer node: link, queued word, the pointer.
-pub(crate) const PTR_NODE_SIZE: usize = 24;
+/// Bytes of a pointer node: link, queued word, the pointer, the fingerprint.
+pub(crate) const PTR_NODE_SIZE: usize = 32;
+
+/// Words of an object a pointer node's fingerprint covers (its first 64
+/// bytes, or fewer in a smaller object).
+pub(crate) const FINGERPRINT_WORDS: usize = 8;
+
+/// A fingerprint of the first `words` words at `p`: a queued object is not
+/// written (readers only read it), so a different one at the end of the
+/// grace period means it was freed and reused, or written after it was
+/// queued.
+///
+/// # Safety
+/// `p..p + 8 * words` is readable, 8-aligned memory.
+pub(crate) unsafe fn fingerprint(p: usize, words: usize) -> usize {
+    let mut h = 0x243f_6a88_85a3_08d3usize ^ words;
+    for i in 0..words {
+        // SAFETY: per the contract.
+        let w = unsafe { (p as *const usize).add(i).read() };
+        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+    h
+}
 
 /// Objects and slabs waiting for a grace period.
 #[derive(Debug)]
@@ -138,16 +160,24 @@ impl RcuQueue {
     /// `node`, a [`PTR_NODE_SIZE`]-byte kmalloc object of its own: what
     /// `kvfree_rcu_mightsleep` does for an object without an `rcu_head`,
     /// writing nothing into it (Linux keeps such pointers in pages of
-    /// pointers). The grace period frees the target, then the node.
+    /// pointers). The node also keeps a [`fingerprint`] of the target's
+    /// first `words` words; the grace period frees the target only if it
+    /// still matches (else it reports and leaks it, as for an overwritten
+    /// `rcu_head`), then the node.
     ///
     /// # Safety
     /// `node` is a live kmalloc object of at least [`PTR_NODE_SIZE`] bytes
-    /// that nobody else uses; `target` is live until the grace period.
-    pub(crate) unsafe fn defer_ptr(&self, node: usize, target: usize) {
+    /// that nobody else uses; `target` is live until the grace period, with
+    /// `words` (at most [`FINGERPRINT_WORDS`]) readable words.
+    pub(crate) unsafe fn defer_ptr(&self, node: usize, target: usize, words: usize) {
+        let words = words.min(FINGERPRINT_WORDS);
         // SAFETY: per the contract.
         unsafe {
             (node as *mut usize).add(2).write(target);
-            self.defer_obj(node, PTR_NODE);
+            (node as *mut usize)
+                .add(3)
+                .write(fingerprint(target, words));
+            self.defer_obj(node, PTR_NODE + words);
         }
     }
 
@@ -185,16 +215,25 @@ impl RcuQueue {
                 };
                 // The mask is an XOR: applied again, it gives the offset back.
                 let off = Self::queued_word(h, word);
-                if off == PTR_NODE {
+                if (PTR_NODE..=PTR_NODE + FINGERPRINT_WORDS).contains(&off) {
                     let _ = self
                         .nr_objs
                         .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-                    // SAFETY: a queued pointer node (defer_ptr).
-                    let target = unsafe {
+                    // SAFETY: a queued pointer node (defer_ptr); its target
+                    // lies in the direct map, readable even if freed.
+                    let (target, same) = unsafe {
                         (h as *mut usize).add(1).write(0);
-                        (h as *const usize).add(2).read()
+                        let target = (h as *const usize).add(2).read();
+                        let sum = (h as *const usize).add(3).read();
+                        (target, fingerprint(target, off - PTR_NODE) == sum)
                     };
-                    free_any(pages, target, caller);
+                    if same {
+                        free_any(pages, target, caller);
+                    } else {
+                        pages.platform().warn(format_args!(
+                            "kvfree_rcu_mightsleep: object {target:#x} was written while queued (freed and reused, or written after kvfree_rcu_mightsleep); not freed, leaked (grace period ended at {caller})"
+                        ));
+                    }
                     free_any(pages, h, caller);
                     h = next;
                     continue;

@@ -179,11 +179,31 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
 
     /// Ends a grace period for `vfree_rcu` and `vfree_rcu_mightsleep`: frees
     /// everything queued. Refused (returns false) inside an RCU read-side
-    /// section.
+    /// section, and in atomic context (reported as a sleep in atomic
+    /// context, as the slab's `rcu_barrier`: no grace period ends there).
+    #[track_caller]
     pub fn rcu_barrier(&self) -> bool {
-        if self.pages.platform().context().rcu_depth > 0 {
+        let ctx = self.pages.platform().context();
+        if ctx.rcu_depth > 0 {
             return false;
         }
+        if ctx.is_atomic() {
+            self.stats.context_violations.fetch_add(1, Relaxed);
+            let v = ContextViolation {
+                context: ctx,
+                cpu: self.pages.platform().cpu_id(),
+                caller: Location::caller(),
+            };
+            self.pages.platform().warn(format_args!("{v}"));
+            return false;
+        }
+        self.run_rcu();
+        true
+    }
+
+    /// Frees everything queued for a grace period (the caller vouches that
+    /// one has passed).
+    pub(crate) fn run_rcu(&self) {
         let mut r = core::mem::replace(&mut self.state.lock().rcu_records, ptr::null_mut());
         while !r.is_null() {
             // SAFETY: queued records are busy areas marked DEFERRED_FREE,
@@ -208,7 +228,6 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             let _ = self.vfree_now(h - off, true);
             h = next;
         }
-        true
     }
 
     /// Objects queued by `vfree_rcu` or `vfree_rcu_mightsleep` and not yet

@@ -712,7 +712,7 @@ impl<P: Platform, B: PageTables> Drop for Vmalloc<'_, P, B> {
     /// still live are not freed (their owners still hold pointers); the
     /// count is reported.
     fn drop(&mut self) {
-        self.rcu_barrier();
+        self.run_rcu();
         self.drain_deferred();
         self.purge_fragmented_blocks();
         self.purge();
