@@ -13,23 +13,31 @@
 //!
 //! The steps are the script's, in its order: mount tracefs if it is not
 //! there; snapshot; tracing off, buffer cleared, raw pointers
-//! (`options/hash-ptr` 0), a 128 MiB per-CPU buffer, the ten kmem/vmalloc
-//! events enabled; tracing on; run CMD (output discarded) and stop it with
-//! SIGTERM after SECONDS, as `timeout` does (SIGKILL if it lingers); tracing
-//! off; the buffer streamed through zstd (level 19, every CPU) into
-//! `trace.zst` while event lines are counted; events disabled; snapshot.
-//! Needs root. `--tracefs` and `--proc` point elsewhere (tests use a fake
-//! tracefs directory).
+//! (`options/hash-ptr` 0) and the irq-info columns replay needs
+//! (`options/irq-info` 1), a 128 MiB per-CPU buffer, the ten kmem/vmalloc
+//! events enabled; tracing on; run CMD (output discarded, in a process
+//! group of its own) and stop the whole group with SIGTERM after SECONDS,
+//! as `timeout` does (SIGKILL if it lingers); tracing off; the buffer
+//! streamed through zstd (level 19, every CPU) into `trace.zst` while event
+//! lines are counted; events disabled; snapshot. Needs root. `--tracefs`
+//! and `--proc` point elsewhere (tests use a fake tracefs directory).
 //!
-//! One difference: the script leaves tracefs as it set it; `kmem record`
-//! then puts back the buffer size (128 MiB per CPU of kernel memory
-//! otherwise stays allocated) and `hash-ptr` (raw pointers in every later
-//! trace otherwise), and unmounts tracefs if it mounted it.
+//! Differences from the script, which leaves tracefs as it set it:
+//! whatever happens (an error, the command not starting), `kmem record`
+//! turns tracing off, disables the events, puts back the buffer size (128
+//! MiB per CPU of kernel memory otherwise stays allocated), `hash-ptr` and
+//! `irq-info`, and unmounts tracefs if it mounted it; the after snapshot is
+//! taken once the buffer is given back, so it does not count it. SIGINT,
+//! SIGTERM or SIGHUP end the recording early as the deadline does (the
+//! trace so far is kept, the exit status is 130); a second one exits at
+//! once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -104,8 +112,11 @@ pub struct Recorded {
     pub text_bytes: u64,
     /// How the command ended: its exit code, or `None` if stopped by a signal.
     pub status: Option<i32>,
-    /// True if the command was still running at the deadline.
+    /// True if the command was still running at the deadline (or when a
+    /// signal ended the recording).
     pub timed_out: bool,
+    /// True if SIGINT, SIGTERM or SIGHUP ended the recording early.
+    pub interrupted: bool,
 }
 
 fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, String> {
@@ -193,8 +204,48 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Runs `cmd` with its output discarded; after `secs`, SIGTERM (then SIGKILL
-/// five seconds later if it is still there).
+/// Set by SIGINT, SIGTERM or SIGHUP while recording: stop early.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The signals that end a recording early.
+const STOP_SIGNALS: [i32; 3] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+];
+
+/// While alive, [`STOP_SIGNALS`] set [`INTERRUPTED`] (a second one exits
+/// with 128 + the signal); dropped, the previous handling is back.
+struct StopSignals(Vec<signal_hook::SigId>);
+
+impl StopSignals {
+    fn install() -> Result<StopSignals, String> {
+        INTERRUPTED.store(false, SeqCst);
+        let mut ids = Vec::new();
+        for sig in STOP_SIGNALS {
+            // The exit goes first: it fires only once the flag is set.
+            let r = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, &INTERRUPTED)
+                .and_then(|a| Ok((a, signal_hook::flag::register(sig, &INTERRUPTED)?)));
+            match r {
+                Ok((a, b)) => ids.extend([a, b]),
+                Err(e) => return Err(format!("signal handler: {e}")),
+            }
+        }
+        Ok(StopSignals(ids))
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        for id in self.0.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// Runs `cmd` with its output discarded, in a process group of its own;
+/// after `secs` (or once [`INTERRUPTED`]), SIGTERM to the group (then
+/// SIGKILL five seconds later if the command is still there).
 fn run_with_timeout(cmd: &[String], secs: f64) -> Result<(Option<i32>, bool), String> {
     let (prog, args) = cmd.split_first().ok_or("no command given")?;
     let mut child = ctx(
@@ -203,9 +254,11 @@ fn run_with_timeout(cmd: &[String], secs: f64) -> Result<(Option<i32>, bool), St
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn(),
         || format!("cannot run {prog}"),
     )?;
+    let group = rustix::process::Pid::from_child(&child);
     let deadline = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
     let mut timed_out = false;
     let mut kill_at = None;
@@ -214,13 +267,13 @@ fn run_with_timeout(cmd: &[String], secs: f64) -> Result<(Option<i32>, bool), St
             return Ok((st.code(), timed_out));
         }
         let now = Instant::now();
-        if !timed_out && now >= deadline {
+        if !timed_out && (now >= deadline || INTERRUPTED.load(SeqCst)) {
             timed_out = true;
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
             kill_at = Some(now + Duration::from_secs(5));
         }
         if kill_at.is_some_and(|k| now >= k) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = child.kill();
             kill_at = None;
         }
@@ -282,19 +335,39 @@ fn compress(src: &Path, dst: &Path, level: i32) -> Result<(u64, u64), String> {
 /// Records: see the module comment.
 pub fn record(args: &RecordArgs) -> Result<Recorded, String> {
     let t = &args.tracefs;
+    let signals = StopSignals::install()?;
     let mounted = ensure_tracefs(t)?;
     let saved = [
         ("buffer_size_kb", setting(t, "buffer_size_kb")),
         ("options/hash-ptr", setting(t, "options/hash-ptr")),
+        ("options/irq-info", setting(t, "options/irq-info")),
     ];
-    let r = record_mounted(args);
+    let mut r = record_mounted(args);
+    // Whatever happened: nothing left tracing, every setting back.
+    let _ = put(t, "tracing_on", "0");
+    let _ = put(t, "set_event", "");
     for (name, value) in saved {
         if let Some(v) = value {
             let _ = put(t, name, &v);
         }
     }
+    if r.is_ok() {
+        // With the ring buffer given back: it is not the workload's memory.
+        snapshot(&args.proc, &args.dir, "after");
+        let release =
+            fs::read_to_string(args.proc.join("sys/kernel/osrelease")).unwrap_or_default();
+        if let Err(e) = ctx(fs::write(args.dir.join("kernel"), release), || {
+            "kernel".to_string()
+        }) {
+            r = Err(e);
+        }
+    }
     if mounted {
         let _ = rustix::mount::unmount(t, rustix::mount::UnmountFlags::empty());
+    }
+    drop(signals);
+    if let Ok(rec) = &mut r {
+        rec.interrupted = INTERRUPTED.swap(false, SeqCst);
     }
     r
 }
@@ -308,6 +381,7 @@ fn record_mounted(args: &RecordArgs) -> Result<Recorded, String> {
     put(t, "tracing_on", "0")?;
     put(t, "trace", "")?;
     put(t, "options/hash-ptr", "0")?;
+    put(t, "options/irq-info", "1")?;
     put(t, "buffer_size_kb", &BUFFER_KB.to_string())?;
     put(t, "set_event", "")?;
     for e in EVENTS {
@@ -320,17 +394,12 @@ fn record_mounted(args: &RecordArgs) -> Result<Recorded, String> {
     let (status, timed_out) = run?;
     stopped?;
     let (events, text_bytes) = compress(&t.join("trace"), &args.dir.join("trace.zst"), args.level)?;
-    put(t, "set_event", "")?;
-    snapshot(&args.proc, &args.dir, "after");
-    let release = fs::read_to_string(args.proc.join("sys/kernel/osrelease")).unwrap_or_default();
-    ctx(fs::write(args.dir.join("kernel"), release), || {
-        "kernel".to_string()
-    })?;
     Ok(Recorded {
         events,
         text_bytes,
         status,
         timed_out,
+        interrupted: false,
     })
 }
 
@@ -347,6 +416,10 @@ pub fn run(args: &RecordArgs) -> ExitCode {
                 r.events,
                 args.dir.join("trace.zst").display()
             );
+            if r.interrupted {
+                eprintln!("kmem record: interrupted; the trace so far is kept");
+                return ExitCode::from(130);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
