@@ -273,7 +273,8 @@ pub fn init_cpu_tables() {
             cs = in(reg) KERNEL_CS as u64,
             ds = in(reg) KERNEL_DS as u64,
             tss = in(reg) TSS_SEL as u64,
-            tmp = lateout(reg) _,
+            // Written before ds and tss are read: not a late output.
+            tmp = out(reg) _,
         );
 
         let stubs = core::ptr::addr_of!(isr_stubs) as u64;

@@ -7,6 +7,9 @@
 //! - ACPI tables and NVS (types 3, 4) are RAM that exists but is not ours:
 //!   reserved;
 //! - everything else (firmware-reserved, MMIO, unusable) is left out: a hole;
+//! - where entries overlap, the non-RAM type wins (as Linux's e820
+//!   sanitising keeps the most restrictive one): such a range inside a RAM
+//!   entry is cut out of it;
 //! - inside RAM, the first page (real-mode IVT/BDA, and a NULL guard) and the
 //!   kernel image (code, data, `.bss`, boot stack and page tables) are carved
 //!   out as reserved.
@@ -20,6 +23,9 @@ use kmem::{Region, RegionKind};
 
 /// Most regions produced.
 pub const MAX_REGIONS: usize = 160;
+
+/// Most carved ranges taken.
+pub const MAX_CARVE: usize = 8;
 
 /// A memory map under construction.
 pub struct MemoryMap {
@@ -65,30 +71,53 @@ impl MemoryMap {
 }
 
 /// Builds kmem's memory map from `e820`, reserving `carve` ranges (first
-/// page, kernel image) inside RAM, and clipping at `limit`.
+/// page, kernel image) inside RAM, and clipping at `limit`. Where entries
+/// overlap, anything that is not RAM wins over RAM (Linux's e820 sanitising
+/// keeps the most restrictive type): a reserved or ACPI range listed inside
+/// a RAM entry is never handed out.
 pub fn from_e820(e820: &[E820Entry], carve: &[(u64, u64)], limit: u64) -> MemoryMap {
     // Keep RAM and ACPI entries, as (start, end, kind), sorted by start.
     let mut ents = [(0u64, 0u64, RegionKind::Usable); crate::boot::MAX_E820];
     let mut n = 0;
+    // Ranges RAM must not cover, sorted by start: the carved ranges
+    // (reserved) and every non-RAM entry (reserved for ACPI, else a hole).
+    let mut excl = [(0u64, 0u64, None::<RegionKind>); crate::boot::MAX_E820 + MAX_CARVE];
+    let mut m = 0;
+    for &(c0, c1) in carve.iter().take(MAX_CARVE) {
+        excl[m] = (c0, c1, Some(RegionKind::Reserved));
+        m += 1;
+    }
     let mut dropped = 0u64;
     for e in e820 {
+        let (start, end) = (e.addr, e.addr.saturating_add(e.size));
         let kind = match e.kind {
             1 => RegionKind::Usable,
             3 | 4 => RegionKind::Reserved,
-            _ => continue,
+            _ => {
+                if m < excl.len() {
+                    excl[m] = (start, end, None);
+                    m += 1;
+                }
+                continue;
+            }
         };
-        let (start, end) = (e.addr, e.addr.saturating_add(e.size));
-        if end > limit {
+        if kind == RegionKind::Reserved && m < excl.len() {
+            excl[m] = (start, end, Some(RegionKind::Reserved));
+            m += 1;
+        }
+        if kind == RegionKind::Usable && end > limit {
             dropped += end - start.max(limit);
         }
         let end = end.min(limit);
-        if start < end {
+        if start < end && n < ents.len() {
             ents[n] = (start, end, kind);
             n += 1;
         }
     }
     let ents = &mut ents[..n];
     ents.sort_unstable_by_key(|e| e.0);
+    let excl = &mut excl[..m];
+    excl.sort_unstable_by_key(|e| e.0);
 
     let mut map = MemoryMap {
         regions: [Region::usable(0, 0); MAX_REGIONS],
@@ -106,15 +135,17 @@ pub fn from_e820(e820: &[E820Entry], carve: &[(u64, u64)], limit: u64) -> Memory
             map.push(start, end, kind);
             continue;
         }
-        // Usable: split around the carved-out ranges (sorted by start).
+        // Usable: split around the excluded ranges.
         let mut at = start;
-        for &(c0, c1) in carve {
+        for &(c0, c1, what) in excl.iter() {
             let (c0, c1) = (c0.max(at), c1.min(end));
             if c0 >= c1 {
                 continue;
             }
             map.push(at, c0, RegionKind::Usable);
-            map.push(c0, c1, RegionKind::Reserved);
+            if let Some(k) = what {
+                map.push(c0, c1, k);
+            }
             at = c1;
         }
         map.push(at, end, RegionKind::Usable);

@@ -139,12 +139,17 @@ pub fn run(pa: &'static Pages) -> Section {
             AREA
         );
     }
-    if let (Some(e), true) = (tables.entry(VirtAddr(AREA), 1), paging::nx_enabled()) {
-        check!(
-            s,
-            e & PteFlags::DIRTY.bits() != 0 && e & PteFlags::NO_EXECUTE.bits() != 0,
-            "PTE of {AREA:#x} is {e:#x}"
-        );
+    match tables.entry(VirtAddr(AREA), 1) {
+        Some(e) => {
+            // NX only exists where EFER.NXE is on.
+            let nx = !paging::nx_enabled() || e & PteFlags::NO_EXECUTE.bits() != 0;
+            check!(
+                s,
+                e & PteFlags::DIRTY.bits() != 0 && nx,
+                "PTE of {AREA:#x} is {e:#x}"
+            );
+        }
+        None => s.fail(format_args!("no PTE maps {AREA:#x}")),
     }
     check!(
         s,

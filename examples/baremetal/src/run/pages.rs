@@ -171,6 +171,8 @@ pub fn run(pa: &'static Pages) -> Section {
                 second.unwrap_err()
             );
         }
+    } else {
+        s.fail(format_args!("double free: no order-1 block to test with"));
     }
 
     // Exhaustion: 4 MiB blocks until none is left, then all back.

@@ -307,6 +307,8 @@ pub fn run(pa: &'static Pages) -> Section {
         }
         let _ = slab.kfree(b as *const u8);
         let _ = pa.free_pages(page, 0);
+    } else {
+        s.fail(format_args!("bad frees: no object or page to test with"));
     }
 
     let now = settle(pa);
