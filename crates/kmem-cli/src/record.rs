@@ -28,16 +28,19 @@
 //! MiB per CPU of kernel memory otherwise stays allocated), `hash-ptr` and
 //! `irq-info`, and unmounts tracefs if it mounted it; the after snapshot is
 //! taken once the buffer is given back, so it does not count it. SIGINT,
-//! SIGTERM or SIGHUP end the recording early as the deadline does (the
-//! trace so far is kept, the exit status is 130); a second one exits at
-//! once.
+//! SIGTERM, SIGHUP or SIGQUIT end the recording early as the deadline does
+//! (the trace so far is kept, the exit status is 130; before the command
+//! started, it is not started); a second one kills the command's group at
+//! once and abandons the compression, and tracefs is still restored. The
+//! command dies with kmem (`PR_SET_PDEATHSIG`). Tracing that someone else
+//! had on is left alone if `kmem record` fails before touching tracefs.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -204,60 +207,83 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Set by SIGINT, SIGTERM or SIGHUP while recording: stop early.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Stop signals received while recording: the first ends the recording
+/// early (the command gets SIGTERM), the second kills the command's group
+/// at once and abandons the compression; tracefs is restored either way.
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
-/// The signals that end a recording early.
-const STOP_SIGNALS: [i32; 3] = [
+/// Set once the recording is over: a stop signal then does what it did
+/// before (signal-hook emulates the default action).
+static DONE: AtomicBool = AtomicBool::new(true);
+
+/// The signals that end a recording early (SIGQUIT too: the terminal sends
+/// it to kmem's process group, which the command is not in).
+const STOP_SIGNALS: [i32; 4] = [
     signal_hook::consts::SIGINT,
     signal_hook::consts::SIGTERM,
     signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGQUIT,
 ];
 
-/// While alive, [`STOP_SIGNALS`] set [`INTERRUPTED`] (a second one exits
-/// with 128 + the signal); dropped, the previous handling is back.
-struct StopSignals(Vec<signal_hook::SigId>);
+/// Stop signals seen so far.
+fn signals() -> usize {
+    SIGNALS.load(SeqCst)
+}
+
+/// While alive, [`STOP_SIGNALS`] count in [`SIGNALS`]; dropped, they take
+/// their default action again (emulated by signal-hook: its handlers stay
+/// installed).
+struct StopSignals;
 
 impl StopSignals {
     fn install() -> Result<StopSignals, String> {
-        INTERRUPTED.store(false, SeqCst);
-        let mut ids = Vec::new();
+        SIGNALS.store(0, SeqCst);
+        DONE.store(false, SeqCst);
         for sig in STOP_SIGNALS {
-            // The exit goes first: it fires only once the flag is set.
-            let r = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, &INTERRUPTED)
-                .and_then(|a| Ok((a, signal_hook::flag::register(sig, &INTERRUPTED)?)));
-            match r {
-                Ok((a, b)) => ids.extend([a, b]),
-                Err(e) => return Err(format!("signal handler: {e}")),
+            // The default action once DONE; counting while recording.
+            signal_hook::flag::register_conditional_default(sig, &DONE)
+                .map_err(|e| format!("signal handler: {e}"))?;
+            // SAFETY: the action is an atomic load and add, async-signal-safe.
+            unsafe {
+                signal_hook::low_level::register(sig, || {
+                    if !DONE.load(SeqCst) {
+                        SIGNALS.fetch_add(1, SeqCst);
+                    }
+                })
             }
+            .map_err(|e| format!("signal handler: {e}"))?;
         }
-        Ok(StopSignals(ids))
+        Ok(StopSignals)
     }
 }
 
 impl Drop for StopSignals {
     fn drop(&mut self) {
-        for id in self.0.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
+        DONE.store(true, SeqCst);
     }
 }
 
-/// Runs `cmd` with its output discarded, in a process group of its own;
-/// after `secs` (or once [`INTERRUPTED`]), SIGTERM to the group (then
-/// SIGKILL five seconds later if the command is still there).
+/// Runs `cmd` with its output discarded, in a process group of its own
+/// (killed if kmem dies); after `secs` (or a stop signal), SIGTERM to the
+/// group, then SIGKILL five seconds later (or at a second stop signal) if
+/// the command is still there.
 fn run_with_timeout(cmd: &[String], secs: f64) -> Result<(Option<i32>, bool), String> {
     let (prog, args) = cmd.split_first().ok_or("no command given")?;
-    let mut child = ctx(
-        Command::new(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn(),
-        || format!("cannot run {prog}"),
-    )?;
+    let mut command = Command::new(prog);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: one prctl system call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(io::Error::from)
+        });
+    }
+    let mut child = ctx(command.spawn(), || format!("cannot run {prog}"))?;
     let group = rustix::process::Pid::from_child(&child);
     let deadline = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
     let mut timed_out = false;
@@ -267,12 +293,12 @@ fn run_with_timeout(cmd: &[String], secs: f64) -> Result<(Option<i32>, bool), St
             return Ok((st.code(), timed_out));
         }
         let now = Instant::now();
-        if !timed_out && (now >= deadline || INTERRUPTED.load(SeqCst)) {
+        if !timed_out && (now >= deadline || signals() > 0) {
             timed_out = true;
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
             kill_at = Some(now + Duration::from_secs(5));
         }
-        if kill_at.is_some_and(|k| now >= k) {
+        if kill_at.is_some_and(|k| now >= k || signals() > 1) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             let _ = child.kill();
             kill_at = None;
@@ -291,6 +317,9 @@ struct CountLines<R> {
 
 impl<R: Read> Read for CountLines<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if signals() > 1 {
+            return Err(io::Error::other("stopped by a second signal"));
+        }
         let n = {
             let avail = self.inner.fill_buf()?;
             let n = avail.len().min(buf.len());
@@ -335,20 +364,24 @@ fn compress(src: &Path, dst: &Path, level: i32) -> Result<(u64, u64), String> {
 /// Records: see the module comment.
 pub fn record(args: &RecordArgs) -> Result<Recorded, String> {
     let t = &args.tracefs;
-    let signals = StopSignals::install()?;
+    let _signals = StopSignals::install()?;
     let mounted = ensure_tracefs(t)?;
     let saved = [
         ("buffer_size_kb", setting(t, "buffer_size_kb")),
         ("options/hash-ptr", setting(t, "options/hash-ptr")),
         ("options/irq-info", setting(t, "options/irq-info")),
     ];
-    let mut r = record_mounted(args);
-    // Whatever happened: nothing left tracing, every setting back.
-    let _ = put(t, "tracing_on", "0");
-    let _ = put(t, "set_event", "");
-    for (name, value) in saved {
-        if let Some(v) = value {
-            let _ = put(t, name, &v);
+    let mut touched = false;
+    let mut r = record_mounted(args, &mut touched);
+    if touched {
+        // Whatever happened once tracefs was changed: nothing left
+        // tracing, every setting back.
+        let _ = put(t, "tracing_on", "0");
+        let _ = put(t, "set_event", "");
+        for (name, value) in saved {
+            if let Some(v) = value {
+                let _ = put(t, name, &v);
+            }
         }
     }
     if r.is_ok() {
@@ -365,19 +398,24 @@ pub fn record(args: &RecordArgs) -> Result<Recorded, String> {
     if mounted {
         let _ = rustix::mount::unmount(t, rustix::mount::UnmountFlags::empty());
     }
-    drop(signals);
     if let Ok(rec) = &mut r {
-        rec.interrupted = INTERRUPTED.swap(false, SeqCst);
+        rec.interrupted = signals() > 0;
     }
     r
 }
 
-fn record_mounted(args: &RecordArgs) -> Result<Recorded, String> {
+/// The recording proper; `touched` is set before tracefs is first written.
+fn record_mounted(args: &RecordArgs, touched: &mut bool) -> Result<Recorded, String> {
     let t = &args.tracefs;
+    let interrupted = || "interrupted before the command started; nothing recorded".to_string();
     ctx(fs::create_dir_all(&args.dir), || {
         args.dir.display().to_string()
     })?;
     snapshot(&args.proc, &args.dir, "before");
+    if signals() > 0 {
+        return Err(interrupted());
+    }
+    *touched = true;
     put(t, "tracing_on", "0")?;
     put(t, "trace", "")?;
     put(t, "options/hash-ptr", "0")?;
@@ -386,6 +424,9 @@ fn record_mounted(args: &RecordArgs) -> Result<Recorded, String> {
     put(t, "set_event", "")?;
     for e in EVENTS {
         append(t, "set_event", e)?;
+    }
+    if signals() > 0 {
+        return Err(interrupted());
     }
     put(t, "tracing_on", "1")?;
     let run = run_with_timeout(&args.cmd, args.seconds);
@@ -424,6 +465,9 @@ pub fn run(args: &RecordArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("kmem record: {e}");
+            if signals() > 0 {
+                return ExitCode::from(130);
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,9 +3,14 @@
 //! or a signal leaves tracefs as it was (nothing enabled, buffer size and
 //! options back), the deadline stops everything the command started (its
 //! process group, as `timeout` does), and irq-info is on while recording
-//! (replay needs its columns).
+//! (replay needs its columns); and from a second review: a second signal
+//! still restores tracefs and kills the command, an error before tracefs is
+//! touched leaves someone else's tracing alone, a signal before the command
+//! starts keeps it from starting, and the command dies with kmem.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,9 +52,12 @@ fn kmem_record(t: &Path, p: &Path, out: &Path, secs: &str, cmd: &[&str]) -> Comm
     c
 }
 
-fn wait_bounded(child: &mut Child, limit: Duration) {
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
@@ -83,6 +91,10 @@ fn running(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
         .flatten()
         .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+fn signal(pid: &str, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg("--").arg(pid).status();
 }
 
 fn kill(pid: u32) {
@@ -182,8 +194,8 @@ fn the_deadline_stops_what_the_command_started() {
 
 /// `--help`: "DIR/trace.zst (ftrace text with raw pointers and irq-info
 /// columns ...)", and `kmem replay` rejects lines without the irq-info
-/// column. record sets options/hash-ptr for the raw pointers but never
-/// options/irq-info, so with irq-info off the trace is unreadable by replay.
+/// column: irq-info is on while recording (it was never set, so with it off
+/// the trace was unreadable by replay).
 #[test]
 fn irq_info_is_on_while_recording() {
     let (t, p, base) = fake("irqinfo");
@@ -199,4 +211,186 @@ fn irq_info_is_on_while_recording() {
         .unwrap();
     wait_bounded(&mut child, Duration::from_secs(20));
     assert_eq!(read(&seen), "1\n", "options/irq-info while the command ran");
+}
+
+/// Module doc: "whatever happens ... kmem record turns tracing off, disables
+/// the events, puts back the buffer size ...". A second SIGTERM while the
+/// command is still shutting down kills its group at once and tracefs is
+/// still restored (a first version exited from the signal handler, leaving
+/// tracing on, the events enabled and the command running).
+#[test]
+fn a_second_signal_still_restores_tracefs_and_kills_the_command() {
+    let (t, p, base) = fake("second");
+    let pidfile = base.join("cmd.pid");
+    // A command that takes its time on SIGTERM (here: forever).
+    let script = format!(
+        "echo $$ > '{}'; trap '' TERM; exec sleep 30",
+        pidfile.display()
+    );
+    let mut child = kmem_record(&t, &p, &base.join("out"), "60", &["sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let cmd_pid = read_pid(&pidfile).expect("the command started");
+    std::thread::sleep(Duration::from_millis(200));
+    let kmem = child.id().to_string();
+    signal(&kmem, "-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    // Impatient: a second one within the 5 s grace period.
+    signal(&kmem, "-TERM");
+    let st = wait_bounded(&mut child, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let cmd_alive = running(cmd_pid);
+    signal(&cmd_pid.to_string(), "-KILL");
+    let state = format!(
+        "exit={st:?} tracing_on={:?} set_event={:?} buffer_size_kb={:?} hash-ptr={:?} command still running={cmd_alive}",
+        read(&t.join("tracing_on")),
+        read(&t.join("set_event")),
+        read(&t.join("buffer_size_kb")),
+        read(&t.join("options/hash-ptr"))
+    );
+    assert_eq!(read(&t.join("tracing_on")), "0\n", "{state}");
+    assert!(read(&t.join("set_event")).trim().is_empty(), "{state}");
+    assert_eq!(read(&t.join("buffer_size_kb")), "1410\n", "{state}");
+    assert_eq!(read(&t.join("options/hash-ptr")), "1\n", "{state}");
+    assert!(!cmd_alive, "{state}");
+}
+
+/// An error before kmem changed anything (the output directory cannot be
+/// created) leaves a tracing session someone else had running (tracing on,
+/// their events enabled) alone (a first version of the restore switched it
+/// off and cleared its events).
+#[test]
+fn an_early_error_does_not_clobber_someone_elses_tracing() {
+    let (t, p, base) = fake("early");
+    fs::write(t.join("tracing_on"), "1\n").unwrap();
+    fs::write(t.join("set_event"), "sched:sched_switch\n").unwrap();
+    // The output directory's parent is a regular file: create_dir_all fails.
+    fs::write(base.join("file"), "x").unwrap();
+    let st = kmem_record(&t, &p, &base.join("file/out"), "1", &["true"])
+        .status()
+        .unwrap();
+    assert!(!st.success(), "setup: the output dir cannot be created");
+    let state = format!(
+        "tracing_on={:?} set_event={:?}",
+        read(&t.join("tracing_on")),
+        read(&t.join("set_event"))
+    );
+    assert_eq!(read(&t.join("tracing_on")), "1\n", "{state}");
+    assert_eq!(
+        read(&t.join("set_event")),
+        "sched:sched_switch\n",
+        "{state}"
+    );
+}
+
+/// A signal that arrives before the command starts (here: while the before
+/// snapshot reads /proc) keeps the command from starting (the flag used to
+/// be looked at only after spawn: a command with side effects on start ran
+/// although the user had interrupted).
+#[test]
+fn an_interrupt_before_the_command_starts_keeps_it_from_starting() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("no strace: skipped");
+        return;
+    }
+    let (t, p, base) = fake("early-signal");
+    // meminfo as a FIFO: the before snapshot blocks reading it.
+    fs::remove_file(p.join("meminfo")).unwrap();
+    let st = Command::new("mkfifo")
+        .arg(p.join("meminfo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let log = base.join("strace.log");
+    let kmem = kmem_record(
+        &t,
+        &p,
+        &base.join("out"),
+        "30",
+        &["/bin/echo", "zz-started"],
+    );
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        .arg(&log)
+        .arg(kmem.get_program())
+        .args(kmem.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    // kmem: the process running our binary on this fake tracefs.
+    let start = Instant::now();
+    let needle = t.display().to_string();
+    let kmem_pid = loop {
+        let found = fs::read_dir("/proc").unwrap().flatten().find_map(|d| {
+            let name = d.file_name().into_string().ok()?;
+            name.parse::<u32>().ok()?;
+            let cmd = fs::read(d.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.starts_with(env!("CARGO_BIN_EXE_kmem")) && cmd.contains(&needle)).then_some(name)
+        });
+        if let Some(k) = found {
+            break k;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "kmem not found");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let wchan = read(Path::new(&format!("/proc/{kmem_pid}/wchan")));
+    signal(&kmem_pid, "-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    // Feed the FIFO (before and after snapshots) until kmem is gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fifo = p.join("meminfo");
+    let (stop2, fifo2) = (stop.clone(), fifo.clone());
+    let writer = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(mut f) = fs::OpenOptions::new().write(true).open(&fifo2) {
+                use std::io::Write;
+                let _ = f.write_all(b"MemTotal: 1 kB\n");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let st = wait_bounded(&mut child, Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Release a writer blocked in open.
+    let _ = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000)
+        .open(&fifo);
+    let _ = writer.join();
+    let trace = read(&log);
+    assert!(
+        !trace.contains("execve(\"/bin/echo\""),
+        "the command was exec'd after the interrupt (kmem {kmem_pid} was in {wchan:?}; strace exit {st:?}):\n{trace}"
+    );
+}
+
+/// The command runs in a process group of its own, so a signal sent to
+/// kmem's job (the terminal's Ctrl-\ SIGQUIT) does not reach it directly:
+/// kmem handles SIGQUIT as a stop signal, and the command dies with kmem in
+/// any case (PR_SET_PDEATHSIG).
+#[test]
+fn killing_kmem_s_job_stops_the_command() {
+    let (t, p, base) = fake("job");
+    let pidfile = base.join("cmd.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 30", pidfile.display());
+    let mut c = kmem_record(&t, &p, &base.join("out"), "60", &["sh", "-c", &script]);
+    // kmem as a shell job: a process group of its own, as a terminal's
+    // foreground job has.
+    c.process_group(0);
+    let mut child = c.spawn().unwrap();
+    let cmd_pid = read_pid(&pidfile).expect("the command started");
+    std::thread::sleep(Duration::from_millis(200));
+    // Ctrl-\ : SIGQUIT to the foreground process group.
+    signal(&format!("-{}", child.id()), "-QUIT");
+    let st = wait_bounded(&mut child, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = running(cmd_pid);
+    signal(&cmd_pid.to_string(), "-KILL");
+    assert!(
+        !alive,
+        "kmem's job got SIGQUIT (kmem: {st:?}); the command {cmd_pid} still runs"
+    );
 }

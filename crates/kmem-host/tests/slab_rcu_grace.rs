@@ -356,3 +356,39 @@ fn vmalloc_rcu_barrier_in_atomic_context_is_refused_or_reported() {
     );
     assert!(vm.rcu_barrier());
 }
+
+/// Default (hardened) configuration, a kmalloc-128 object: its free-pointer
+/// word lies at 64, past the first 64 bytes, so the fingerprint covers that
+/// word too: a plain kfree of the queued object rewrites it, and a next
+/// owner whose first 64 bytes match the old ones is still noticed (the
+/// grace period freed that live object silently before).
+#[test]
+fn kfree_of_queued_128_byte_object_then_reuse_is_noticed() {
+    let m = machine(64 << 20, 1);
+    kmem_host::set_cpu(0);
+    let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let kv = KvAlloc::new(&slab, &vm);
+    let p = slab.kmalloc(128, GFP_KERNEL).unwrap().as_ptr();
+    unsafe {
+        p.write_bytes(0x11, 64); // header
+        p.add(64).write_bytes(0xaa, 64); // payload
+    }
+    kv.kvfree_rcu_mightsleep(p).unwrap();
+    // Misuse: a plain kfree of the queued object (not caught on kmalloc).
+    let _ = slab.kfree(p);
+    let q = slab.kmalloc(128, GFP_KERNEL).unwrap().as_ptr();
+    assert_eq!(q, p, "setup: the object is handed out again (LIFO)");
+    unsafe {
+        q.write_bytes(0x11, 64); // the same header
+        q.add(64).write_bytes(0xbb, 64); // its own payload
+    }
+    log(&m);
+    assert!(kv.rcu_barrier());
+    let l = log(&m);
+    let r = slab.kmalloc(128, GFP_KERNEL).unwrap().as_ptr();
+    assert!(
+        r != q,
+        "the grace period freed the next owner's live object {q:p} silently (log: {l:?})"
+    );
+}

@@ -747,7 +747,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         unsafe {
             self.global()
                 .rcu
-                .defer_ptr(node.as_ptr() as usize, addr, ks / 8)
+                .defer_ptr(self.pages, node.as_ptr() as usize, addr, ks / 8)
         };
         Ok(true)
     }

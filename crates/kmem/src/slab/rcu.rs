@@ -62,19 +62,34 @@ pub(crate) const PTR_NODE_SIZE: usize = 32;
 /// bytes, or fewer in a smaller object).
 pub(crate) const FINGERPRINT_WORDS: usize = 8;
 
-/// A fingerprint of the first `words` words at `p`: a queued object is not
-/// written (readers only read it), so a different one at the end of the
-/// grace period means it was freed and reused, or written after it was
-/// queued.
+/// A fingerprint of a queued object: its first `words` words and, for a
+/// slab object whose free-pointer word lies beyond them but inside what its
+/// owner may use, that word too (a free on a hardened cache rewrites it). A
+/// queued object is not written (readers only read it), so a different one
+/// at the end of the grace period means it was freed (and maybe reused) or
+/// written after it was queued. Best effort: a reuse that leaves those
+/// words as they were (a kzalloc of an object that was all zeros, or any
+/// reuse on an unhardened cache with the same first bytes) goes unseen.
 ///
 /// # Safety
-/// `p..p + 8 * words` is readable, 8-aligned memory.
-pub(crate) unsafe fn fingerprint(p: usize, words: usize) -> usize {
+/// `p..p + 8 * words` is readable, 8-aligned memory (a direct-map address).
+pub(crate) unsafe fn fingerprint<P: Platform>(
+    pages: &PageAllocator<P>,
+    p: usize,
+    words: usize,
+) -> usize {
     let mut h = 0x243f_6a88_85a3_08d3usize ^ words;
+    let mut mix = |w: usize| h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
     for i in 0..words {
         // SAFETY: per the contract.
-        let w = unsafe { (p as *const usize).add(i).read() };
-        h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        mix(unsafe { (p as *const usize).add(i).read() });
+    }
+    if let Ok(Found::Slab { cache, .. }) = find(pages, p) {
+        let off = cache.offset;
+        if off >= 8 * words && off + 8 <= super::kmalloc::slab_ksize(cache) {
+            // SAFETY: inside the object's usable bytes.
+            mix(unsafe { ((p + off) as *const usize).read() });
+        }
     }
     h
 }
@@ -169,14 +184,20 @@ impl RcuQueue {
     /// `node` is a live kmalloc object of at least [`PTR_NODE_SIZE`] bytes
     /// that nobody else uses; `target` is live until the grace period, with
     /// `words` (at most [`FINGERPRINT_WORDS`]) readable words.
-    pub(crate) unsafe fn defer_ptr(&self, node: usize, target: usize, words: usize) {
+    pub(crate) unsafe fn defer_ptr<P: Platform>(
+        &self,
+        pages: &PageAllocator<P>,
+        node: usize,
+        target: usize,
+        words: usize,
+    ) {
         let words = words.min(FINGERPRINT_WORDS);
         // SAFETY: per the contract.
         unsafe {
             (node as *mut usize).add(2).write(target);
             (node as *mut usize)
                 .add(3)
-                .write(fingerprint(target, words));
+                .write(fingerprint(pages, target, words));
             self.defer_obj(node, PTR_NODE + words);
         }
     }
@@ -225,7 +246,7 @@ impl RcuQueue {
                         (h as *mut usize).add(1).write(0);
                         let target = (h as *const usize).add(2).read();
                         let sum = (h as *const usize).add(3).read();
-                        (target, fingerprint(target, off - PTR_NODE) == sum)
+                        (target, fingerprint(pages, target, off - PTR_NODE) == sum)
                     };
                     if same {
                         free_any(pages, target, caller);
