@@ -89,7 +89,9 @@ fn fls(x: usize) -> u32 {
 
 /// Linux's `calculate_order`: the slab order for objects of `size` bytes.
 pub(crate) fn calculate_order(size: usize, cfg: &SlabConfig, nr_cpus: usize) -> Option<u32> {
-    let max_order = cfg.max_order.min(MAX_PAGE_ORDER);
+    // A minimum above the maximum raises the maximum (Linux's
+    // setup_slub_min_order).
+    let max_order = cfg.max_order.max(cfg.min_order).min(MAX_PAGE_ORDER);
     let min_objects = if cfg.min_objects != 0 {
         cfg.min_objects
     } else {
