@@ -59,6 +59,11 @@ pub enum AllocError {
     SleepInAtomic(ContextViolation),
     /// Any allocation in NMI context.
     InNmi,
+    /// `__GFP_THISNODE` for a node the machine does not have.
+    NoSuchNode {
+        /// The node asked for.
+        node: i32,
+    },
 }
 
 impl core::error::Error for AllocError {}
@@ -107,6 +112,10 @@ impl fmt::Display for AllocError {
             AllocError::InNmi => write!(
                 f,
                 "allocation refused in NMI context: no allocator may be entered from an NMI"
+            ),
+            AllocError::NoSuchNode { node } => write!(
+                f,
+                "page allocation on node {node} with __GFP_THISNODE: the machine has no such node"
             ),
         }
     }

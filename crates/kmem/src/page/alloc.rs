@@ -248,6 +248,16 @@ impl<P: Platform> PageAllocator<P> {
             Ok(z) => z,
             Err(e) => return Err(AllocError::InvalidGfp(e)),
         };
+        if nid >= 0 && nid as usize >= self.nr_nodes && gfp.contains(Gfp::THISNODE) {
+            // Linux's warn_if_node_offline: no zonelist to serve it from.
+            self.stats.fail_nomem.fetch_add(1, Relaxed);
+            if !gfp.contains(Gfp::NOWARN) {
+                self.platform().warn(format_args!(
+                    "WARNING: __GFP_THISNODE allocation on node {nid}, which does not exist (at {caller})"
+                ));
+            }
+            return Err(AllocError::NoSuchNode { node: nid });
+        }
         let node = if nid < 0 || nid as usize >= self.nr_nodes {
             self.default_node
         } else {
@@ -287,8 +297,8 @@ impl<P: Platform> PageAllocator<P> {
     /// Walks the zonelist; returns a block from the first zone that passes
     /// the watermark in force. Like Linux, when the preferred zone is Normal
     /// and DMA32 exists, the first walk avoids mixing mobility types
-    /// (`ALLOC_NOFRAGMENT`: whole-pageblock claims only, no steals) and a
-    /// second walk allows it.
+    /// (`ALLOC_NOFRAGMENT`: whole-pageblock claims only, no steals) over the
+    /// preferred node's zones, and a second walk allows it.
     #[inline]
     fn get_page_from_freelist(&self, req: &Request, flags: AllocFlags) -> Option<u64> {
         let zl = &self.zonelists[req.node];
@@ -320,11 +330,20 @@ impl<P: Platform> PageAllocator<P> {
         slots: &[u8],
         nofrag: bool,
     ) -> Option<u64> {
+        let mut local = None;
         for &slot in slots {
             let slot = slot as usize;
             let zone = &self.zones[slot];
             if zone.ztype > req.zone || !zone.is_populated() {
                 continue;
+            }
+            // Zones are numbered node * 3 + type. Moving to a remote node,
+            // the unfragmenting walk gives up: locality matters more than
+            // fragmentation (Linux's get_page_from_freelist retries
+            // without ALLOC_NOFRAGMENT there).
+            let node = slot / 3;
+            if nofrag && *local.get_or_insert(node) != node {
+                return None;
             }
             if !flags.has(AllocFlags::NO_WATERMARKS) {
                 let mark = zone.watermark(flags.mark());
@@ -447,7 +466,12 @@ impl<P: Platform> PageAllocator<P> {
                 }
             }
         }
-        let oom = !gfp.contains(Gfp::RETRY_MAYFAIL) && !costly;
+        // Linux's __alloc_pages_may_oom: no OOM kill for costly orders,
+        // __GFP_RETRY_MAYFAIL or __GFP_THISNODE, or a lowmem-only request
+        // (highest zone below Normal).
+        let oom = !gfp.intersects(Gfp::RETRY_MAYFAIL | Gfp::THISNODE)
+            && !costly
+            && req.zone >= ZoneType::Normal;
         if oom {
             self.stats.oom.fetch_add(1, Relaxed);
         }

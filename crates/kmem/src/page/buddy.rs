@@ -150,12 +150,23 @@ impl<P: Platform> PageAllocator<P> {
         }
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
         let end = start + PAGEBLOCK_NR_PAGES;
+        let zone = self.mm.frame_unchecked(pfn).zone_slot();
         let (mut free, mut alike) = (0u64, 0u64);
         let mut p = start;
         while p < end {
             let Some(f) = self.mm.frame(p) else {
                 return false;
             };
+            // A pageblock shared with another zone (or node) is not claimed
+            // whole: its other blocks are on that zone's lists (Linux's
+            // prep_move_freepages_block refuses it too).
+            if matches!(
+                f.state(),
+                FrameState::Buddy | FrameState::Allocated | FrameState::Pcp
+            ) && f.zone_slot() != zone
+            {
+                return false;
+            }
             match f.state() {
                 FrameState::Buddy => {
                     free += 1 << f.order();
