@@ -8,7 +8,7 @@
 //! ```text
 //!  map:    buffer phys ─► within dma_mask?  yes ─► bus = phys
 //!                                            no ─► swiotlb slot (copy in) ─► bus = slot
-//!  sync:   bounced? copy in the direction the mapping allows; ownership moves
+//!  sync:   bounced? copy in the direction the sync names; ownership moves
 //!  unmap:  bounced? copy back (FROM_DEVICE, BIDIRECTIONAL), free the slots
 //! ```
 //!
@@ -190,7 +190,7 @@ fn sync_at<P: Platform>(
     }
     let pa = PhysAddr(bus.0);
     if dma.swiotlb.is_swiotlb_buffer(pa) {
-        dma.swiotlb.sync(pa, size, for_cpu);
+        dma.swiotlb.sync(pa, size, dir, for_cpu);
     }
     checked.map(|_| ()).map_err(DmaError::Api)
 }

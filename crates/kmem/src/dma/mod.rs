@@ -31,7 +31,7 @@
 //! - Streaming mappings bounce through swiotlb when the buffer lies beyond
 //!   the DMA mask (or `swiotlb_force`): 2 KiB slots, runs of 128 slots
 //!   (256 KiB, the largest bounced mapping), map copies the buffer in, the
-//!   syncs copy in the direction the mapping allows, unmap copies back for
+//!   syncs copy in the direction the sync names, unmap copies back for
 //!   `DMA_FROM_DEVICE`/`DMA_BIDIRECTIONAL`. Bouncing never blocks: a full
 //!   pool is an error.
 //! - Coherent memory is zeroed, naturally aligned to its order, from the

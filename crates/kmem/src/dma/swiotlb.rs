@@ -487,9 +487,17 @@ impl<P: Platform> Swiotlb<P> {
     }
 
     /// Brings `size` bytes at `pa` (inside a bounced mapping) up to date for
-    /// the CPU (`for_cpu`) or the device, in the direction the mapping
-    /// allows. Returns the mapping, or `None` if `pa` is not in one.
-    pub(crate) fn sync(&self, pa: PhysAddr, size: usize, for_cpu: bool) -> Option<BounceRecord> {
+    /// the CPU (`for_cpu`) or the device, in the direction the sync call
+    /// names (Linux's swiotlb_sync_single_for_{cpu,device}: a bidirectional
+    /// mapping may be synced one way only). Returns the mapping, or `None`
+    /// if `pa` is not in one.
+    pub(crate) fn sync(
+        &self,
+        pa: PhysAddr,
+        size: usize,
+        dir: DmaDirection,
+        for_cpu: bool,
+    ) -> Option<BounceRecord> {
         let rec = self.find(pa)?;
         let off = (pa.0 - rec.tlb.0) as usize;
         if off >= rec.size {
@@ -497,9 +505,9 @@ impl<P: Platform> Swiotlb<P> {
         }
         // Never copy past the mapping (Linux warns and clamps as well).
         let len = size.min(rec.size - off);
-        if for_cpu && rec.dir.device_writes() {
+        if for_cpu && dir.device_writes() {
             self.bounce(rec.orig.0 + off as u64, pa.0, len, false);
-        } else if !for_cpu && rec.dir.device_reads() {
+        } else if !for_cpu && dir.device_reads() {
             self.bounce(rec.orig.0 + off as u64, pa.0, len, true);
         }
         Some(rec)
