@@ -10,6 +10,7 @@ mod dma_common;
 
 use dma_common::*;
 use kmem::addr::{PhysAddr, PAGE_SIZE};
+use kmem::dma::engine::DESC_WRITE;
 use kmem::dma::*;
 use kmem::gfp::GFP_KERNEL;
 use kmem::Platform;
@@ -431,4 +432,45 @@ fn bounced_sg_segment_respects_device_segment_boundary() {
             "segment {b:#x}+{l:#x} crosses {boundary:#x}"
         );
     }
+}
+
+struct Fill(u8);
+impl DevicePort for Fill {
+    fn produce(&mut self, _: u64, _: usize, buf: &mut [u8]) {
+        buf.fill(self.0);
+    }
+    fn consume(&mut self, _: u64, _: usize, _: &[u8]) {}
+}
+
+/// A bounced bidirectional mapping synced for the CPU with DMA_NONE:
+/// check_sync skips the direction check for bidirectional mappings, and
+/// since c511217 swiotlb copies by the sync's direction, so DMA_NONE copies
+/// nothing and the call returns Ok: the device's bytes are silently lost
+/// (before: copied by the mapping's direction; Linux: BUG_ON(!valid_dma_direction)).
+/// map refuses DMA_NONE with DmaError::InvalidDirection; sync does not.
+#[test]
+fn sync_with_dma_none_is_not_a_silent_noop() {
+    let m = dma_common::machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let eng = DmaEngine::new(&dev, 8).unwrap();
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    assert!(pfn.phys().0 >= 4 * GIB);
+    let cpu = m.pages().page_address(pfn).as_ptr::<u8>();
+    fill(cpu, PAGE_SIZE, 1);
+    let bus = dma_map_single(&dev, cpu, PAGE_SIZE, DMA_BIDIRECTIONAL).unwrap();
+    assert!(dma.swiotlb().is_swiotlb_buffer(PhysAddr(bus.0)));
+    eng.post(bus, PAGE_SIZE as u32, DESC_WRITE).unwrap();
+    assert_eq!(eng.run(&mut Fill(2)).completed, 1);
+    let r = dma_sync_single_for_cpu(&dev, bus, PAGE_SIZE, DMA_NONE);
+    let got = read(cpu, PAGE_SIZE);
+    let _ = dma_unmap_single(&dev, bus, PAGE_SIZE, DMA_BIDIRECTIONAL);
+    m.pages().free_pages(pfn, 0).unwrap();
+    drop(eng);
+    let _ = dev.release();
+    assert!(
+        r.is_err() || got[0] == 2,
+        "sync_for_cpu(DMA_NONE) returned {r:?} yet copied nothing (CPU holds {}, device wrote 2)",
+        got[0]
+    );
 }

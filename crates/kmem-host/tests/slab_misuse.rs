@@ -1203,3 +1203,57 @@ fn kfree_rcu_writes_nothing_but_the_head() {
         assert!(s.rcu_barrier());
     }
 }
+
+/// Linux's ___slab_alloc ignores a node that is not in slab_nodes (node =
+/// NUMA_NO_NODE) for every cache, debug caches included. kmem's non-debug
+/// path does the same (alloc_fast); the debug path (alloc_single) passes the
+/// raw node to new_slab, where the page allocator fails __GFP_THISNODE on
+/// a missing node (NoSuchNode): every path now ignores it.
+#[test]
+fn debug_cache_thisnode_on_missing_node_like_plain_cache() {
+    let m = machine();
+    assert_eq!(m.pages().nr_nodes(), 1);
+    let s = slab(&m, SlabConfig::default());
+    let plain = s
+        .kmem_cache_create("plain", 64, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let dbg = s
+        .kmem_cache_create(
+            "dbg",
+            64,
+            0,
+            SlabFlags::NO_MERGE | SlabFlags::RED_ZONE,
+            None,
+        )
+        .unwrap();
+    let p = plain
+        .alloc_node(GFP_KERNEL | Gfp::THISNODE, 3)
+        .expect("plain cache: missing node ignored");
+    let r = dbg.alloc_node(GFP_KERNEL | Gfp::THISNODE, 3);
+    let log = m.platform().take_log().join("\n");
+    plain.free(p).unwrap();
+    match r {
+        Ok(q) => dbg.free(q).unwrap(),
+        Err(e) => panic!(
+            "debug cache alloc_node(GFP_KERNEL|__GFP_THISNODE, node 3) on a 1-node machine failed \
+             ({e:?}) where the same cache without debugging succeeds; log:\n{log}"
+        ),
+    }
+}
+
+/// Same root cause through `slab_debug` (every cache debug): a small
+/// kmalloc_node with __GFP_THISNODE on a node the machine lacks.
+#[test]
+fn slab_debug_kmalloc_node_thisnode_missing_node() {
+    let m = machine();
+    let cfg = SlabConfig {
+        slab_debug: kmem::slab::SlabDebug::new("FZPU"),
+        ..Default::default()
+    };
+    let s = slab(&m, cfg);
+    let r = s.kmalloc_node(100, GFP_KERNEL | Gfp::THISNODE, 2);
+    match r {
+        Ok(p) => s.kfree(p.as_ptr()).unwrap(),
+        Err(e) => panic!("slab_debug kmalloc_node(100, THISNODE, 2) on a 1-node machine: {e:?}"),
+    }
+}

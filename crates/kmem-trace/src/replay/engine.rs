@@ -684,6 +684,16 @@ impl<'r, 'm> Engine<'r, 'm> {
         prev
     }
 
+    /// The trace's node as the machine has it: a node the replay machine
+    /// lacks (a trace from a bigger NUMA machine) means any node.
+    fn machine_node(&self, node: i32) -> i32 {
+        if node >= 0 && node as usize >= self.pages.nr_nodes() {
+            -1
+        } else {
+            node
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn kmalloc(&mut self, ev: &Ev, site: u32, ptr: u64, req: u64, alloc: u64, gfp: Gfp, node: i32) {
         // Conformance: kmem's class against Linux's bytes_alloc.
@@ -701,7 +711,10 @@ impl<'r, 'm> Engine<'r, 'm> {
         self.check_context(ev, gfp, Some(site));
         self.acct.replayed += 1;
         let size = req as usize;
-        match self.slab.kmalloc_node(size, self.gfp(gfp), node) {
+        match self
+            .slab
+            .kmalloc_node(size, self.gfp(gfp), self.machine_node(node))
+        {
             Ok(p) => {
                 let large = size > KMALLOC_MAX_CACHE_SIZE;
                 let kmem_size = if large {
@@ -840,6 +853,7 @@ impl<'r, 'm> Engine<'r, 'm> {
         self.check_context(ev, gfp, Some(site));
         self.acct.replayed += 1;
         let gfp = self.gfp(gfp);
+        let node = self.machine_node(node);
         let slot = &mut self.caches[ci as usize];
         match slot.cache.alloc_node(gfp, node) {
             Ok(p) => {

@@ -181,6 +181,11 @@ fn sync_at<P: Platform>(
     for_cpu: bool,
     site: &'static Location<'static>,
 ) -> Result<(), DmaError> {
+    // Linux: BUG_ON(!valid_dma_direction(dir)); a DMA_NONE sync would copy
+    // nothing and lose the device's bytes silently.
+    if !dir.is_valid() {
+        return Err(DmaError::InvalidDirection);
+    }
     let dma = dev.dma();
     let checked = dma.debug.check_sync(dev, bus, size, dir, for_cpu, site);
     if let Err(r) = checked {
@@ -283,8 +288,9 @@ pub fn dma_unmap_page<P: Platform>(
 }
 
 /// Linux's `dma_sync_single_for_cpu`: the CPU takes the buffer back (for a
-/// bounced `DMA_FROM_DEVICE`/`DMA_BIDIRECTIONAL` mapping, the device's bytes
-/// are copied to it). `addr` may point inside the mapping.
+/// bounced mapping synced `DMA_FROM_DEVICE`/`DMA_BIDIRECTIONAL`, the
+/// device's bytes are copied to it; the sync's direction decides, as in
+/// Linux). `addr` may point inside the mapping.
 ///
 /// A sync of an unmapped address is refused and reported; a sync past the
 /// mapping or in another direction is reported and done within the mapping.
@@ -299,8 +305,8 @@ pub fn dma_sync_single_for_cpu<P: Platform>(
 }
 
 /// Linux's `dma_sync_single_for_device`: the device gets the buffer back
-/// (for a bounced `DMA_TO_DEVICE`/`DMA_BIDIRECTIONAL` mapping, the CPU's
-/// bytes are copied to the bounce buffer).
+/// (for a bounced mapping synced `DMA_TO_DEVICE`/`DMA_BIDIRECTIONAL`, the
+/// CPU's bytes are copied to the bounce buffer).
 #[track_caller]
 pub fn dma_sync_single_for_device<P: Platform>(
     dev: &Device<'_, P>,

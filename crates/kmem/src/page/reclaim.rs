@@ -9,7 +9,9 @@
 //!   fail once reclaim does not help, never "OOM";
 //! - `__GFP_RETRY_MAYFAIL`: retry while reclaim makes progress, then fail;
 //! - default (orders 0..=3): retry while reclaim makes progress; then Linux
-//!   would run the OOM killer, which kmem reports ([`crate::NoMemory::oom`]);
+//!   would run the OOM killer, which kmem reports ([`crate::NoMemory::oom`]),
+//!   except for `__GFP_THISNODE` and lowmem-only (DMA, DMA32) requests,
+//!   which Linux's `__alloc_pages_may_oom` does not kill for;
 //! - `__GFP_NOFAIL`: never fail; wait for another CPU to free memory.
 
 use super::PageAllocator;

@@ -155,6 +155,14 @@ impl<P: Platform> KmemCache<P> {
         orig_size: usize,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, AllocError> {
+        // A node that does not exist means any node (Linux's slab_nodes
+        // check in ___slab_alloc), on every path (debug caches and the
+        // contended bypass included).
+        let node = if node >= 0 && node as usize >= self.pages().nr_nodes() {
+            NUMA_NO_NODE
+        } else {
+            node
+        };
         let p = self.platform();
         let gfp = if p.in_atomic() {
             self.atomic_context(gfp, p.context(), caller)?
@@ -228,17 +236,12 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.alloc_bypass(c, Stat::AllocContended, gfp, node, caller);
         };
-        let mut node = node;
+        // `node` exists (slab_alloc made sure of it).
         if node >= 0 && (g.node != node as u32 || (g.sheaf_n != 0 && g.sheaf_node != node as u32)) {
-            if (node as usize) < self.pages().nr_nodes() {
-                // Another node than this CPU's (or its sheaf's): that node's
-                // partial lists, one object.
-                drop(g);
-                return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
-            }
-            // A node that does not exist means any node (Linux's slab_nodes
-            // check in ___slab_alloc), not a bypass of the CPU on every call.
-            node = NUMA_NO_NODE;
+            // Another node than this CPU's (or its sheaf's): that node's
+            // partial lists, one object.
+            drop(g);
+            return self.alloc_bypass(c, Stat::AllocNodeMismatch, gfp, node, caller);
         }
         if let Some(obj) = self.sheaf_pop(&mut g, c) {
             return Ok(obj);
