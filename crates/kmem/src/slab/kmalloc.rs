@@ -502,7 +502,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if (p as usize) <= ZERO_SIZE_PTR {
             return Ok(());
         }
-        let (ks, _) = self.ksize_checked(p as usize, caller)?;
+        let (ks, _) = self.ksize_checked(p as usize, caller, true)?;
         for i in 0..ks {
             // SAFETY: the object's usable bytes; volatile so the clearing is
             // not optimised away (memzero_explicit).
@@ -520,17 +520,20 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if (p as usize) <= ZERO_SIZE_PTR {
             return 0;
         }
-        self.ksize_checked(p as usize, Location::caller())
+        self.ksize_checked(p as usize, Location::caller(), true)
             .map(|(ks, _)| ks)
             .unwrap_or(0)
     }
 
     /// (usable size, requested size if known: 0 for large blocks) of a
-    /// live object.
+    /// live object. With `claim` (what `ksize` does in Linux:
+    /// skip_orig_size_check) the whole object becomes usable, so the kmalloc
+    /// red zone stops being checked for it; `kfree_rcu` only looks.
     fn ksize_checked(
         &self,
         addr: usize,
         caller: &'static Location<'static>,
+        claim: bool,
     ) -> Result<(usize, usize), SlabFreeError> {
         let r = match find(self.pages, addr) {
             Ok(Found::Slab { cache, slab }) => {
@@ -545,7 +548,9 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 } else {
                     let ks = slab_ksize(cache);
                     let orig = cache.get_orig_size(addr);
-                    cache.set_orig_size(addr, cache.object_size);
+                    if claim {
+                        cache.set_orig_size(addr, cache.object_size);
+                    }
                     Ok((ks, orig))
                 }
             }
@@ -674,7 +679,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if addr <= ZERO_SIZE_PTR {
             return Ok(());
         }
-        let (ks, _) = self.ksize_checked(addr, caller)?;
+        let (ks, _) = self.ksize_checked(addr, caller, false)?;
         let cache_name = || match find(self.pages, addr) {
             Ok(Found::Slab { cache, .. }) => CacheName::of(cache),
             _ => CacheName::of(self.kmem_cache()),
@@ -730,7 +735,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<bool, SlabFreeError> {
         let addr = p as usize;
-        let (ks, _) = self.ksize_checked(addr, caller)?;
+        let (ks, _) = self.ksize_checked(addr, caller, false)?;
         let Ok(node) = self.kmalloc_node_at(
             super::rcu::PTR_NODE_SIZE,
             crate::gfp::GFP_KERNEL | Gfp::NOWARN,
