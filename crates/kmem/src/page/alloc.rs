@@ -337,12 +337,10 @@ impl<P: Platform> PageAllocator<P> {
             if zone.ztype > req.zone || !zone.is_populated() {
                 continue;
             }
-            // Zones are numbered node * 3 + type. Moving to a remote node,
-            // the unfragmenting walk gives up: locality matters more than
-            // fragmentation (Linux's get_page_from_freelist retries
-            // without ALLOC_NOFRAGMENT there).
-            let node = slot / 3;
-            if nofrag && *local.get_or_insert(node) != node {
+            // Moving to a remote node, the unfragmenting walk gives up:
+            // locality matters more than fragmentation (Linux's
+            // get_page_from_freelist retries without ALLOC_NOFRAGMENT there).
+            if nofrag && *local.get_or_insert(zone.node) != zone.node {
                 return None;
             }
             if !flags.has(AllocFlags::NO_WATERMARKS) {

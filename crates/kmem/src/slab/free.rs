@@ -459,10 +459,16 @@ impl<P: Platform> KmemCache<P> {
     /// # Safety
     /// `p` is a live object of this cache.
     pub(crate) unsafe fn mark_rcu_queued(&self, p: usize) {
-        if self.hardened && !self.debug && self.offset >= self.object_size {
+        if self.marks_rcu_queued() {
             // SAFETY: per the contract; the object stays allocated.
             unsafe { self.set_fp(p, p) };
         }
+    }
+
+    /// True if [`Self::mark_rcu_queued`] marks this cache's objects: hardened,
+    /// no debugging, the free-pointer slot after the object.
+    fn marks_rcu_queued(&self) -> bool {
+        self.hardened && !self.debug && self.offset >= self.object_size
     }
 
     /// The grace period is over for the queued `p`: it is an allocated
@@ -472,11 +478,7 @@ impl<P: Platform> KmemCache<P> {
     /// `p` is an object of a live slab of this cache.
     pub(crate) unsafe fn unmark_rcu_queued(&self, p: usize) {
         // SAFETY: per the contract.
-        if self.hardened
-            && !self.debug
-            && self.offset >= self.object_size
-            && unsafe { self.get_fp(p) } == p
-        {
+        if self.marks_rcu_queued() && unsafe { self.get_fp(p) } == p {
             // SAFETY: as above.
             unsafe { self.set_fp(p, super::FP_ALLOCATED) };
         }

@@ -502,7 +502,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if (p as usize) <= ZERO_SIZE_PTR {
             return Ok(());
         }
-        let (ks, _) = self.ksize_checked(p as usize, caller, true)?;
+        let (ks, _, _) = self.ksize_checked(p as usize, caller, true)?;
         for i in 0..ks {
             // SAFETY: the object's usable bytes; volatile so the clearing is
             // not optimised away (memzero_explicit).
@@ -521,12 +521,12 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             return 0;
         }
         self.ksize_checked(p as usize, Location::caller(), true)
-            .map(|(ks, _)| ks)
+            .map(|(ks, _, _)| ks)
             .unwrap_or(0)
     }
 
-    /// (usable size, requested size if known: 0 for large blocks) of a
-    /// live object. With `claim` (what `ksize` does in Linux:
+    /// (usable size, requested size if known: 0 for large blocks, the cache
+    /// of a slab object) of a live object. With `claim` (what `ksize` does in Linux:
     /// skip_orig_size_check) the whole object becomes usable, so the kmalloc
     /// red zone stops being checked for it; `kfree_rcu` only looks.
     fn ksize_checked(
@@ -534,7 +534,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         addr: usize,
         caller: &'static Location<'static>,
         claim: bool,
-    ) -> Result<(usize, usize), SlabFreeError> {
+    ) -> Result<(usize, usize, Option<&KmemCache<P>>), SlabFreeError> {
         let r = match find(self.pages, addr) {
             Ok(Found::Slab { cache, slab }) => {
                 let w = slab.word();
@@ -551,12 +551,12 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                     if claim {
                         cache.set_orig_size(addr, cache.object_size);
                     }
-                    Ok((ks, orig))
+                    Ok((ks, orig, Some(cache)))
                 }
             }
             Ok(Found::Large { order, base, .. }) => {
                 if addr == base {
-                    Ok((PAGE_SIZE << order, 0))
+                    Ok((PAGE_SIZE << order, 0, None))
                 } else {
                     Err(SlabFreeError::LargeInterior { addr, head: base })
                 }
@@ -679,11 +679,8 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if addr <= ZERO_SIZE_PTR {
             return Ok(());
         }
-        let (ks, _) = self.ksize_checked(addr, caller, false)?;
-        let cache_name = || match find(self.pages, addr) {
-            Ok(Found::Slab { cache, .. }) => CacheName::of(cache),
-            _ => CacheName::of(self.kmem_cache()),
-        };
+        let (ks, _, cache) = self.ksize_checked(addr, caller, false)?;
+        let cache_name = || CacheName::of(cache.unwrap_or(self.kmem_cache()));
         if rcu_head_offset
             .checked_add(RCU_HEAD_SIZE)
             .is_none_or(|end| end > ks)
@@ -714,7 +711,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             self.global().errors.fetch_add(1, Relaxed);
             return Err(e);
         }
-        if let Ok(Found::Slab { cache, .. }) = find(self.pages, addr) {
+        if let Some(cache) = cache {
             // SAFETY: a live object (ksize_checked) holding the head.
             unsafe { cache.mark_rcu_queued(addr) };
         }
@@ -735,7 +732,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<bool, SlabFreeError> {
         let addr = p as usize;
-        let (ks, _) = self.ksize_checked(addr, caller, false)?;
+        let (ks, _, cache) = self.ksize_checked(addr, caller, false)?;
         let Ok(node) = self.kmalloc_node_at(
             super::rcu::PTR_NODE_SIZE,
             crate::gfp::GFP_KERNEL | Gfp::NOWARN,
@@ -744,7 +741,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         ) else {
             return Ok(false);
         };
-        if let Ok(Found::Slab { cache, .. }) = find(self.pages, addr) {
+        if let Some(cache) = cache {
             // SAFETY: a live object (ksize_checked).
             unsafe { cache.mark_rcu_queued(addr) };
         }

@@ -223,82 +223,79 @@ impl RcuQueue {
     #[track_caller]
     pub(crate) fn run_all<P: Platform>(&self, pages: &PageAllocator<P>) {
         let caller = Location::caller();
-        {
-            let mut h = self.objs.swap(0, Acquire);
-            let mut s = self.slabs.swap(NIL, Acquire);
-            while h != 0 {
-                // SAFETY: queued heads are live objects nobody writes.
-                let (next, word) = unsafe {
-                    (
-                        (h as *const usize).read(),
-                        (h as *const usize).add(1).read(),
-                    )
-                };
-                // The mask is an XOR: applied again, it gives the offset back.
-                let off = Self::queued_word(h, word);
-                if (PTR_NODE..=PTR_NODE + FINGERPRINT_WORDS).contains(&off) {
-                    let _ = self
-                        .nr_objs
-                        .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-                    // SAFETY: a queued pointer node (defer_ptr); its target
-                    // lies in the direct map, readable even if freed.
-                    let (target, same) = unsafe {
-                        (h as *mut usize).add(1).write(0);
-                        let target = (h as *const usize).add(2).read();
-                        let sum = (h as *const usize).add(3).read();
-                        (target, fingerprint(pages, target, off - PTR_NODE) == sum)
-                    };
-                    if same {
-                        free_any(pages, target, caller);
-                    } else {
-                        pages.platform().warn(format_args!(
-                            "kvfree_rcu_mightsleep: object {target:#x} was written while queued (freed and reused, or written after kvfree_rcu_mightsleep); not freed, leaked (grace period ended at {caller})"
-                        ));
-                    }
-                    free_any(pages, h, caller);
-                    h = next;
-                    continue;
-                }
-                if off >= MAX_HEAD_OFFSET || off & 7 != 0 {
-                    // Written while queued: freed (and maybe reused) by a
-                    // plain kfree, or a write after kfree_rcu. Its link is
-                    // not to be trusted either: the rest of this batch is
-                    // dropped (leaked), never freed twice.
-                    let dropped = self.nr_objs.swap(0, Relaxed);
-                    pages.platform().warn(format_args!(
-                        "kfree_rcu: the rcu_head at {h:#x} was overwritten while queued (the object was freed or written after kfree_rcu); {dropped} queued objects leaked (grace period ended at {caller})"
-                    ));
-                    break;
-                }
-                // Saturating: a dropped batch zeroed the count.
-                let _ = self
-                    .nr_objs
-                    .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-                // SAFETY: as above; cleared so that a later kfree_rcu of the
-                // object, reallocated, does not find it queued.
-                unsafe { (h as *mut usize).add(1).write(0) };
+        let mut h = self.objs.swap(0, Acquire);
+        let mut s = self.slabs.swap(NIL, Acquire);
+        while h != 0 {
+            // SAFETY: queued heads are live objects nobody writes.
+            let (next, word) = unsafe {
+                (
+                    (h as *const usize).read(),
+                    (h as *const usize).add(1).read(),
+                )
+            };
+            // The mask is an XOR: applied again, it gives the offset back.
+            let off = Self::queued_word(h, word);
+            let ptr_node = (PTR_NODE..=PTR_NODE + FINGERPRINT_WORDS).contains(&off);
+            if !ptr_node && (off >= MAX_HEAD_OFFSET || off & 7 != 0) {
+                // Written while queued: freed (and maybe reused) by a plain
+                // kfree, or a write after kfree_rcu. Its link is not to be
+                // trusted either: the rest of this batch is dropped
+                // (leaked), never freed twice.
+                let dropped = self.nr_objs.swap(0, Relaxed);
+                pages.platform().warn(format_args!(
+                    "kfree_rcu: the rcu_head at {h:#x} was overwritten while queued (the object was freed or written after kfree_rcu); {dropped} queued objects leaked (grace period ended at {caller})"
+                ));
+                break;
+            }
+            // Saturating: a dropped batch zeroed the count.
+            let _ = self
+                .nr_objs
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+            // SAFETY: as above; cleared so that a later kfree_rcu of the
+            // object, reallocated, does not find it queued.
+            unsafe { (h as *mut usize).add(1).write(0) };
+            if !ptr_node {
                 free_any(pages, h - off, caller);
                 h = next;
+                continue;
             }
-            while s != NIL {
-                let Some(frame) = pages.frame(crate::addr::Pfn(s as u64)) else {
-                    break;
-                };
-                let next = frame.next.load(Relaxed);
-                let c = frame.private[0].load(Relaxed) as *const KmemCache<P>;
-                self.nr_slabs.fetch_sub(1, Relaxed);
-                if frame.owner() != super::OWNER_SLAB_RCU {
-                    pages.platform().warn(format_args!(
-                        "slab: queued RCU slab at pfn {s:#x} is no longer one; skipped"
-                    ));
-                } else if !c.is_null() {
-                    // SAFETY: a queued slab's cache is alive: destroy runs
-                    // this queue before freeing a cache.
-                    let cache = unsafe { &*c };
-                    cache.free_slab_pages(cache.slab_at(s));
-                }
-                s = next;
+            // SAFETY: a queued pointer node (defer_ptr); its target lies in
+            // the direct map, readable even if freed.
+            let (target, sum) = unsafe {
+                (
+                    (h as *const usize).add(2).read(),
+                    (h as *const usize).add(3).read(),
+                )
+            };
+            // SAFETY: as above.
+            if unsafe { fingerprint(pages, target, off - PTR_NODE) } == sum {
+                free_any(pages, target, caller);
+            } else {
+                pages.platform().warn(format_args!(
+                    "kvfree_rcu_mightsleep: object {target:#x} was written while queued (freed and reused, or written after kvfree_rcu_mightsleep); not freed, leaked (grace period ended at {caller})"
+                ));
             }
+            free_any(pages, h, caller);
+            h = next;
+        }
+        while s != NIL {
+            let Some(frame) = pages.frame(crate::addr::Pfn(s as u64)) else {
+                break;
+            };
+            let next = frame.next.load(Relaxed);
+            let c = frame.private[0].load(Relaxed) as *const KmemCache<P>;
+            self.nr_slabs.fetch_sub(1, Relaxed);
+            if frame.owner() != super::OWNER_SLAB_RCU {
+                pages.platform().warn(format_args!(
+                    "slab: queued RCU slab at pfn {s:#x} is no longer one; skipped"
+                ));
+            } else if !c.is_null() {
+                // SAFETY: a queued slab's cache is alive: destroy runs
+                // this queue before freeing a cache.
+                let cache = unsafe { &*c };
+                cache.free_slab_pages(cache.slab_at(s));
+            }
+            s = next;
         }
     }
 }

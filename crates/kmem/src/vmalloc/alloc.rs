@@ -9,7 +9,7 @@ use super::{
     OWNER_VMALLOC, OWNER_VMAP_AREA, PMD_SIZE, SHMLBA,
 };
 use crate::addr::{Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE};
-use crate::context::{ContextPolicy, ContextViolation};
+use crate::context::ContextPolicy;
 use crate::gfp::{Gfp, GFP_KERNEL};
 use crate::page::NUMA_NO_NODE;
 use crate::paging::{PageSize, PageTables, PteFlags};
@@ -894,13 +894,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
         let mut gfp = gfp;
         if ctx.is_atomic() && gfp.allows_blocking() {
-            self.stats.context_violations.fetch_add(1, Relaxed);
-            let v = ContextViolation {
-                context: ctx,
-                cpu: self.pages.platform().cpu_id(),
-                caller,
-            };
-            self.pages.platform().warn(format_args!("{v}"));
+            let v = self.sleep_in_atomic(ctx, caller);
             match self.pages.config().context_policy {
                 ContextPolicy::Fail => return Err(VmallocError::SleepInAtomic(v)),
                 ContextPolicy::Warn => gfp = gfp - Gfp::DIRECT_RECLAIM - Gfp::NOFAIL,

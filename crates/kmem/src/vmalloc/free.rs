@@ -9,7 +9,7 @@
 use super::area::{VmapArea, VMAP_BLOCK, VMAP_RAM};
 use super::{State, VfreeError, VmArea, VmFlags, Vmalloc, VmallocError, PAGE_SIZE};
 use crate::addr::VirtAddr;
-use crate::context::{ContextPolicy, ContextViolation};
+use crate::context::ContextPolicy;
 use crate::gfp::Gfp;
 use crate::page::NUMA_NO_NODE;
 use crate::paging::{PageTables, PteFlags};
@@ -43,13 +43,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             return self.vfree_atomic(addr);
         }
         if ctx.is_atomic() {
-            self.stats.context_violations.fetch_add(1, Relaxed);
-            let v = ContextViolation {
-                context: ctx,
-                cpu: self.pages.platform().cpu_id(),
-                caller: Location::caller(),
-            };
-            self.pages.platform().warn(format_args!("{v}"));
+            let v = self.sleep_in_atomic(ctx, Location::caller());
             if self.pages.config().context_policy == ContextPolicy::Panic {
                 panic!("{v}");
             }
@@ -188,13 +182,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             return false;
         }
         if ctx.is_atomic() {
-            self.stats.context_violations.fetch_add(1, Relaxed);
-            let v = ContextViolation {
-                context: ctx,
-                cpu: self.pages.platform().cpu_id(),
-                caller: Location::caller(),
-            };
-            self.pages.platform().warn(format_args!("{v}"));
+            self.sleep_in_atomic(ctx, Location::caller());
             return false;
         }
         self.run_rcu();

@@ -558,6 +558,24 @@ const fn fls(x: usize) -> usize {
 }
 
 impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
+    /// Reports a call that may sleep made in atomic context `ctx`
+    /// ("sleeping function called from invalid context") and counts it;
+    /// what happens next is the caller's.
+    pub(crate) fn sleep_in_atomic(
+        &self,
+        ctx: crate::context::ExecContext,
+        caller: &'static Location<'static>,
+    ) -> ContextViolation {
+        self.stats.context_violations.fetch_add(1, Relaxed);
+        let v = ContextViolation {
+            context: ctx,
+            cpu: self.pages.platform().cpu_id(),
+            caller,
+        };
+        self.pages.platform().warn(format_args!("{v}"));
+        v
+    }
+
     /// vmalloc over `config`'s range, mapping through `tables`, with pages
     /// from `pages`. Takes one page for the first area records.
     pub fn new(
