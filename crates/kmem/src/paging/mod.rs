@@ -451,7 +451,9 @@ pub trait PageTables: Send + Sync {
         on_leaf: &mut dyn FnMut(VirtAddr, PhysAddr, PageSize),
     ) -> FlushRange<'_, Self>;
 
-    /// Walks the tables for `va`.
+    /// Walks the tables for `va`. May run concurrently with any change
+    /// (vmalloc_to_page of a guard page while a purge frees the emptied
+    /// tables around it): it must never read a table already freed.
     fn translate(&self, va: VirtAddr) -> Result<Translation, TranslateError>;
 
     /// Frees intermediate tables under `[start, end)` that map nothing any

@@ -16,9 +16,11 @@
 //! One platform lock serialises changes (map, unmap, table freeing). Tables
 //! are never allocated with the lock held: a walk that needs one drops the
 //! lock, allocates (possibly reclaiming, for a blocking mask), and resumes,
-//! so reclaim never runs under this lock. `translate` reads entries without
-//! the lock; an address whose mapping is being changed concurrently may
-//! translate either way, as on hardware.
+//! so reclaim never runs under this lock. `translate` walks under it too:
+//! emptied tables are freed (and may be reused at once), so a lockless walk
+//! could read a table frame that already belongs to someone else. TLB
+//! shootdowns are never sent with the lock held (a TLB model fills itself
+//! by walking, with its own lock held: the order is TLB model, then tables).
 //!
 //! # TLB models
 //! [`X86PageTables::set_tlbs`] attaches one [`Tlb`] model per CPU. Flushes
@@ -211,6 +213,7 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
     /// The raw entry at `level` for `va`, if the walk gets that far (for
     /// tests and debugging; level 4 = PML4).
     pub fn entry(&self, va: VirtAddr, level: u32) -> Option<u64> {
+        let _g = self.lock.lock();
         let mut table = self.root.0;
         for l in (level..=4).rev() {
             let e = self.table(table)[index(va.0, l)].load(Relaxed);
@@ -305,7 +308,27 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
         Ok(table)
     }
 
+    /// The walk behind `translate`, for a canonical `va`. Lock held (the
+    /// tables it reads stay allocated).
+    fn walk(&self, va: VirtAddr) -> Result<Translation, TranslateError> {
+        let mut table = self.root.0;
+        for level in (1..=4).rev() {
+            let v = self.table(table)[index(va.0, level)].load(Relaxed);
+            if v & PteFlags::PRESENT.bits() == 0 {
+                return Err(TranslateError::NotMapped { va, level });
+            }
+            if level == 1 || (level <= 3 && v & PteFlags::HUGE.bits() != 0) {
+                return Ok(Self::translation(va, v, level));
+            }
+            table = (v & ADDR_MASK) >> 12;
+        }
+        unreachable!("the walk ends at level 1")
+    }
+
     /// Writes the leaf for `va` in `table` (the table at `level`). Lock held.
+    /// A range whose empty tables the leaf replaced is added to `flush`, for
+    /// the caller to flush once the lock is dropped (a shootdown takes the
+    /// TLB models' locks, and a TLB fill walks under this lock).
     fn set_leaf(
         &self,
         table: u64,
@@ -313,6 +336,7 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
         va: VirtAddr,
         pa: PhysAddr,
         flags: PteFlags,
+        flush: &mut Option<(usize, usize)>,
     ) -> Result<(), MapError> {
         let e = &self.table(table)[index(va.0, level)];
         let v = e.load(Relaxed);
@@ -334,7 +358,7 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
                 e.store(0, Relaxed);
                 self.bump(table, -1);
                 let end = base.saturating_add(level_span(level));
-                self.flush_range(VirtAddr(base), VirtAddr(end));
+                *flush = Some(flush.map_or((base, end), |(s, e)| (s.min(base), e.max(end))));
                 self.free_table(child);
             } else {
                 return Err(MapError::AlreadyMapped {
@@ -402,6 +426,7 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
         };
         let mut need: usize;
         let mut i = 0;
+        let mut flush = None;
         let result = loop {
             {
                 let _g = self.lock.lock();
@@ -419,7 +444,9 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
                     let span_end = (at.0 | (level_span(level + 1) - 1)).wrapping_add(1);
                     loop {
                         let here = VirtAddr(va.0.wrapping_add(i * size.bytes()));
-                        if let Err(e) = self.set_leaf(table, level, here, frame(i), flags) {
+                        if let Err(e) =
+                            self.set_leaf(table, level, here, frame(i), flags, &mut flush)
+                        {
                             stop = Some(WalkStop::Err(e));
                             break;
                         }
@@ -446,6 +473,9 @@ impl<'a, P: Platform> X86PageTables<'a, P> {
             }
         };
         self.drop_spares(&mut spares);
+        if let Some((start, end)) = flush {
+            self.flush_range(VirtAddr(start), VirtAddr(end));
+        }
         result
     }
 
@@ -602,10 +632,11 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
     }
 
     fn unmap(&self, va: VirtAddr) -> Result<(Translation, Flush<'_, Self>), UnmapError> {
+        if !is_canonical(va) {
+            return Err(UnmapError::NotMapped { va });
+        }
         let _g = self.lock.lock();
-        let t = self
-            .translate(va)
-            .map_err(|_| UnmapError::NotMapped { va })?;
+        let t = self.walk(va).map_err(|_| UnmapError::NotMapped { va })?;
         if !va.0.is_multiple_of(t.size.bytes()) {
             return Err(UnmapError::SizeMismatch { va, existing: t });
         }
@@ -640,18 +671,11 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
         if !is_canonical(va) {
             return Err(TranslateError::NonCanonical { va });
         }
-        let mut table = self.root.0;
-        for level in (1..=4).rev() {
-            let v = self.table(table)[index(va.0, level)].load(Relaxed);
-            if v & PteFlags::PRESENT.bits() == 0 {
-                return Err(TranslateError::NotMapped { va, level });
-            }
-            if level == 1 || (level <= 3 && v & PteFlags::HUGE.bits() != 0) {
-                return Ok(Self::translation(va, v, level));
-            }
-            table = (v & ADDR_MASK) >> 12;
-        }
-        unreachable!("the walk ends at level 1")
+        // Under the lock: tables the walk passes through may be emptied and
+        // freed (free_empty_tables, a huge leaf replacing empty tables) by
+        // another CPU, and a freed frame belongs to its next owner.
+        let _g = self.lock.lock();
+        self.walk(va)
     }
 
     fn free_empty_tables(&self, start: VirtAddr, end: VirtAddr) -> usize {
