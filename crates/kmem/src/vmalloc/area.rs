@@ -73,8 +73,11 @@ pub(crate) struct VmapArea {
     /// vmap block: dirty page range not yet flushed.
     pub(crate) vb_dirty_min: u32,
     pub(crate) vb_dirty_max: u32,
-    /// vmap block: CPU whose current block it is or was.
+    /// vmap block: CPU whose free list holds (or held) it.
     pub(crate) vb_cpu: u32,
+    /// vmap block: next block on its CPU's free list (Linux's
+    /// `vb->free_list`), while it has pages left to hand out.
+    pub(crate) vb_next: Link,
 }
 
 const _: () = assert!(size_of::<VmapArea>() <= RECORD_SIZE);
@@ -104,6 +107,7 @@ impl VmapArea {
         self.vb_dirty_min = 0;
         self.vb_dirty_max = 0;
         self.vb_cpu = 0;
+        self.vb_next = null_mut();
     }
 
     /// Bytes covered (guard page included).

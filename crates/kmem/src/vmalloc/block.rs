@@ -9,13 +9,22 @@
 //! once every page handed out of it is dirty and nothing more can be handed
 //! out.
 //!
-//! When a request does not fit the current block, the block is retired (its
-//! remaining space counted dirty, as Linux's `purge_fragmented_block` does)
-//! and a new one started. Block state lives in the block's area record and
-//! is changed under the vmalloc state lock.
+//! Each CPU keeps its blocks that still have pages to hand out on a free
+//! list, oldest first; a request takes the first block with room (a block
+//! too full for one request still serves smaller ones) and a block leaves
+//! the list when its last page is handed out. Only when no block on the
+//! list has room is a new one made, at the list's tail. Blocks whose
+//! handed-out pages are all unmapped again are freed early by
+//! `purge_fragmented_blocks` (Linux's `purge_fragmented_block`): always when
+//! virtual space runs out, and from `vm_unmap_aliases` only if less than a
+//! quarter of the block is left to hand out (`VMAP_PURGE_THRESHOLD`). Block
+//! state lives in the block's area record and is changed under the vmalloc
+//! state lock.
 
+use super::area::VmapArea;
 use super::area::{VMAP_BLOCK, VMAP_RAM};
 use super::free::classify;
+use super::State;
 use super::{VfreeError, Vmalloc, VmallocError, VMAP_MAX_ALLOC};
 use crate::addr::{get_order, VirtAddr, PAGE_SIZE};
 use crate::gfp::Gfp;
@@ -36,28 +45,31 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         let mut purged = false;
         loop {
             let mut s = self.lock_with_spares(gfp, 2)?;
-            let b = s.vb_current[cpu];
-            if !b.is_null() {
-                // SAFETY: a current block is a live busy record.
+            // First fit over this CPU's blocks with pages left.
+            let mut prev: *mut VmapArea = null_mut();
+            let mut b = s.vb_free[cpu];
+            while !b.is_null() {
+                // SAFETY: blocks on a free list are live busy records.
                 let br = unsafe { &mut *b };
                 if br.vb_free as usize >= n {
                     let off = bits - br.vb_free as usize;
                     br.vb_free -= n as u32;
+                    if br.vb_free == 0 {
+                        // Nothing left to hand out: off the list.
+                        let next = br.vb_next;
+                        br.vb_next = null_mut();
+                        if prev.is_null() {
+                            s.vb_free[cpu] = next;
+                        } else {
+                            // SAFETY: as above.
+                            unsafe { (*prev).vb_next = next };
+                        }
+                    }
                     self.stats.vb_allocs.fetch_add(1, Relaxed);
                     return Ok(br.start + off * PAGE_SIZE);
                 }
-                // Retire it: what is left will never be handed out.
-                s.vb_current[cpu] = null_mut();
-                br.vb_dirty += br.vb_free;
-                br.vb_free = 0;
-                if br.vb_dirty as usize == bits {
-                    let start = br.start;
-                    let rec = s.areas.unlink_busy(start).expect("block is busy");
-                    drop(s);
-                    self.stats.vmap_blocks_freed.fetch_add(1, Relaxed);
-                    self.free_vmap_area_noflush(rec);
-                    continue;
-                }
+                prev = b;
+                b = br.vb_next;
             }
             match s
                 .areas
@@ -71,7 +83,16 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                     r.vb_dirty_min = bits as u32;
                     r.vb_dirty_max = 0;
                     r.vb_cpu = cpu as u32;
-                    s.vb_current[cpu] = r;
+                    r.vb_next = null_mut();
+                    let r: *mut VmapArea = r;
+                    // New blocks go to the tail (the older ones are tried
+                    // first).
+                    if prev.is_null() {
+                        s.vb_free[cpu] = r;
+                    } else {
+                        // SAFETY: `prev` is the list's last block.
+                        unsafe { (*prev).vb_next = r };
+                    }
                     self.stats.vmap_blocks.fetch_add(1, Relaxed);
                     self.stats.vb_allocs.fetch_add(1, Relaxed);
                     return Ok(a);
@@ -153,11 +174,10 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             b.vb_dirty += n as u32;
             self.stats.vb_frees.fetch_add(1, Relaxed);
             if b.vb_dirty as usize == self.vb_bits {
-                let (start, cpu) = (b.start, b.vb_cpu as usize);
-                let me: *mut _ = b;
-                if s.vb_current[cpu] == me {
-                    s.vb_current[cpu] = null_mut();
-                }
+                // Every page handed out and unmapped: none left to hand out,
+                // so the block is on no free list.
+                debug_assert_eq!(b.vb_free, 0);
+                let start = b.start;
                 let rec = s.areas.unlink_busy(start).expect("block is busy");
                 drop(s);
                 self.stats.vmap_blocks_freed.fetch_add(1, Relaxed);
@@ -213,36 +233,21 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if *purged || !gfp.allows_blocking() {
             return false;
         }
-        self.purge_fragmented_blocks();
+        self.purge_fragmented_blocks(true);
         self.purge();
         *purged = true;
         true
     }
 
-    /// Linux's `purge_fragmented_blocks_allcpus` (forced): current blocks
-    /// with nothing mapped any more are retired and freed.
-    pub(crate) fn purge_fragmented_blocks(&self) {
+    /// Linux's `purge_fragmented_blocks_allcpus`: blocks on the CPUs'
+    /// free lists with nothing mapped any more are freed. `force` frees
+    /// every such block (virtual space ran out); otherwise only those with
+    /// less than a quarter left to hand out (`VMAP_PURGE_THRESHOLD`).
+    pub(crate) fn purge_fragmented_blocks(&self, force: bool) {
         loop {
             let rec = {
                 let mut s = self.state.lock();
-                let bits = self.vb_bits as u32;
-                let mut found = None;
-                for cpu in 0..MAX_CPUS {
-                    let b = s.vb_current[cpu];
-                    if b.is_null() {
-                        continue;
-                    }
-                    // SAFETY: current blocks are live busy records.
-                    let br = unsafe { &mut *b };
-                    if br.vb_free + br.vb_dirty == bits && br.vb_dirty != bits {
-                        s.vb_current[cpu] = null_mut();
-                        br.vb_free = 0;
-                        br.vb_dirty = bits;
-                        found = Some(br.start);
-                        break;
-                    }
-                }
-                match found {
+                match self.take_fragmented_block(&mut s, force) {
                     Some(start) => s.areas.unlink_busy(start),
                     None => None,
                 }
@@ -257,13 +262,46 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
     }
 
+    /// Finds a purgeable block, takes it off its free list and marks it
+    /// wholly dirty; returns its start.
+    fn take_fragmented_block(&self, s: &mut State, force: bool) -> Option<usize> {
+        let bits = self.vb_bits as u32;
+        for cpu in 0..MAX_CPUS {
+            let mut prev: *mut VmapArea = null_mut();
+            let mut b = s.vb_free[cpu];
+            while !b.is_null() {
+                // SAFETY: blocks on a free list are live busy records.
+                let br = unsafe { &mut *b };
+                let purgeable = br.vb_free + br.vb_dirty == bits
+                    && br.vb_dirty != bits
+                    && (force || br.vb_free < bits / 4);
+                if purgeable {
+                    let next = br.vb_next;
+                    br.vb_next = null_mut();
+                    if prev.is_null() {
+                        s.vb_free[cpu] = next;
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { (*prev).vb_next = next };
+                    }
+                    br.vb_free = 0;
+                    br.vb_dirty = bits;
+                    return Some(br.start);
+                }
+                prev = b;
+                b = br.vb_next;
+            }
+        }
+        None
+    }
+
     /// Linux's `vm_unmap_aliases`: after it returns, no CPU's TLB holds a
     /// translation of a range vmalloc has unmapped (lazy areas and the dirty
     /// parts of vmap blocks).
     pub fn vm_unmap_aliases(&self) {
-        // Linux's _vm_unmap_aliases retires the blocks with nothing mapped
-        // any more first.
-        self.purge_fragmented_blocks();
+        // Linux's _vm_unmap_aliases frees the fragmented blocks first (not
+        // forced: a block with much left to hand out stays).
+        self.purge_fragmented_blocks(false);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
         {
             let mut s = self.state.lock();

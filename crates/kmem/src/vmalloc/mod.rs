@@ -510,8 +510,9 @@ pub(crate) struct State {
     /// Pool pages, as pfn + 1 (0 = none), linked through `private[0]` of
     /// their frame records.
     pub(crate) pool_head: u64,
-    /// Current vmap block of each CPU.
-    pub(crate) vb_current: [*mut VmapArea; crate::page::MAX_CPUS],
+    /// Each CPU's vmap blocks with pages left to hand out, oldest first,
+    /// linked through `vb_next` (Linux's `vmap_block_queue.free`).
+    pub(crate) vb_free: [*mut VmapArea; crate::page::MAX_CPUS],
     /// `vfree_rcu_mightsleep` queue: busy areas linked through their
     /// records' `next` (unused while an area is busy), newest first.
     pub(crate) rcu_records: *mut VmapArea,
@@ -615,7 +616,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
             state: lock_api::Mutex::new(State {
                 areas,
                 pool_head: pfn.0 + 1,
-                vb_current: [core::ptr::null_mut(); crate::page::MAX_CPUS],
+                vb_free: [core::ptr::null_mut(); crate::page::MAX_CPUS],
                 rcu_records: core::ptr::null_mut(),
             }),
             purge_lock: lock_api::Mutex::new(()),
@@ -732,7 +733,7 @@ impl<P: Platform, B: PageTables> Drop for Vmalloc<'_, P, B> {
     fn drop(&mut self) {
         self.run_rcu();
         self.drain_deferred();
-        self.purge_fragmented_blocks();
+        self.purge_fragmented_blocks(true);
         self.purge();
         let s = self.state.get_mut();
         let live = s.areas.nr_busy;
