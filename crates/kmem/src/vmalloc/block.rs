@@ -46,30 +46,19 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         loop {
             let mut s = self.lock_with_spares(gfp, 2)?;
             // First fit over this CPU's blocks with pages left.
-            let mut prev: *mut VmapArea = null_mut();
-            let mut b = s.vb_free[cpu];
-            while !b.is_null() {
+            let (prev, b) = s.vb_first(cpu, |r| r.vb_free as usize >= n);
+            if !b.is_null() {
                 // SAFETY: blocks on a free list are live busy records.
                 let br = unsafe { &mut *b };
-                if br.vb_free as usize >= n {
-                    let off = bits - br.vb_free as usize;
-                    br.vb_free -= n as u32;
-                    if br.vb_free == 0 {
-                        // Nothing left to hand out: off the list.
-                        let next = br.vb_next;
-                        br.vb_next = null_mut();
-                        if prev.is_null() {
-                            s.vb_free[cpu] = next;
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { (*prev).vb_next = next };
-                        }
-                    }
-                    self.stats.vb_allocs.fetch_add(1, Relaxed);
-                    return Ok(br.start + off * PAGE_SIZE);
+                let off = bits - br.vb_free as usize;
+                br.vb_free -= n as u32;
+                if br.vb_free == 0 {
+                    // Nothing left to hand out: off the list.
+                    // SAFETY: `b` follows `prev` on this CPU's list.
+                    unsafe { s.vb_unlink(cpu, prev, b) };
                 }
-                prev = b;
-                b = br.vb_next;
+                self.stats.vb_allocs.fetch_add(1, Relaxed);
+                return Ok(br.start + off * PAGE_SIZE);
             }
             match s
                 .areas
@@ -267,29 +256,21 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
     fn take_fragmented_block(&self, s: &mut State, force: bool) -> Option<usize> {
         let bits = self.vb_bits as u32;
         for cpu in 0..MAX_CPUS {
-            let mut prev: *mut VmapArea = null_mut();
-            let mut b = s.vb_free[cpu];
-            while !b.is_null() {
-                // SAFETY: blocks on a free list are live busy records.
-                let br = unsafe { &mut *b };
-                let purgeable = br.vb_free + br.vb_dirty == bits
-                    && br.vb_dirty != bits
-                    && (force || br.vb_free < bits / 4);
-                if purgeable {
-                    let next = br.vb_next;
-                    br.vb_next = null_mut();
-                    if prev.is_null() {
-                        s.vb_free[cpu] = next;
-                    } else {
-                        // SAFETY: as above.
-                        unsafe { (*prev).vb_next = next };
-                    }
-                    br.vb_free = 0;
-                    br.vb_dirty = bits;
-                    return Some(br.start);
-                }
-                prev = b;
-                b = br.vb_next;
+            let (prev, b) = s.vb_first(cpu, |r| {
+                r.vb_free + r.vb_dirty == bits
+                    && r.vb_dirty != bits
+                    && (force || r.vb_free < bits / 4)
+            });
+            if !b.is_null() {
+                // SAFETY: `b` follows `prev` on this CPU's list, a live
+                // busy record.
+                let br = unsafe {
+                    s.vb_unlink(cpu, prev, b);
+                    &mut *b
+                };
+                br.vb_free = 0;
+                br.vb_dirty = bits;
+                return Some(br.start);
             }
         }
         None
@@ -330,6 +311,47 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.purge();
         if lo < hi {
             self.tables.flush_range(VirtAddr(lo), VirtAddr(hi));
+        }
+    }
+}
+
+impl State {
+    /// The first block on `cpu`'s free list for which `pred` holds, and the
+    /// block before it (null if it is the head). With none: null, and the
+    /// list's last block (null if the list is empty).
+    fn vb_first(
+        &self,
+        cpu: usize,
+        mut pred: impl FnMut(&VmapArea) -> bool,
+    ) -> (*mut VmapArea, *mut VmapArea) {
+        let mut prev: *mut VmapArea = null_mut();
+        let mut b = self.vb_free[cpu];
+        while !b.is_null() {
+            // SAFETY: blocks on a free list are live busy records.
+            let br = unsafe { &*b };
+            if pred(br) {
+                return (prev, b);
+            }
+            prev = b;
+            b = br.vb_next;
+        }
+        (prev, null_mut())
+    }
+
+    /// Takes `b` off `cpu`'s free list.
+    ///
+    /// # Safety
+    /// `b` is on that list, right after `prev` (null: `b` is the head).
+    unsafe fn vb_unlink(&mut self, cpu: usize, prev: *mut VmapArea, b: *mut VmapArea) {
+        // SAFETY: per the contract, both are live records on the list.
+        unsafe {
+            let next = (*b).vb_next;
+            (*b).vb_next = null_mut();
+            if prev.is_null() {
+                self.vb_free[cpu] = next;
+            } else {
+                (*prev).vb_next = next;
+            }
         }
     }
 }
