@@ -24,9 +24,11 @@
 //!
 //! Differences from the script, which leaves tracefs as it set it:
 //! whatever happens (an error, the command not starting), `kmem record`
-//! turns tracing off, disables the events, puts back the buffer size (128
-//! MiB per CPU of kernel memory otherwise stays allocated), `hash-ptr` and
-//! `irq-info`, and unmounts tracefs if it mounted it; the after snapshot is
+//! disables its events and puts tracefs back as it found it: the buffer
+//! size (128 MiB per CPU of kernel memory otherwise stays allocated; each
+//! CPU's own size when they differed), `hash-ptr`, `irq-info`, the events
+//! that were enabled and `tracing_on` (the trace buffer's old contents are
+//! gone: recording clears it); it unmounts tracefs if it mounted it; the after snapshot is
 //! taken once the buffer is given back, so it does not count it. SIGINT,
 //! SIGTERM, SIGHUP or SIGQUIT end the recording early as the deadline does
 //! (the trace so far is kept, the exit status is 130; before the command
@@ -190,6 +192,80 @@ fn setting(t: &Path, name: &str) -> Option<String> {
         None => s,
     };
     (!v.is_empty()).then(|| v.to_string())
+}
+
+/// The tracefs state `kmem record` changes, as it was before.
+struct Saved {
+    /// Plain settings, in the form they are written back.
+    settings: Vec<(&'static str, String)>,
+    /// `per_cpu/cpuN/buffer_size_kb` when the CPUs' buffers differ (the
+    /// top-level file then reads `X`).
+    per_cpu_kb: Vec<(PathBuf, String)>,
+    /// The events that were enabled (`set_event`, one per line).
+    events: Vec<String>,
+    /// `tracing_on` was 1.
+    tracing_on: bool,
+}
+
+impl Saved {
+    fn read(t: &Path) -> Saved {
+        let mut settings = Vec::new();
+        let mut per_cpu_kb = Vec::new();
+        match setting(t, "buffer_size_kb") {
+            Some(v) if v == "X" => {
+                let mut dirs: Vec<PathBuf> = fs::read_dir(t.join("per_cpu"))
+                    .map(|d| d.flatten().map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                dirs.sort();
+                for d in dirs {
+                    let f = d.join("buffer_size_kb");
+                    if let Some(v) = setting(&d, "buffer_size_kb") {
+                        per_cpu_kb.push((f, v));
+                    }
+                }
+            }
+            Some(v) => settings.push(("buffer_size_kb", v)),
+            None => {}
+        }
+        for name in ["options/hash-ptr", "options/irq-info"] {
+            if let Some(v) = setting(t, name) {
+                settings.push((name, v));
+            }
+        }
+        let events = fs::read_to_string(t.join("set_event"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        let tracing_on = setting(t, "tracing_on").as_deref() == Some("1");
+        Saved {
+            settings,
+            per_cpu_kb,
+            events,
+            tracing_on,
+        }
+    }
+
+    /// Best effort: tracing off, our events cleared, then everything as it
+    /// was (sizes, options, the events that were on, tracing on if it was).
+    fn restore(&self, t: &Path) {
+        let _ = put(t, "tracing_on", "0");
+        let _ = put(t, "set_event", "");
+        for (name, v) in &self.settings {
+            let _ = put(t, name, v);
+        }
+        for (f, v) in &self.per_cpu_kb {
+            let _ = fs::write(f, format!("{v}\n"));
+        }
+        for e in &self.events {
+            let _ = append(t, "set_event", e);
+        }
+        if self.tracing_on {
+            let _ = put(t, "tracing_on", "1");
+        }
+    }
 }
 
 /// `SECONDS`: refused before tracefs is touched unless finite and >= 0
@@ -366,23 +442,13 @@ pub fn record(args: &RecordArgs) -> Result<Recorded, String> {
     let t = &args.tracefs;
     let _signals = StopSignals::install()?;
     let mounted = ensure_tracefs(t)?;
-    let saved = [
-        ("buffer_size_kb", setting(t, "buffer_size_kb")),
-        ("options/hash-ptr", setting(t, "options/hash-ptr")),
-        ("options/irq-info", setting(t, "options/irq-info")),
-    ];
+    let saved = Saved::read(t);
     let mut touched = false;
     let mut r = record_mounted(args, &mut touched);
     if touched {
-        // Whatever happened once tracefs was changed: nothing left
-        // tracing, every setting back.
-        let _ = put(t, "tracing_on", "0");
-        let _ = put(t, "set_event", "");
-        for (name, value) in saved {
-            if let Some(v) = value {
-                let _ = put(t, name, &v);
-            }
-        }
+        // Whatever happened once tracefs was changed: our events off, every
+        // setting back.
+        saved.restore(t);
     }
     if r.is_ok() {
         // With the ring buffer given back: it is not the workload's memory.

@@ -394,3 +394,55 @@ fn killing_kmem_s_job_stops_the_command() {
         "kmem's job got SIGQUIT (kmem: {st:?}); the command {cmd_pid} still runs"
     );
 }
+
+/// CPUs whose ring buffers have different sizes (top-level
+/// `buffer_size_kb` reads `X`): each CPU gets its own size back (the top
+/// level cannot be written back as `X`; kmem left every CPU at 128 MiB).
+/// The command stands in for the kernel, which resizes every CPU's buffer
+/// when the top-level file is written.
+#[test]
+fn per_cpu_buffer_sizes_come_back() {
+    let (t, p, base) = fake("percpu");
+    fs::write(t.join("buffer_size_kb"), "X\n").unwrap();
+    for (cpu, kb) in [(0, "1410"), (1, "7 (expanded: 2820)")] {
+        let d = t.join(format!("per_cpu/cpu{cpu}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("buffer_size_kb"), format!("{kb}\n")).unwrap();
+    }
+    let kernel = format!(
+        "for c in 0 1; do echo 131072 > '{}'/per_cpu/cpu$c/buffer_size_kb; done",
+        t.display()
+    );
+    let st = kmem_record(&t, &p, &base.join("out"), "5", &["sh", "-c", &kernel])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(read(&t.join("per_cpu/cpu0/buffer_size_kb")), "1410\n");
+    assert_eq!(read(&t.join("per_cpu/cpu1/buffer_size_kb")), "2820\n");
+}
+
+/// Someone else's tracing session (tracing on, their events enabled) is
+/// put back after a recording: kmem used to leave tracing off and every
+/// event disabled, as the script does.
+#[test]
+fn tracing_on_and_enabled_events_come_back() {
+    let (t, p, base) = fake("theirs");
+    fs::write(t.join("tracing_on"), "1\n").unwrap();
+    fs::write(
+        t.join("set_event"),
+        "sched:sched_switch\nirq:irq_handler_entry\n",
+    )
+    .unwrap();
+    let st = kmem_record(&t, &p, &base.join("out"), "5", &["true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(read(&t.join("tracing_on")), "1\n");
+    let events = read(&t.join("set_event"));
+    let on: Vec<&str> = events.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        on,
+        ["sched:sched_switch", "irq:irq_handler_entry"],
+        "{events:?}"
+    );
+}
