@@ -162,20 +162,41 @@ pub fn select(
     contenders: Vec<Box<dyn Contender>>,
     only: &[String],
 ) -> Result<Vec<Box<dyn Contender>>, String> {
-    if let Some(unknown) = only
-        .iter()
-        .find(|o| !contenders.iter().any(|c| c.name() == o.as_str()))
-    {
-        let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
-        return Err(format!(
-            "no allocator named {unknown:?}; there are: {}",
-            names.join(", ")
-        ));
-    }
+    let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
+    check_only(&names, only)?;
     Ok(contenders
         .into_iter()
         .filter(|c| only.is_empty() || only.iter().any(|o| o == c.name()))
         .collect())
+}
+
+/// Every `--only` name must be one of `names`.
+fn check_only(names: &[&str], only: &[String]) -> Result<(), String> {
+    match only.iter().find(|o| !names.contains(&o.as_str())) {
+        Some(unknown) => Err(format!(
+            "no allocator named {unknown:?}; there are: {}",
+            names.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A contender's name and how to build it.
+pub type Factory = (&'static str, fn() -> Result<Box<dyn Contender>, String>);
+
+/// [`select`] for contenders that are costly to build: only the selected
+/// ones are built, in list order.
+pub fn build_selected(
+    factories: Vec<Factory>,
+    only: &[String],
+) -> Result<Vec<Box<dyn Contender>>, String> {
+    let names: Vec<&str> = factories.iter().map(|(n, _)| *n).collect();
+    check_only(&names, only)?;
+    factories
+        .into_iter()
+        .filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n))
+        .map(|(_, build)| build())
+        .collect()
 }
 
 /// Measure every contender on every workload; see the module comment for how.
@@ -449,5 +470,19 @@ mod tests {
         assert_eq!(only_b.len(), 1);
         assert_eq!(only_b[0].name(), "b");
         assert!(select(all(), &["c".to_string()]).is_err());
+    }
+
+    #[test]
+    fn build_selected_builds_only_what_is_named() {
+        let factories: Vec<Factory> = vec![
+            ("a", || Ok(Box::new(Named("a")))),
+            ("b", || panic!("b is not selected and must not be built")),
+            ("c", || Ok(Box::new(Named("c")))),
+        ];
+        let got = build_selected(factories.clone(), &["c".into(), "a".into()]).unwrap();
+        let names: Vec<&str> = got.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["a", "c"], "list order, only the named ones");
+        let err = build_selected(factories, &["z".into()]).err().unwrap();
+        assert!(err.contains("\"z\"") && err.contains("a, b, c"), "{err}");
     }
 }

@@ -197,22 +197,28 @@ fn contender<A: FrameAllocator + 'static>(a: A) -> Result<Box<dyn Contender>, St
     Ok(Box::new(FrameContender::new(a)?))
 }
 
-/// kmem and every peer, checked and ready to time.
-fn contenders() -> Result<Vec<Box<dyn Contender>>, String> {
-    Ok(vec![
-        contender(kmem::Kmem::new()?)?,
-        contender(peers::Buddy::new())?,
-        contender(peers::LockedBuddy::new())?,
-        contender(peers::Bitmap::new())?,
-        contender(peers::SummaryBuddy::new()?)?,
-        contender(peers::Depot::new()?)?,
-    ])
+/// kmem and every peer, by name; each is built (its pool set up and
+/// checked) only if selected: the two frame-alloc pools take 1 GiB each.
+fn contenders() -> Vec<harness::Factory> {
+    fn f<A: FrameAllocator + 'static>(
+        build: fn() -> Result<Box<dyn Contender>, String>,
+    ) -> harness::Factory {
+        (A::NAME, build)
+    }
+    vec![
+        f::<kmem::Kmem>(|| contender(kmem::Kmem::new()?)),
+        f::<peers::Buddy>(|| contender(peers::Buddy::new())),
+        f::<peers::LockedBuddy>(|| contender(peers::LockedBuddy::new())),
+        f::<peers::Bitmap>(|| contender(peers::Bitmap::new())),
+        f::<peers::SummaryBuddy>(|| contender(peers::SummaryBuddy::new()?)),
+        f::<peers::Depot>(|| contender(peers::Depot::new()?)),
+    ]
 }
 
 /// Run the suite and print its report.
 pub fn run(args: &Args) -> Result<(), String> {
     let pinned = harness::pin_thread();
-    let mut contenders = harness::select(contenders()?, &args.run.only)?;
+    let mut contenders = harness::build_selected(contenders(), &args.run.only)?;
     let cells = harness::measure(&WORKLOADS, &mut contenders, &args.run);
     drop(contenders);
     if args.run.json {
@@ -250,7 +256,7 @@ mod tests {
     /// every workload.
     #[test]
     fn every_contender_runs_every_workload() {
-        let mut cs = contenders().unwrap();
+        let mut cs = harness::build_selected(contenders(), &[]).unwrap();
         let opts = RunOpts {
             json: true,
             iters: Some(2 * BATCH as u64),
