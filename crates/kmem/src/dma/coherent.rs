@@ -8,9 +8,14 @@
 //!   order of the size (a 12 KiB request is 16 KiB aligned), zeroed;
 //! - from the zone the *coherent* mask implies ([`dma_zone_for_mask`]):
 //!   ZONE_DMA for masks up to 24 bits, ZONE_DMA32 up to 32 bits, else any;
+//! - the block is accepted if its first `PAGE_ALIGN(size)` bytes lie within
+//!   the mask ([`dma_coherent_ok`], as Linux's `dma_direct_alloc` checks the
+//!   page-aligned size, not the whole power-of-two block): a 12 KiB request
+//!   may end 4 KiB below the mask's end while its 16 KiB block pokes past
+//!   it;
 //! - if the block still lands beyond the mask (a 30-bit mask served from
 //!   ZONE_DMA32), it is given back and the next lower zone tried, as Linux's
-//!   `dma_direct_alloc` does. Coherent memory is never bounced.
+//!   `__dma_direct_alloc_pages` does. Coherent memory is never bounced.
 //!
 //! The head frame is tagged [`super::OWNER_DMA_COHERENT`]; with debugging on
 //! the allocation is an entry of type coherent, and `dma_free_coherent` is
@@ -38,6 +43,13 @@ pub const fn dma_zone_for_mask(mask: u64) -> ZoneType {
     } else {
         ZoneType::Normal
     }
+}
+
+/// Linux's `dma_coherent_ok`: can a device whose coherent mask is `mask`
+/// reach `size` bytes of coherent memory at `phys` (`phys + size - 1 <=
+/// mask`)? `dma_alloc_coherent` asks it with the page-aligned request size.
+pub const fn dma_coherent_ok(mask: u64, phys: PhysAddr, size: usize) -> bool {
+    dma_capable(mask, phys_to_dma(phys), size)
 }
 
 /// Linux's `dma_alloc_coherent`: `size` bytes of zeroed memory the device
@@ -80,7 +92,8 @@ pub(crate) fn alloc_coherent_at<P: Platform>(
             ZoneType::Normal => base,
         };
         let pfn = pages.alloc_pages_node_at(NUMA_NO_NODE, zgfp, order, site)?;
-        if dma_capable(mask, phys_to_dma(pfn.phys()), PAGE_SIZE << order) {
+        // Linux tests the page-aligned request, not the whole block.
+        if dma_coherent_ok(mask, pfn.phys(), size.next_multiple_of(PAGE_SIZE)) {
             break pfn;
         }
         let _ = pages.free_pages(pfn, order);

@@ -102,7 +102,13 @@ pub(crate) fn map_phys<P: Platform>(
     }
     let tlb = dma
         .swiotlb
-        .map(pa, size, dir, dev.segment_boundary())
+        .map(
+            pa,
+            size,
+            dir,
+            dev.segment_boundary(),
+            dma.pages.platform().cpu_id(),
+        )
         .inspect_err(|e| {
             dma.pages.platform().warn(format_args!(
                 "{} {}: swiotlb: {e}",

@@ -30,7 +30,8 @@
 //! - Masks default to 32 bits; masks below 24 bits (ZONE_DMA) are refused.
 //! - Streaming mappings bounce through swiotlb when the buffer lies beyond
 //!   the DMA mask (or `swiotlb_force`): 2 KiB slots, runs of 128 slots
-//!   (256 KiB, the largest bounced mapping), map copies the buffer in, the
+//!   (256 KiB, the largest bounced mapping), found next fit in per-CPU
+//!   areas as Linux's `swiotlb_search_pool_area`, map copies the buffer in, the
 //!   syncs copy in the direction the sync names, unmap copies back for
 //!   `DMA_FROM_DEVICE`/`DMA_BIDIRECTIONAL`. Bouncing never blocks: a full
 //!   pool is an error.
@@ -66,7 +67,7 @@ pub mod pool;
 pub mod sg;
 pub mod swiotlb;
 
-pub use coherent::{dma_alloc_coherent, dma_free_coherent, dma_zone_for_mask};
+pub use coherent::{dma_alloc_coherent, dma_coherent_ok, dma_free_coherent, dma_zone_for_mask};
 pub use debug::{DebugReport, DmaDebug, MapType, Violation};
 pub use device::{
     dma_addressing_limited, dma_get_mask, dma_get_required_mask, dma_set_coherent_mask,
@@ -81,7 +82,7 @@ pub use mapping::{
 };
 pub use pool::{
     dma_pool_alloc, dma_pool_create, dma_pool_destroy, dma_pool_free, dma_pool_zalloc, DmaPool,
-    PoolLeak,
+    PoolLeak, DMA_BLOCK_HEADER,
 };
 pub use sg::{dma_cpu_access_vmalloc, sg_table_from_vmalloc, Scatterlist, SgTable};
 pub use swiotlb::{Swiotlb, SwiotlbStats, IO_TLB_SEGSIZE, IO_TLB_SIZE, SWIOTLB_MAX_MAPPING};
@@ -220,6 +221,11 @@ pub struct DmaConfig {
     /// 256 KiB; 0 means no bounce pool (buffers beyond a mask then fail to
     /// map). Default 64 MiB, taken from ZONE_DMA32 (below 4 GiB).
     pub swiotlb_bytes: usize,
+    /// Areas of the bounce pool (`swiotlb=<slabs>,<areas>`): each has its
+    /// own next-fit search index, and a mapping searches its CPU's area
+    /// first. 0 (the default) means one per CPU; rounded up to a power of
+    /// two and limited to one per 256 KiB segment.
+    pub swiotlb_nareas: usize,
     /// Bounce every streaming mapping (`swiotlb=force`).
     pub swiotlb_force: bool,
     /// Track and check every mapping (`CONFIG_DMA_API_DEBUG`). Default on.
@@ -243,6 +249,7 @@ impl Default for DmaConfig {
     fn default() -> Self {
         DmaConfig {
             swiotlb_bytes: Self::DEFAULT_SWIOTLB_BYTES,
+            swiotlb_nareas: 0,
             swiotlb_force: false,
             debug: true,
             debug_prealloc_entries: 4096,
@@ -400,7 +407,7 @@ impl<'a, P: Platform> Dma<'a, P> {
     /// The DMA layer over `pages`: allocates the bounce pool (from ZONE_DMA32)
     /// and the preallocated debug entries.
     pub fn new(pages: &'a PageAllocator<P>, config: DmaConfig) -> Result<Self, DmaError> {
-        let swiotlb = Swiotlb::new(pages, config.swiotlb_bytes)?;
+        let swiotlb = Swiotlb::new(pages, config.swiotlb_bytes, config.swiotlb_nareas)?;
         let debug = match DmaDebug::new(pages, config.debug, config.debug_prealloc_entries) {
             Ok(d) => d,
             Err(e) => {

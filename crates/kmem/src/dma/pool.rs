@@ -1,22 +1,32 @@
 //! DMA pools: small coherent blocks (Linux's `mm/dmapool.c`).
 //!
 //! Descriptors of 32 or 64 bytes are too small to spend a page of coherent
-//! memory on each. A pool cuts coherent pages into equal blocks:
+//! memory on each. A pool cuts coherent pages into equal blocks, sized as
+//! Linux's `dma_pool_create` sizes them:
 //!
-//! - `size` is rounded up to `align` (a power of two) and to 16 bytes, the
-//!   free-block header (next free block, its bus address);
-//! - a pool page is `max(size, PAGE_SIZE)` rounded to a page order, from
-//!   `dma_alloc_coherent` (so within the coherent mask, naturally aligned);
+//! - `size` is first raised to 16 bytes, the free-block header
+//!   (Linux's `struct dma_block`: next free block, its bus address), then
+//!   rounded up to `align` (0 means 1; a power of two) and to nothing
+//!   else: a 20-byte pool with `align` 4 has a 20-byte stride;
+//! - a pool page is `allocation = max(size, PAGE_SIZE)` bytes, taken with
+//!   `dma_alloc_coherent` (so within the coherent mask, and
+//!   `2^get_order(allocation)` pages, naturally aligned); blocks are laid out
+//!   in the first `allocation` bytes only;
 //! - blocks never cross a multiple of `boundary` (a power of two, at least
-//!   `size`; 0 means the page size): blocks are packed into each
-//!   boundary window and a block that would straddle the next multiple starts
-//!   there instead, as hardware with 4 KiB descriptor-fetch limits needs.
+//!   `size`; 0 means `allocation`; larger values are cut to `allocation`):
+//!   blocks are packed from the start of each boundary window and one that
+//!   would straddle the next multiple starts there instead, as hardware
+//!   with 4 KiB descriptor-fetch limits needs.
 //!
 //! Free blocks are on one pool-wide list threaded through the blocks
-//! themselves. Each pool page's head frame record holds the link to the
-//! next page (`private[0]`, pfn + 1) and its count of blocks in use
-//! (`private[1]`), and is tagged [`OWNER_DMA_POOL`]; the pool descriptor is
-//! a value the driver owns, so nothing here needs a heap.
+//! themselves, as Linux's: the header is the block's first 16 bytes, so a
+//! free block always has room for it (the size was raised to 16 for that)
+//! but need not be 8-byte aligned (an `align` below 8 with a stride that is
+//! not a multiple of 8), so it is read and written unaligned. Each pool
+//! page's head frame record holds the link to the next page (`private[0]`,
+//! pfn + 1) and its count of blocks in use (`private[1]`), and is tagged
+//! [`OWNER_DMA_POOL`]; the pool descriptor is a value the driver owns, so
+//! nothing here needs a heap.
 //!
 //! With DMA debugging on, free blocks are poisoned (0xa7 after the header,
 //! as `CONFIG_DMAPOOL_DEBUG`): a block written after its free is reported at
@@ -24,6 +34,10 @@
 //! `dma_pool_free` of a block of another pool, or of an address inside a
 //! block, is refused. `dma_pool_destroy` reports blocks still in use and
 //! keeps (leaks) only the pages that hold them.
+//!
+//! Differences from Linux: a block size whose pool page would need more
+//! than `MAX_PAGE_ORDER` pages is refused at create time (Linux accepts up
+//! to `INT_MAX` and fails every allocation).
 
 use super::coherent::{alloc_coherent_at, free_coherent_at};
 use super::device::Device;
@@ -42,8 +56,10 @@ pub const OWNER_DMA_POOL: u8 = crate::page::owner::DMA_POOL;
 pub const POOL_POISON_FREED: u8 = 0xa7;
 /// Byte filling freshly allocated pool blocks under debugging.
 pub const POOL_POISON_ALLOCATED: u8 = 0xa9;
-/// The free-block header: next free block, its bus address.
-const BLOCK_HEADER: usize = 16;
+/// The free-block header (Linux's `struct dma_block`): next free block, its
+/// bus address. Every block is at least this large.
+pub const DMA_BLOCK_HEADER: usize = 16;
+const BLOCK_HEADER: usize = DMA_BLOCK_HEADER;
 
 /// Blocks still in use when a pool was destroyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +79,33 @@ impl fmt::Display for PoolLeak {
             "dma_pool_destroy {}: {} blocks busy; {} pool pages leaked",
             self.name, self.busy_blocks, self.leaked_pages
         )
+    }
+}
+
+/// Reads the header of the free block at `b`: the next free block and the
+/// block's bus address. Blocks need not be 8-byte aligned.
+///
+/// # Safety
+/// `b` is a free block of a pool (at least [`DMA_BLOCK_HEADER`] bytes).
+unsafe fn read_header(b: usize) -> (usize, u64) {
+    // SAFETY: the caller's block holds 16 header bytes.
+    unsafe {
+        (
+            (b as *const usize).read_unaligned(),
+            ((b + 8) as *const u64).read_unaligned(),
+        )
+    }
+}
+
+/// Writes the header of the block at `b`, which becomes free.
+///
+/// # Safety
+/// `b` is a block of a pool that nobody else uses.
+unsafe fn write_header(b: usize, next: usize, dma: u64) {
+    // SAFETY: the caller's block holds 16 header bytes.
+    unsafe {
+        (b as *mut usize).write_unaligned(next);
+        ((b + 8) as *mut u64).write_unaligned(dma);
     }
 }
 
@@ -98,8 +141,11 @@ unsafe impl<P: Platform> Sync for DmaPool<'_, P> {}
 
 /// Linux's `dma_pool_create`: a pool of `size`-byte blocks aligned to
 /// `align` (a power of two; 0 means 1) that never cross a multiple of
-/// `boundary` (a power of two at least `size`; 0 means no constraint
-/// beyond the pool page).
+/// `boundary` (a power of two at least the block size; 0 means no
+/// constraint beyond the pool page).
+///
+/// The block size (the stride between blocks) is `size` raised to
+/// [`DMA_BLOCK_HEADER`] and rounded up to `align`, as Linux computes it.
 #[track_caller]
 pub fn dma_pool_create<'d, P: Platform>(
     name: &'static str,
@@ -117,15 +163,12 @@ pub fn dma_pool_create<'d, P: Platform>(
             "dma_pool_create: align must be a power of two",
         ));
     }
-    let Some(size) = size
-        .max(BLOCK_HEADER)
-        .checked_next_multiple_of(align.max(8))
-    else {
+    let Some(size) = size.max(BLOCK_HEADER).checked_next_multiple_of(align) else {
         return Err(DmaError::InvalidArgument(
             "dma_pool_create: blocks larger than 4 MiB",
         ));
     };
-    let allocation = size.max(PAGE_SIZE).next_power_of_two();
+    let allocation = size.max(PAGE_SIZE);
     let order = get_order(allocation);
     if order > MAX_PAGE_ORDER {
         return Err(DmaError::InvalidArgument(
@@ -164,7 +207,9 @@ impl<'d, P: Platform> DmaPool<'d, P> {
     pub fn name(&self) -> &'static str {
         self.name
     }
-    /// Block size (after rounding).
+    /// Block size, the stride between blocks: the requested size raised to
+    /// [`DMA_BLOCK_HEADER`] and rounded up to the alignment (Linux's
+    /// `pool->size`).
     pub fn size(&self) -> usize {
         self.size
     }
@@ -172,7 +217,9 @@ impl<'d, P: Platform> DmaPool<'d, P> {
     pub fn boundary(&self) -> usize {
         self.boundary
     }
-    /// Bytes per pool page.
+    /// Bytes of each pool page that hold blocks: `max(size, PAGE_SIZE)`
+    /// (Linux's `pool->allocation`; the page itself is
+    /// `2^get_order(allocation)` pages).
     pub fn allocation(&self) -> usize {
         self.allocation
     }
@@ -258,10 +305,7 @@ impl<'d, P: Platform> DmaPool<'d, P> {
         for off in self.offsets().rev() {
             let b = base + off;
             // SAFETY: a block of the fresh page: header words are ours.
-            unsafe {
-                (b as *mut usize).write(last);
-                ((b + 8) as *mut u64).write(dma.0 + off as u64);
-            }
+            unsafe { write_header(b, last, dma.0 + off as u64) };
             last = b;
             n += 1;
         }
@@ -292,8 +336,7 @@ impl<'d, P: Platform> DmaPool<'d, P> {
             }
             let b = st.free;
             // SAFETY: a free block: its header holds the next free block.
-            let (next, dma) =
-                unsafe { ((b as *const usize).read(), ((b + 8) as *const u64).read()) };
+            let (next, dma) = unsafe { read_header(b) };
             st.free = next;
             st.nr_active += 1;
             let head = self.page_head(Pfn(dma >> crate::addr::PAGE_SHIFT));
@@ -415,7 +458,7 @@ pub fn dma_pool_free<P: Platform>(
                 return refuse("already free");
             }
             // SAFETY: free blocks hold the next free block in their header.
-            b = unsafe { (b as *const usize).read() };
+            b = unsafe { read_header(b) }.0;
         }
         // SAFETY: a block of this pool, being freed by its owner.
         unsafe {
@@ -424,10 +467,7 @@ pub fn dma_pool_free<P: Platform>(
         };
     }
     // SAFETY: as above.
-    unsafe {
-        (blk as *mut usize).write(st.free);
-        (blk.add(8) as *mut u64).write(dma.0);
-    }
+    unsafe { write_header(blk as usize, st.free, dma.0) };
     st.free = blk as usize;
     st.nr_active -= 1;
     pool.in_use_delta(head, -1);

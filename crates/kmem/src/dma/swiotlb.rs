@@ -7,17 +7,36 @@
 //! step by copies at map, sync and unmap time.
 //!
 //! ```text
-//!   pool = blocks of up to 4 MiB from ZONE_DMA32
+//!   pool = blocks of up to 4 MiB from ZONE_DMA32, their slots numbered 0..nslabs
 //!   block = segments of 128 slots (256 KiB); no mapping crosses a segment
 //!   slot = 2 KiB (IO_TLB_SIZE)      record per slot: orig phys, size, first slot, dir
+//!   area = nslabs / nareas consecutive slots, with its own search index
 //!
-//!   map:    first fit of ceil(size / 2 KiB) free slots in a segment, starting
-//!           at a rotating segment; page-sized and larger mappings start on
-//!           a page (even slot); copy orig -> bounce
+//!   map:    next fit of ceil(size / 2 KiB) free slots in one segment: the
+//!           search starts in the area of the mapping CPU (cpu & (nareas - 1))
+//!           at the area's index, where the last search there stopped, and
+//!           wraps to the area's first slot; then the next areas in turn.
+//!           Page-sized and larger mappings start on a page (even slot);
+//!           copy orig -> bounce
 //!   sync:   for_cpu copies bounce -> orig if the device may write;
 //!           for_device copies orig -> bounce if the device may read
 //!   unmap:  copy bounce -> orig if the device may write, free the slots
 //! ```
+//!
+//! The search is Linux's `swiotlb_search_pool_area`: candidates that are
+//! not aligned (a page for mappings of a page or more, else a slot) are
+//! stepped over one slot at a time; an aligned candidate that would cross
+//! the device's segment boundary or is not the start of `nslots` free
+//! slots in its segment is stepped over by the stride (2 slots for page
+//! alignment, else 1); an index past the area's end wraps to 0; the area is
+//! given up after `area_nslabs` slots checked, or at once if it has fewer
+//! free slots than needed. A hit moves the area's index to just past the
+//! new mapping (wrapping to 0). There are `nr_cpus` areas rounded up to a
+//! power of two (or [`super::DmaConfig::swiotlb_nareas`]), fewer if the
+//! pool has fewer segments, as Linux's `swiotlb_adjust_nareas` and
+//! `limit_nareas`; slots past `nareas * area_nslabs` belong to no area.
+//! kmem's streaming mappings have no `min_align_mask` or `alloc_align_mask`
+//! (Linux passes 0 for streaming mappings), so only the page rule applies.
 //!
 //! The map copies the buffer in whatever the direction, as Linux has since
 //! its `DMA_FROM_DEVICE` info-leak fix: a device that writes only part of the
@@ -49,6 +68,8 @@ pub const IO_TLB_SEGSIZE: usize = 128;
 pub const SWIOTLB_MAX_MAPPING: usize = IO_TLB_SIZE * IO_TLB_SEGSIZE;
 /// Most pool blocks (each at most 4 MiB).
 pub const MAX_SWIOTLB_CHUNKS: usize = 64;
+/// Most areas (Linux has one per possible CPU, rounded to a power of two).
+pub const MAX_SWIOTLB_AREAS: usize = 64;
 /// Most segments (256 MiB of pool).
 const MAX_SEGMENTS: usize =
     MAX_SWIOTLB_CHUNKS * ((PAGE_SIZE << MAX_PAGE_ORDER) / SWIOTLB_MAX_MAPPING);
@@ -83,16 +104,23 @@ struct Slot {
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 16);
 
+/// One area of the pool (Linux's `struct io_tlb_area`).
+#[derive(Clone, Copy, Default)]
+struct IoTlbArea {
+    /// Area-relative slot the next search starts at.
+    index: usize,
+    /// Slots in use that were allocated from this area.
+    used: usize,
+}
+
 /// What changes under the lock.
 struct AllocState {
-    /// Segment the next search starts at.
-    next_seg: usize,
     /// Slots in use.
     used: usize,
     /// Highest `used` seen.
     hiwater: usize,
-    /// Slots in use per segment.
-    seg_used: [u8; MAX_SEGMENTS],
+    /// The areas.
+    areas: [IoTlbArea; MAX_SWIOTLB_AREAS],
 }
 
 /// Counters and figures of the bounce pool (Linux's swiotlb debugfs).
@@ -124,6 +152,9 @@ pub struct Swiotlb<P: Platform> {
     nchunks: usize,
     seg_chunk: [u8; MAX_SEGMENTS],
     nsegs: usize,
+    /// Areas (`nareas`), each of `area_nslabs` slots.
+    nareas: usize,
+    area_nslabs: usize,
     /// Lowest and one past the highest pool address (quick rejection).
     start: u64,
     end: u64,
@@ -151,21 +182,27 @@ pub struct BounceRecord {
 
 impl<P: Platform> Swiotlb<P> {
     /// A pool of `bytes` (rounded up to a segment) from ZONE_DMA32; 0 makes
-    /// an empty pool.
-    pub(crate) fn new(pages: &PageAllocator<P>, bytes: usize) -> Result<Self, DmaError> {
+    /// an empty pool. `nareas` is the number of areas asked for (0: one per
+    /// CPU), rounded up to a power of two and limited to one per segment.
+    pub(crate) fn new(
+        pages: &PageAllocator<P>,
+        bytes: usize,
+        nareas: usize,
+    ) -> Result<Self, DmaError> {
         let mut s = Swiotlb {
             chunks: [Chunk::default(); MAX_SWIOTLB_CHUNKS],
             nchunks: 0,
             seg_chunk: [0; MAX_SEGMENTS],
             nsegs: 0,
+            nareas: 0,
+            area_nslabs: 0,
             start: u64::MAX,
             end: 0,
             dmo: pages.platform().direct_map_offset(),
             state: lock_api::Mutex::new(AllocState {
-                next_seg: 0,
                 used: 0,
                 hiwater: 0,
-                seg_used: [0; MAX_SEGMENTS],
+                areas: [IoTlbArea::default(); MAX_SWIOTLB_AREAS],
             }),
             maps: AtomicU64::new(0),
             unmaps: AtomicU64::new(0),
@@ -234,6 +271,19 @@ impl<P: Platform> Swiotlb<P> {
             s.end = s.end.max(phys + (PAGE_SIZE << order) as u64);
             remaining -= 1 << order;
         }
+        // Linux's swiotlb_adjust_nareas and limit_nareas.
+        let nslabs = s.total_slots();
+        let want = if nareas == 0 {
+            pages.platform().nr_cpus()
+        } else {
+            nareas
+        };
+        let mut nareas = want.max(1).next_power_of_two().min(MAX_SWIOTLB_AREAS);
+        if nslabs < nareas * IO_TLB_SEGSIZE {
+            nareas = nslabs / IO_TLB_SEGSIZE;
+        }
+        s.nareas = nareas;
+        s.area_nslabs = nslabs.checked_div(nareas).unwrap_or(0);
         Ok(s)
     }
 
@@ -285,6 +335,96 @@ impl<P: Platform> Swiotlb<P> {
         self.nsegs * IO_TLB_SEGSIZE
     }
 
+    /// Areas of the pool (Linux's `nareas`).
+    pub fn nareas(&self) -> usize {
+        self.nareas
+    }
+
+    /// Slots per area (Linux's `area_nslabs`).
+    pub fn area_nslabs(&self) -> usize {
+        self.area_nslabs
+    }
+
+    /// The slot the next search in area `area` starts at, relative to the
+    /// area (Linux's `area->index`).
+    pub fn area_index(&self, area: usize) -> usize {
+        self.state.lock().areas[area].index
+    }
+
+    /// The pool slot `g` (numbered across the blocks in order) as (chunk,
+    /// chunk-local slot).
+    fn slot_chunk(&self, g: usize) -> (usize, usize) {
+        let ci = self.seg_chunk[g / IO_TLB_SEGSIZE] as usize;
+        (ci, g - self.chunks[ci].first_seg * IO_TLB_SEGSIZE)
+    }
+
+    /// Physical address of pool slot `g`.
+    fn slot_phys(&self, g: usize) -> u64 {
+        let (ci, local) = self.slot_chunk(g);
+        self.chunks[ci].phys + (local * IO_TLB_SIZE) as u64
+    }
+
+    /// Are `n` slots from pool slot `g` free and within `g`'s segment (Linux:
+    /// `slots[g].list >= n`)?
+    fn run_free(&self, g: usize, n: usize) -> bool {
+        let seg_end = (g / IO_TLB_SEGSIZE + 1) * IO_TLB_SEGSIZE;
+        if g + n > seg_end.min(self.total_slots()) {
+            return false;
+        }
+        let (ci, local) = self.slot_chunk(g);
+        let slots = self.slots(ci);
+        // SAFETY: local + t < the chunk's slots (same segment); records
+        // change only under the lock the caller holds.
+        (0..n).all(|t| unsafe { (*slots.add(local + t)).used == 0 })
+    }
+
+    /// Linux's `swiotlb_search_pool_area`: next fit of `nslots` slots in
+    /// area `a`. Returns the pool slot of the run, marked as the area's.
+    fn search_area(
+        &self,
+        st: &mut AllocState,
+        a: usize,
+        nslots: usize,
+        alloc_align_mask: u64,
+        boundary: u64,
+    ) -> Option<usize> {
+        let area_nslabs = self.area_nslabs;
+        // A run may end past its area (areas need not end on a segment), so
+        // `used` may exceed `area_nslabs`: Linux's unsigned difference then
+        // wraps and the search goes on.
+        if nslots > area_nslabs.wrapping_sub(st.areas[a].used) {
+            return None;
+        }
+        let wrap = |i: usize| if i >= area_nslabs { 0 } else { i };
+        let stride = ((alloc_align_mask >> IO_TLB_SHIFT) + 1) as usize;
+        // Linux's iommu_is_span_boundary in slots of the boundary window.
+        let max_slots = (boundary >> IO_TLB_SHIFT).saturating_add(1);
+        let crosses = |addr: u64| {
+            let off = ((addr & boundary) >> IO_TLB_SHIFT) & (max_slots - 1);
+            off + nslots as u64 > max_slots
+        };
+        let base = a * area_nslabs;
+        let mut index = st.areas[a].index;
+        let mut checked = 0;
+        while checked < area_nslabs {
+            let g = base + index;
+            let addr = self.slot_phys(g);
+            if addr & alloc_align_mask != 0 {
+                index = wrap(index + 1);
+                checked += 1;
+                continue;
+            }
+            if !crosses(addr) && self.run_free(g, nslots) {
+                st.areas[a].index = wrap(index + nslots);
+                st.areas[a].used += nslots;
+                return Some(g);
+            }
+            index = wrap(index + stride);
+            checked += stride;
+        }
+        None
+    }
+
     /// Every counter.
     pub fn stats(&self) -> SwiotlbStats {
         let (used, hiwater) = {
@@ -327,62 +467,47 @@ impl<P: Platform> Swiotlb<P> {
     /// Bounces `size` bytes at `orig`: takes a run of slots and copies the
     /// buffer in. Never waits. `size` must be at most 256 KiB. The run never
     /// crosses a multiple of `boundary + 1` (the device's segment boundary
-    /// mask), as Linux's `swiotlb_search_pool_area` ensures.
+    /// mask), as Linux's `swiotlb_search_pool_area` ensures. The search
+    /// starts in the area of `cpu` (Linux's `swiotlb_find_slots`).
     pub(crate) fn map(
         &self,
         orig: PhysAddr,
         size: usize,
         dir: DmaDirection,
         boundary: u64,
+        cpu: usize,
     ) -> Result<PhysAddr, DmaError> {
         debug_assert!(size > 0 && size <= SWIOTLB_MAX_MAPPING);
         let nslots = size.div_ceil(IO_TLB_SIZE);
-        // Page-sized and larger mappings start on a page, as Linux's stride.
-        let stride = if size >= PAGE_SIZE {
-            PAGE_SIZE / IO_TLB_SIZE
+        // Streaming mappings pass no alloc_align_mask: page-sized and larger
+        // ones start on a page, as Linux has always kept them; every run
+        // starts on a slot.
+        let alloc_align_mask = if size >= PAGE_SIZE {
+            (PAGE_SIZE - 1) as u64
         } else {
-            1
-        };
+            0
+        } | (IO_TLB_SIZE - 1) as u64;
         let tlb = {
             let mut st = self.state.lock();
             let mut found = None;
-            for k in 0..self.nsegs {
-                let seg = (st.next_seg + k) % self.nsegs;
-                if IO_TLB_SEGSIZE - (st.seg_used[seg] as usize) < nslots {
-                    continue;
-                }
-                let ci = self.seg_chunk[seg] as usize;
-                let base = (seg - self.chunks[ci].first_seg) * IO_TLB_SEGSIZE;
-                let slots = self.slots(ci);
-                let chunk_phys = self.chunks[ci].phys;
-                let crosses = |first: usize| {
-                    let start = chunk_phys + (first * IO_TLB_SIZE) as u64;
-                    let last = start + (nslots * IO_TLB_SIZE) as u64 - 1;
-                    (start ^ last) & !boundary != 0
-                };
-                let mut i = 0;
-                while i + nslots <= IO_TLB_SEGSIZE {
-                    if crosses(base + i) {
-                        i += stride;
-                        continue;
+            if self.nareas > 0 {
+                let start = cpu & (self.nareas - 1);
+                let mut a = start;
+                loop {
+                    found = self.search_area(&mut st, a, nslots, alloc_align_mask, boundary);
+                    if found.is_some() {
+                        break;
                     }
-                    // SAFETY: base + i + t < nslots of the chunk; records
-                    // change only under the lock we hold.
-                    let busy =
-                        (0..nslots).rfind(|&t| unsafe { (*slots.add(base + i + t)).used != 0 });
-                    match busy {
-                        None => {
-                            found = Some((seg, ci, base + i));
-                            break;
-                        }
-                        Some(t) => i = (i + t + 1).next_multiple_of(stride),
+                    a += 1;
+                    if a >= self.nareas {
+                        a = 0;
                     }
-                }
-                if found.is_some() {
-                    break;
+                    if a == start {
+                        break;
+                    }
                 }
             }
-            let Some((seg, ci, first)) = found else {
+            let Some(g) = found else {
                 let used = st.used;
                 drop(st);
                 self.full.fetch_add(1, Relaxed);
@@ -392,6 +517,7 @@ impl<P: Platform> Swiotlb<P> {
                     used,
                 });
             };
+            let (ci, first) = self.slot_chunk(g);
             let rec = Slot {
                 orig: orig.0,
                 size: size as u32,
@@ -404,10 +530,8 @@ impl<P: Platform> Swiotlb<P> {
                 // SAFETY: as above.
                 unsafe { slots.add(first + t).write(rec) };
             }
-            st.seg_used[seg] += nslots as u8;
             st.used += nslots;
             st.hiwater = st.hiwater.max(st.used);
-            st.next_seg = seg;
             self.chunks[ci].phys + (first * IO_TLB_SIZE) as u64
         };
         self.maps.fetch_add(1, Relaxed);
@@ -478,8 +602,10 @@ impl<P: Platform> Swiotlb<P> {
                 (*slots.add(first + t)).used = 0;
             }
         }
-        let seg = self.chunks[ci].first_seg + first / IO_TLB_SEGSIZE;
-        st.seg_used[seg] -= nslots as u8;
+        // The area the run was allocated from (Linux's swiotlb_release_slots).
+        let g = self.chunks[ci].first_seg * IO_TLB_SEGSIZE + first;
+        let a = (g / self.area_nslabs).min(self.nareas - 1);
+        st.areas[a].used -= nslots;
         st.used -= nslots;
         drop(st);
         self.unmaps.fetch_add(1, Relaxed);
