@@ -8,8 +8,15 @@
 //!    the *min* watermark lowered by the mask's reserves;
 //! 2. `__GFP_MEMALLOC`: retry ignoring watermarks;
 //! 3. non-blocking masks stop here (after draining this CPU's lists);
-//! 4. blocking masks run direct reclaim, drain every CPU's lists, retry, and
-//!    loop under the rules described in [`super::reclaim`].
+//! 4. blocking masks run direct reclaim and retry; if that fails, give one
+//!    high-order atomic reserve pageblock back (keeping the zone's last),
+//!    drain every CPU's lists and retry; then loop under the rules described
+//!    in [`super::reclaim`], giving the reserve back block by block before
+//!    giving up (Linux's `should_reclaim_retry`).
+//!
+//! A high-order request that may not block but has `__GFP_HIGH`
+//! (`ALLOC_HIGHATOMIC`) and succeeds in the slow path reserves its
+//! pageblock for later ones (see [`super::buddy`]).
 
 use super::frame::{flags, FrameState};
 use super::pcp::{PcpAlloc, PCP_MAX_ORDER};
@@ -352,16 +359,46 @@ impl<P: Platform> PageAllocator<P> {
             }
             if req.order <= PCP_MAX_ORDER && self.config().pcp_lists {
                 match self.rmqueue_pcp(slot, req.order, req.mt, nofrag) {
-                    PcpAlloc::Hit(pfn) => return Some(pfn),
-                    PcpAlloc::Empty => continue,
-                    PcpAlloc::Contended => {}
+                    PcpAlloc::Hit(pfn) => return Some(self.got_page(slot, pfn, req, flags)),
+                    // The refill searched the ordinary lists already; only
+                    // a request that may use the HighAtomic reserve has
+                    // something left to try in the zone (Linux's rmqueue
+                    // falls back to rmqueue_buddy).
+                    PcpAlloc::Empty
+                        if !flags.has(AllocFlags::HIGHATOMIC | AllocFlags::NON_BLOCK) =>
+                    {
+                        continue
+                    }
+                    PcpAlloc::Empty | PcpAlloc::Contended => {}
                 }
             }
-            if let Some(pfn) = self.rmqueue_buddy(slot, req.order, req.mt, nofrag) {
-                return Some(pfn);
+            if let Some(pfn) = self.rmqueue_buddy(slot, req.order, req.mt, flags, nofrag) {
+                return Some(self.got_page(slot, pfn, req, flags));
             }
         }
         None
+    }
+
+    /// A block was taken from zone `slot`: a high-order atomic request
+    /// reserves its pageblock (Linux's get_page_from_freelist).
+    #[inline(always)]
+    fn got_page(&self, slot: usize, pfn: u64, req: &Request, flags: AllocFlags) -> u64 {
+        if flags.has(AllocFlags::HIGHATOMIC) {
+            self.reserve_highatomic_pageblock(slot, pfn, req.order);
+        }
+        pfn
+    }
+
+    /// Gives one HighAtomic pageblock of the request's zones back to its
+    /// migrate type; without `force` every zone keeps its last one.
+    fn unreserve_highatomic(&self, req: &Request, force: bool) -> bool {
+        let zl = &self.zonelists[req.node];
+        let n = if req.gfp.contains(Gfp::THISNODE) {
+            zl.local
+        } else {
+            zl.len
+        };
+        self.unreserve_highatomic_pageblock(&zl.slots[..n as usize], req.zone, req.mt, force)
     }
 
     /// Marks a fresh block allocated; zeroes it and builds compound tails if
@@ -396,7 +433,7 @@ impl<P: Platform> PageAllocator<P> {
     fn alloc_slowpath(&self, req: &Request) -> Result<u64, AllocError> {
         self.stats.alloc_slow.fetch_add(1, Relaxed);
         let gfp = req.gfp;
-        let mut flags = AllocFlags::from_gfp(gfp);
+        let mut flags = AllocFlags::from_gfp_order(gfp, req.order);
         if flags.has(AllocFlags::KSWAPD) {
             self.stats.kswapd_wake.fetch_add(1, Relaxed);
         }
@@ -412,13 +449,13 @@ impl<P: Platform> PageAllocator<P> {
             !ctx.in_interrupt() || ctx.softirq > 0
         };
         if AllocFlags::memalloc(gfp) || (in_reclaim && !gfp.contains(Gfp::NOMEMALLOC)) {
-            if let Some(pfn) =
-                self.get_page_from_freelist(req, AllocFlags(flags.0 | AllocFlags::NO_WATERMARKS))
-            {
+            // Linux's reserve_flags replace the mask's flags: no watermarks,
+            // but no claim on the high-order atomic reserve either.
+            flags = AllocFlags(AllocFlags::NO_WATERMARKS | (flags.0 & AllocFlags::KSWAPD));
+            if let Some(pfn) = self.get_page_from_freelist(req, flags) {
                 self.stats.alloc_no_watermarks.fetch_add(1, Relaxed);
                 return Ok(pfn);
             }
-            flags.0 |= AllocFlags::NO_WATERMARKS;
         }
         if !gfp.allows_blocking() || in_reclaim {
             // Blocks cached on this CPU's lists cannot merge; give them back
@@ -433,7 +470,14 @@ impl<P: Platform> PageAllocator<P> {
         let costly = req.order > PAGE_ALLOC_COSTLY_ORDER;
         let mut rounds = 0;
         loop {
+            // Linux's __alloc_pages_direct_reclaim: reclaim and retry; on
+            // failure give a reserved pageblock back (keeping the last) and
+            // the per-CPU lists, and retry once more.
             let progress = self.direct_reclaim(gfp, req.order);
+            if let Some(pfn) = self.attempt(req, flags) {
+                return Ok(pfn);
+            }
+            self.unreserve_highatomic(req, false);
             self.drain_all_pages();
             if let Some(pfn) = self.attempt(req, flags) {
                 return Ok(pfn);
@@ -446,7 +490,11 @@ impl<P: Platform> PageAllocator<P> {
             }
             rounds += 1;
             if progress == 0 || rounds >= MAX_RECLAIM_RETRIES {
-                break;
+                // should_reclaim_retry: before OOM, exhaust the high-order
+                // atomic reserve, one pageblock per retry.
+                if !self.unreserve_highatomic(req, true) {
+                    break;
+                }
             }
             self.stats.retry.fetch_add(1, Relaxed);
         }
@@ -458,6 +506,7 @@ impl<P: Platform> PageAllocator<P> {
                 self.stats.nofail_wait.fetch_add(1, Relaxed);
                 self.platform().relax();
                 self.direct_reclaim(gfp, req.order);
+                self.unreserve_highatomic(req, true);
                 self.drain_all_pages();
                 if let Some(pfn) = self.attempt(req, flags) {
                     return Ok(pfn);
@@ -466,8 +515,11 @@ impl<P: Platform> PageAllocator<P> {
         }
         // Linux's __alloc_pages_may_oom: no OOM kill for costly orders,
         // __GFP_RETRY_MAYFAIL or __GFP_THISNODE, or a lowmem-only request
-        // (highest zone below Normal).
+        // (highest zone below Normal); and out_of_memory kills nothing for
+        // a request without __GFP_FS (GFP_NOFS, GFP_NOIO): reclaim that could
+        // not do file-system I/O is no reason to kill a task.
         let oom = !gfp.intersects(Gfp::RETRY_MAYFAIL | Gfp::THISNODE)
+            && gfp.contains(Gfp::FS)
             && !costly
             && req.zone >= ZoneType::Normal;
         if oom {

@@ -12,6 +12,10 @@
 //! - larger orders, and refills, from the zone's buddy lists ([`buddy`]) under
 //!   the zone lock, stealing from other migrate types when its own are empty.
 //!
+//! High-order atomic allocations that had to dip into reserves set whole
+//! pageblocks aside for later ones (the HighAtomic reserve, up to 1% of a
+//! zone); blocking allocations give them back before failing ([`buddy`]).
+//!
 //! Missing the low watermark sends the allocation down the slow path
 //! ([`alloc`]): reserves by GFP, then (blocking masks only) direct reclaim
 //! through registered shrinkers ([`reclaim`]) and Linux's retry rules.

@@ -14,6 +14,7 @@
 //! can share a CPU number), and the loser simply goes to the zone lock.
 //! Remote drains (under memory pressure, statistics) wait for it.
 
+use super::buddy::RmqueueMode;
 use super::frame::{FrameState, NIL};
 use super::{PageAllocator, MAX_ZONES};
 use crate::cpu_lock::{PerCpu, PerCpuGuard};
@@ -116,7 +117,9 @@ impl<P: Platform> PageAllocator<P> {
         PcpAlloc::Hit(pfn as u64)
     }
 
-    /// Pulls a batch of blocks from the zone onto a per-CPU list.
+    /// Pulls a batch of blocks from the zone onto a per-CPU list (Linux's
+    /// `rmqueue_bulk`: one lock hold, the fallback stage remembered from one
+    /// block to the next).
     #[cold]
     #[inline(never)]
     fn refill_pcp(
@@ -132,8 +135,9 @@ impl<P: Platform> PageAllocator<P> {
         let mut area = zone.area.lock();
         let li = list_index(order, mt);
         let mut got = 0;
+        let mut mode = RmqueueMode::Normal;
         while got < want {
-            let Some(pfn) = self.rmqueue(&mut area, order, mt, nofrag) else {
+            let Some(pfn) = self.rmqueue(&mut area, order, mt, nofrag, &mut mode) else {
                 break;
             };
             let f = self.mm.frame_unchecked(pfn);

@@ -11,7 +11,12 @@
 //! - default (orders 0..=3): retry while reclaim makes progress; then Linux
 //!   would run the OOM killer, which kmem reports ([`crate::NoMemory::oom`]),
 //!   except for `__GFP_THISNODE` and lowmem-only (DMA, DMA32) requests,
-//!   which Linux's `__alloc_pages_may_oom` does not kill for;
+//!   which Linux's `__alloc_pages_may_oom` does not kill for, and requests
+//!   without `__GFP_FS` (GFP_NOFS, GFP_NOIO), for which `out_of_memory`
+//!   kills nothing;
+//! - before giving up, pageblocks of the high-order atomic reserve go back
+//!   to the requester's migrate type one per round (`should_reclaim_retry`
+//!   calling `unreserve_highatomic_pageblock`);
 //! - `__GFP_NOFAIL`: never fail; wait for another CPU to free memory.
 
 use super::PageAllocator;

@@ -1,14 +1,16 @@
 //! Consistency check of the whole page allocator (like a `CONFIG_DEBUG_VM`
 //! walk): every free list and per-CPU list is followed and every block on it
-//! checked. Tests call it after every batch of operations; a kernel can call
+//! checked, including that a free block sits on the list of its pageblocks'
+//! migrate type, and that the high-order atomic reserve's counters agree
+//! with its pageblocks and free lists and stay within the zone's limit. Tests call it after every batch of operations; a kernel can call
 //! it from a debug command. It takes each zone lock and each per-CPU flag in
 //! turn, so it sees a consistent picture of one list at a time.
 
 use super::frame::{FrameState, NIL};
 use super::pcp::NR_PCP_LISTS;
-use super::zone::NR_FREE_LISTS;
+use super::zone::{HIGHATOMIC, NR_FREE_LISTS};
 use super::{PageAllocator, MAX_ZONES};
-use crate::addr::{Pfn, NR_PAGE_ORDERS};
+use crate::addr::{Pfn, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES};
 use crate::gfp::ZoneType;
 use crate::platform::Platform;
 use core::fmt;
@@ -70,8 +72,10 @@ impl<P: Platform> PageAllocator<P> {
             let area = zone.area.lock();
             let (lo, hi) = (zone.start_pfn, zone.start_pfn + zone.spanned);
             let mut pages = 0u64;
+            let mut highatomic_pages = 0u64;
             for o in 0..NR_PAGE_ORDERS {
                 for mt in 0..NR_FREE_LISTS {
+                    let mut list_pages = 0u64;
                     let (mut n, mut prev, mut cur) = (0u32, NIL, area.head[o][mt]);
                     while cur != NIL {
                         let pfn = cur as u64;
@@ -94,6 +98,16 @@ impl<P: Platform> PageAllocator<P> {
                         if pfn < lo || pfn + (1 << o) > hi || f.zone_slot() != slot {
                             return Err(err(Some(pfn), "free block outside its zone"));
                         }
+                        let mut pb = pfn & !(PAGEBLOCK_NR_PAGES - 1);
+                        while pb < pfn + (1 << o) {
+                            if self.pageblock_mt(pb) != mt {
+                                return Err(err(
+                                    Some(pfn),
+                                    "free block is not on its pageblock's migrate type list",
+                                ));
+                            }
+                            pb += PAGEBLOCK_NR_PAGES;
+                        }
                         if f.prev.load(core::sync::atomic::Ordering::Relaxed) != prev {
                             return Err(err(Some(pfn), "broken back link"));
                         }
@@ -110,11 +124,15 @@ impl<P: Platform> PageAllocator<P> {
                             return Err(err(Some(pfn), "free list has a cycle"));
                         }
                         pages += 1 << o;
+                        list_pages += 1 << o;
                         prev = cur;
                         cur = f.next.load(core::sync::atomic::Ordering::Relaxed);
                     }
                     if n != area.nr_free[o][mt] {
                         return Err(err(None, "free block count disagrees with the list"));
+                    }
+                    if mt == HIGHATOMIC {
+                        highatomic_pages += list_pages;
                     }
                     rep.free_blocks += n as u64;
                 }
@@ -126,6 +144,54 @@ impl<P: Platform> PageAllocator<P> {
                 if zone.free_blocks(o) != area.blocks(o) {
                     return Err(err(None, "published per-order counts are stale"));
                 }
+            }
+            let (normal, high) = area.order_masks();
+            if zone
+                .normal_orders
+                .load(core::sync::atomic::Ordering::Relaxed)
+                != normal
+                || zone
+                    .highatomic_orders
+                    .load(core::sync::atomic::Ordering::Relaxed)
+                    != high
+            {
+                return Err(err(None, "published per-order masks are stale"));
+            }
+            if highatomic_pages != area.nr_free_highatomic as u64
+                || area.nr_free_highatomic != zone.nr_free_highatomic()
+            {
+                return Err(err(
+                    None,
+                    "nr_free_highatomic disagrees with the HighAtomic lists",
+                ));
+            }
+            // Every reserved page is in a HighAtomic pageblock of this zone
+            // and every such pageblock is counted.
+            let mut reserved_blocks = 0u64;
+            let mut pb = lo & !(PAGEBLOCK_NR_PAGES - 1);
+            while pb < hi {
+                if self.pageblock_in_zone(slot, pb) && self.pageblock_mt(pb) == HIGHATOMIC {
+                    reserved_blocks += 1;
+                }
+                pb += PAGEBLOCK_NR_PAGES;
+            }
+            if reserved_blocks * PAGEBLOCK_NR_PAGES != area.nr_reserved_highatomic as u64
+                || area.nr_reserved_highatomic != zone.nr_reserved_highatomic()
+            {
+                return Err(err(
+                    None,
+                    "nr_reserved_highatomic disagrees with the HighAtomic pageblocks",
+                ));
+            }
+            // At most 1% of the zone in whole pageblocks; a block of a
+            // pageblock or more reserved just under the limit may pass it by
+            // one pageblock, as in Linux.
+            let limit = match self.highatomic_limit(slot) {
+                0 => 0,
+                l => l + PAGEBLOCK_NR_PAGES as usize,
+            };
+            if area.nr_reserved_highatomic > limit {
+                return Err(err(None, "high-order atomic reserve above its limit"));
             }
             rep.free_pages += pages;
             drop(area);

@@ -64,6 +64,10 @@ counters! {
     fallback_claim,
     /// Blocks stolen from another migrate type without claiming its pageblock.
     fallback_steal,
+    /// Pageblocks turned into the high-order atomic reserve.
+    highatomic_reserve,
+    /// Reserved pageblocks given back before a blocking allocation fails.
+    highatomic_unreserve,
     /// Zones skipped because they were under the watermark in force.
     wmark_fail,
     /// kswapd wake-ups requested (`__GFP_KSWAPD_RECLAIM` under the low watermark).

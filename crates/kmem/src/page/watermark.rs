@@ -14,6 +14,13 @@
 //! - non-blocking *and* `__GFP_HIGH` (GFP_ATOMIC) a further quarter lower;
 //! - GFP_NOWAIT has no `__GFP_HIGH`, so it gets no reserve at all;
 //! - `__GFP_MEMALLOC` ignores watermarks, unless `__GFP_NOMEMALLOC` says no.
+//!
+//! Free pages of the high-order atomic reserve (HighAtomic pageblocks) count
+//! only for requests with a right to reserves (`ALLOC_RESERVES`: non-blocking,
+//! `__GFP_HIGH`, or high-order atomic); every other request, the fast path
+//! included, leaves them out (`__zone_watermark_unusable_free`). A high-order
+//! request also needs a free block of its order on a list it may use: the
+//! HighAtomic lists only for `ALLOC_HIGHATOMIC`.
 
 use super::zone::{Watermark, Zone};
 use super::{PageAllocator, MAX_ZONES};
@@ -43,6 +50,13 @@ impl AllocFlags {
     pub const NON_BLOCK: u32 = 16;
     /// Wake kswapd when under the low mark.
     pub const KSWAPD: u32 = 32;
+    /// High-order allocation that cannot sleep and has `__GFP_HIGH` (a
+    /// high-order GFP_ATOMIC): may use the HighAtomic reserve first, and
+    /// reserves the pageblock it got its block from.
+    pub const HIGHATOMIC: u32 = 64;
+    /// Flags with a right to reserves (Linux's `ALLOC_RESERVES`): they see
+    /// the HighAtomic reserve's free pages as free.
+    pub const RESERVES: u32 = Self::NON_BLOCK | Self::MIN_RESERVE | Self::HIGHATOMIC;
 
     /// The watermark in force.
     pub const fn mark(self) -> Watermark {
@@ -57,8 +71,17 @@ impl AllocFlags {
         self.0 & bit != 0
     }
 
-    /// Linux's `gfp_to_alloc_flags`: the slow path's flags for `gfp`.
+    /// Linux's `gfp_to_alloc_flags`: the slow path's flags for `gfp` (an
+    /// order-0 request; see [`Self::from_gfp_order`]).
     pub fn from_gfp(gfp: Gfp) -> AllocFlags {
+        Self::from_gfp_order(gfp, 0)
+    }
+
+    /// Linux's `gfp_to_alloc_flags` for a request of `order`: a request
+    /// that may not sleep (and does not refuse reserves with
+    /// `__GFP_NOMEMALLOC`) is `NON_BLOCK`; with `__GFP_HIGH` and an order
+    /// above 0 it is also `HIGHATOMIC`.
+    pub fn from_gfp_order(gfp: Gfp, order: u32) -> AllocFlags {
         let mut f = Self::WMARK_MIN;
         if gfp.contains(Gfp::HIGH) {
             f |= Self::MIN_RESERVE;
@@ -68,6 +91,9 @@ impl AllocFlags {
         }
         if !gfp.contains(Gfp::DIRECT_RECLAIM) && !gfp.contains(Gfp::NOMEMALLOC) {
             f |= Self::NON_BLOCK;
+            if order > 0 && f & Self::MIN_RESERVE != 0 {
+                f |= Self::HIGHATOMIC;
+            }
         }
         AllocFlags(f)
     }
@@ -81,7 +107,10 @@ impl AllocFlags {
 
 /// Linux's `__zone_watermark_ok`: would `zone` stay above `mark` (lowered by
 /// `flags`' reserves, raised by the lowmem reserve against `highest`) after
-/// giving out a block of `order`, and does it have such a block?
+/// giving out a block of `order`, and does it have such a block on a list
+/// the request may use? Without a right to reserves, the HighAtomic
+/// reserve's free pages do not count (`__zone_watermark_unusable_free`).
+#[inline]
 pub fn zone_watermark_ok<L: lock_api::RawMutex>(
     zone: &Zone<L>,
     order: u32,
@@ -89,7 +118,10 @@ pub fn zone_watermark_ok<L: lock_api::RawMutex>(
     highest: ZoneType,
     flags: AllocFlags,
 ) -> bool {
-    let free = zone.free_pages() as i64 - ((1i64 << order) - 1);
+    let mut free = zone.free_pages() as i64 - ((1i64 << order) - 1);
+    if !flags.has(AllocFlags::RESERVES) {
+        free -= zone.nr_free_highatomic() as i64;
+    }
     let mut min = mark as i64;
     if flags.has(AllocFlags::MIN_RESERVE) {
         min -= min / 2;
@@ -100,7 +132,14 @@ pub fn zone_watermark_ok<L: lock_api::RawMutex>(
     if free <= min + zone.lowmem_reserve(highest) as i64 {
         return false;
     }
-    order == 0 || (order..=MAX_PAGE_ORDER).any(|o| zone.free_blocks(o as usize) > 0)
+    if order == 0 {
+        return true;
+    }
+    let mut usable = zone.normal_orders.load(Relaxed);
+    if flags.has(AllocFlags::HIGHATOMIC) {
+        usable |= zone.highatomic_orders.load(Relaxed);
+    }
+    order <= MAX_PAGE_ORDER && usable >> order != 0
 }
 
 /// Linux's `int_sqrt` (Newton's method on integers).

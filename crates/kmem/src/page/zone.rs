@@ -3,17 +3,29 @@
 //! A zone owns the buddy free lists of its frames (one list per order and
 //! migrate type, linked through frame records), its watermarks and its lowmem
 //! reserve. The lists sit behind the platform's lock; the counters a watermark
-//! check needs (free pages, free blocks per order) are atomics so the fast path
-//! reads them without the lock, as Linux's `zone_page_state` does.
+//! check needs (free pages, free blocks per order, free pages in the
+//! high-order atomic reserve) are atomics so the fast path reads them without
+//! the lock, as Linux's `zone_page_state` does.
+//!
+//! # The high-order atomic reserve
+//! Pageblocks of type [`MigrateType::HighAtomic`] are set aside for
+//! high-order allocations that cannot sleep (Linux's `MIGRATE_HIGHATOMIC`):
+//! `nr_reserved_highatomic` counts the pages of such pageblocks and
+//! `nr_free_highatomic` the free pages on their lists. Both change only under
+//! the zone lock; the published copies let watermark checks leave the
+//! reserve out for requests that may not use it.
 
 use super::frame::{FrameState, Memmap, NIL};
 use crate::addr::NR_PAGE_ORDERS;
-use crate::gfp::ZoneType;
+use crate::gfp::{MigrateType, ZoneType};
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 /// Number of migrate types that have free lists (Unmovable, Movable,
 /// Reclaimable, HighAtomic). `Isolate` is printed but never used.
 pub const NR_FREE_LISTS: usize = 4;
+
+/// Index of the high-order atomic reserve's free lists.
+pub(crate) const HIGHATOMIC: usize = MigrateType::HighAtomic as usize;
 
 /// Watermark indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +44,11 @@ pub(crate) struct FreeArea {
     pub(crate) nr_free: [[u32; NR_FREE_LISTS]; NR_PAGE_ORDERS],
     /// Total free pages on these lists.
     pub(crate) free_pages: usize,
+    /// Free pages on the HighAtomic lists (Linux's `nr_free_highatomic`).
+    pub(crate) nr_free_highatomic: usize,
+    /// Pages of the pageblocks reserved as HighAtomic (Linux's
+    /// `nr_reserved_highatomic`).
+    pub(crate) nr_reserved_highatomic: usize,
 }
 
 impl FreeArea {
@@ -40,6 +57,8 @@ impl FreeArea {
             head: [[NIL; NR_FREE_LISTS]; NR_PAGE_ORDERS],
             nr_free: [[0; NR_FREE_LISTS]; NR_PAGE_ORDERS],
             free_pages: 0,
+            nr_free_highatomic: 0,
+            nr_reserved_highatomic: 0,
         }
     }
 
@@ -65,6 +84,9 @@ impl FreeArea {
         f.set(FrameState::Buddy, order, 0, mt);
         self.nr_free[order as usize][mt] += 1;
         self.free_pages += 1 << order;
+        if mt == HIGHATOMIC {
+            self.nr_free_highatomic += 1 << order;
+        }
     }
 
     /// Unlinks a free block from the list it is on; it becomes a plain Tail
@@ -87,11 +109,31 @@ impl FreeArea {
         f.set(FrameState::Tail, 0, 0, 0);
         self.nr_free[order as usize][mt] -= 1;
         self.free_pages -= 1 << order;
+        if mt == HIGHATOMIC {
+            self.nr_free_highatomic -= 1 << order;
+        }
     }
 
     /// Number of free blocks of `order`, all lists.
     pub(crate) fn blocks(&self, order: usize) -> u32 {
         self.nr_free[order].iter().sum()
+    }
+
+    /// Bit `o` set for every order `o` with a free block on an ordinary
+    /// (Unmovable, Movable, Reclaimable) list, and the same for the
+    /// HighAtomic lists.
+    pub(crate) fn order_masks(&self) -> (u32, u32) {
+        let (mut normal, mut high) = (0u32, 0u32);
+        for o in 0..NR_PAGE_ORDERS {
+            let n = &self.nr_free[o];
+            if n[..MigrateType::PCPTYPES].iter().any(|&c| c > 0) {
+                normal |= 1 << o;
+            }
+            if n[HIGHATOMIC] > 0 {
+                high |= 1 << o;
+            }
+        }
+        (normal, high)
     }
 }
 
@@ -109,6 +151,15 @@ pub struct Zone<L: lock_api::RawMutex> {
     pub(crate) managed: AtomicUsize,
     /// Free pages on the buddy lists (NR_FREE_PAGES; per-CPU lists excluded).
     pub(crate) free_pages: AtomicUsize,
+    /// Free pages on the HighAtomic lists (published `nr_free_highatomic`);
+    /// next to `free_pages` so the fast path's watermark check reads one line.
+    pub(crate) nr_free_highatomic: AtomicUsize,
+    /// Bit `o`: some ordinary list of order `o` holds a free block.
+    pub(crate) normal_orders: AtomicU32,
+    /// Bit `o`: the HighAtomic list of order `o` holds a free block.
+    pub(crate) highatomic_orders: AtomicU32,
+    /// Published `nr_reserved_highatomic` (racy pre-check of the limit).
+    pub(crate) nr_reserved_highatomic: AtomicUsize,
     /// Free blocks per order, all migrate types (for lock-free watermark checks).
     pub(crate) free_blocks: [AtomicU32; NR_PAGE_ORDERS],
     /// min, low, high watermarks in pages.
@@ -128,6 +179,10 @@ impl<L: lock_api::RawMutex> Zone<L> {
             present: 0,
             managed: AtomicUsize::new(0),
             free_pages: AtomicUsize::new(0),
+            nr_free_highatomic: AtomicUsize::new(0),
+            normal_orders: AtomicU32::new(0),
+            highatomic_orders: AtomicU32::new(0),
+            nr_reserved_highatomic: AtomicUsize::new(0),
             free_blocks: core::array::from_fn(|_| AtomicU32::new(0)),
             watermark: core::array::from_fn(|_| AtomicUsize::new(0)),
             lowmem_reserve: core::array::from_fn(|_| AtomicUsize::new(0)),
@@ -140,9 +195,16 @@ impl<L: lock_api::RawMutex> Zone<L> {
     #[inline]
     pub(crate) fn publish(&self, area: &FreeArea) {
         self.free_pages.store(area.free_pages, Relaxed);
+        self.nr_free_highatomic
+            .store(area.nr_free_highatomic, Relaxed);
+        self.nr_reserved_highatomic
+            .store(area.nr_reserved_highatomic, Relaxed);
         for o in 0..NR_PAGE_ORDERS {
             self.free_blocks[o].store(area.blocks(o), Relaxed);
         }
+        let (normal, high) = area.order_masks();
+        self.normal_orders.store(normal, Relaxed);
+        self.highatomic_orders.store(high, Relaxed);
     }
 
     /// Node it belongs to.
@@ -176,6 +238,17 @@ impl<L: lock_api::RawMutex> Zone<L> {
     /// Free pages on the buddy lists.
     pub fn free_pages(&self) -> usize {
         self.free_pages.load(Relaxed)
+    }
+    /// Free pages on the HighAtomic lists (Linux's `nr_free_highatomic`):
+    /// counted in [`Self::free_pages`], but usable only by requests entitled
+    /// to reserves.
+    pub fn nr_free_highatomic(&self) -> usize {
+        self.nr_free_highatomic.load(Relaxed)
+    }
+    /// Pages in pageblocks reserved for high-order atomic allocations
+    /// (Linux's `nr_reserved_highatomic`).
+    pub fn nr_reserved_highatomic(&self) -> usize {
+        self.nr_reserved_highatomic.load(Relaxed)
     }
     /// A watermark in pages.
     pub fn watermark(&self, w: Watermark) -> usize {
