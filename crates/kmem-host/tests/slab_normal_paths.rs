@@ -680,3 +680,75 @@ fn slab_min_order_above_max_order_is_honoured() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+// ------------------------------------------------------------ shrink order
+
+/// Linux's `__kmem_cache_do_shrink`: empty slabs go back, and partial slabs
+/// with 1..=SHRINK_PROMOTE_MAX free objects move to the front of the node's
+/// partial list, the fewest free first, so the next allocations fill them
+/// up. Seen from outside: after a shrink, a CPU without sheaves or partial
+/// slabs of its own takes its next slab from the front of that list.
+#[test]
+fn shrink_puts_the_fullest_partial_slabs_first() {
+    let m = machine();
+    // No sheaves and no per-CPU partial lists: each refill of the CPU
+    // takes the front slab of the node's partial list.
+    let cfg = SlabConfig {
+        sheaf_bytes: 0,
+        cpu_partial: false,
+        ..Default::default()
+    };
+    let s = slab(&m, cfg);
+    let c = s
+        .kmem_cache_create("shrink-order", 256, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let l = Layout::compute(
+        256,
+        0,
+        SlabFlags::empty(),
+        false,
+        &cfg,
+        kmem::Platform::nr_cpus(m.pages().platform()),
+    )
+    .unwrap();
+    let per_slab = l.oo.objects as usize;
+    assert_eq!(l.oo.order, 0);
+    assert!(
+        (11..=kmem::slab::SHRINK_PROMOTE_MAX).contains(&per_slab),
+        "{per_slab}"
+    );
+    let page_of = |p: *mut u8| (p as usize) & !(PAGE - 1);
+    run_on_cpu(0, || {
+        // Four full slabs, in the order they were filled.
+        let objs: Vec<*mut u8> = (0..4 * per_slab)
+            .map(|_| c.alloc(GFP_KERNEL).unwrap().as_ptr())
+            .collect();
+        let mut slabs: Vec<usize> = objs.iter().map(|&p| page_of(p)).collect();
+        slabs.dedup();
+        assert_eq!(slabs.len(), 4, "one slab after another");
+        // Leave 10, 1 and 3 free objects in the first three, empty the
+        // fourth.
+        let keep_free = [10, 1, 3, per_slab];
+        for (k, &slab) in slabs.iter().enumerate() {
+            for &p in objs
+                .iter()
+                .filter(|&&p| page_of(p) == slab)
+                .take(keep_free[k])
+            {
+                c.free(std::ptr::NonNull::new(p).unwrap()).unwrap();
+            }
+        }
+        assert_eq!(c.shrink(), 1, "the empty slab goes back");
+        // Refilling takes the slab with 1 free object, then 3, then 10.
+        let mut from = Vec::new();
+        for _ in 0..14 {
+            let p = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+            from.push(slabs.iter().position(|&s| s == page_of(p)).unwrap());
+        }
+        let mut want = vec![1];
+        want.extend([2; 3]);
+        want.extend([0; 10]);
+        assert_eq!(from, want, "slab indexes the refill took objects from");
+    });
+    drop(c);
+}

@@ -27,6 +27,10 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::Relaxed;
 
+/// Linux's `SHRINK_PROMOTE_MAX`: [`KmemCache::shrink`] moves partial slabs
+/// with up to this many free objects to the front of the partial list.
+pub const SHRINK_PROMOTE_MAX: usize = 32;
+
 impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_free`. An address that is not a live object of
     /// this cache is reported and refused; nothing changes.
@@ -744,8 +748,13 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Linux's `kmem_cache_shrink`: flushes every CPU and gives every empty
-    /// slab back. Returns the number of slabs freed.
+    /// Linux's `kmem_cache_shrink` (`__kmem_cache_do_shrink`): flushes
+    /// every CPU, gives every empty slab back and reorders each node's
+    /// partial list so that the slabs with the fewest free objects (1 to
+    /// [`SHRINK_PROMOTE_MAX`]) come first, fullest first: allocations then
+    /// finish those off and the emptier slabs get a chance to empty. Slabs
+    /// with more free objects keep their order behind them. Returns the
+    /// number of slabs freed.
     pub fn shrink(&self) -> usize {
         self.flush_all();
         let mut freed = 0;
@@ -753,15 +762,40 @@ impl<P: Platform> KmemCache<P> {
             let mut discard = NIL;
             {
                 let mut lists = self.nodes[node].lists.lock();
+                // promote[k]: slabs with k + 1 free objects, in list order.
+                let mut promote = [(NIL, NIL); SHRINK_PROMOTE_MAX];
                 let mut cur = lists.partial.head;
                 while cur != NIL {
                     let slab = self.slab_at(cur);
                     cur = slab.next();
-                    if slab.word().inuse() == 0 {
+                    let w = slab.word();
+                    let free = w.objects().saturating_sub(w.inuse()) as usize;
+                    if w.inuse() == 0 {
                         self.remove_partial(node, &mut lists, slab);
                         self.dec_slabs_node(slab);
                         slab.set_next(discard);
                         discard = slab.pfn;
+                    } else if (1..=SHRINK_PROMOTE_MAX).contains(&free) {
+                        self.remove_partial(node, &mut lists, slab);
+                        let (head, tail) = &mut promote[free - 1];
+                        if *tail == NIL {
+                            *head = slab.pfn;
+                        } else {
+                            self.slab_at(*tail).set_next(slab.pfn);
+                        }
+                        *tail = slab.pfn;
+                    }
+                }
+                // To the head, the most free first, so that the slabs with
+                // one free object end up in front (each group in the reverse
+                // of its list order, as Linux's list_move/list_splice leave
+                // it).
+                for &(head, _) in promote.iter().rev() {
+                    let mut cur = head;
+                    while cur != NIL {
+                        let slab = self.slab_at(cur);
+                        cur = slab.next();
+                        self.add_partial(node, &mut lists, slab, false);
                     }
                 }
             }

@@ -140,6 +140,7 @@ pub use cache::{CacheCreateError, CacheLeak, KmemCache, KmemCacheRef, Layout, Or
 pub use cpu::{Stat, NR_STATS};
 pub use debug::ValidateReport;
 pub use flags::{SlabDebug, SlabFlags};
+pub use free::SHRINK_PROMOTE_MAX;
 pub use kmalloc::{KmallocType, ReallocError};
 
 use crate::addr::{get_order, Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE};
