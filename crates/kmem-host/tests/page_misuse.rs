@@ -89,10 +89,7 @@ fn drain_cpu_pages_out_of_range() {
 
 mod irq_nest {
     use super::*;
-    use kmem::addr::{PhysAddr, VirtAddr};
-    use kmem::context::ExecContext;
     use kmem::page::{PageAllocator, PageConfig};
-    use kmem::platform::Platform;
     use kmem_host::{HostPlatform, Ram};
     use parking_lot::lock_api;
     use std::cell::Cell;
@@ -152,45 +149,7 @@ mod irq_nest {
 
     pub struct IrqPlat(pub HostPlatform);
 
-    impl Platform for IrqPlat {
-        type Lock = HookLock;
-        fn direct_map_offset(&self) -> usize {
-            self.0.direct_map_offset()
-        }
-        fn cpu_id(&self) -> usize {
-            self.0.cpu_id()
-        }
-        fn nr_cpus(&self) -> usize {
-            self.0.nr_cpus()
-        }
-        fn cpu_exclusive(&self) -> bool {
-            self.0.cpu_exclusive()
-        }
-        fn this_cpu(&self) -> (usize, bool) {
-            self.0.this_cpu()
-        }
-        fn cpu_has_exclusive(&self, cpu: usize) -> bool {
-            self.0.cpu_has_exclusive(cpu)
-        }
-        fn cpu_barrier(&self) {
-            self.0.cpu_barrier()
-        }
-        fn context(&self) -> ExecContext {
-            self.0.context()
-        }
-        fn in_atomic(&self) -> bool {
-            self.0.in_atomic()
-        }
-        fn relax(&self) {
-            self.0.relax()
-        }
-        fn warn(&self, msg: core::fmt::Arguments<'_>) {
-            self.0.warn(msg)
-        }
-        fn phys_to_virt(&self, pa: PhysAddr) -> VirtAddr {
-            self.0.phys_to_virt(pa)
-        }
-    }
+    crate::host_platform_wrapper!(IrqPlat, Lock = HookLock, phys_to_virt(this, pa) => this.0.phys_to_virt(pa));
 
     /// GFP_ATOMIC from a hard IRQ that nests inside the owner's per-CPU
     /// list section, under memory pressure: Linux fails the allocation (or

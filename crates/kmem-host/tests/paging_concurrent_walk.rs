@@ -14,8 +14,9 @@
 //! walk, the walk reads the new owner's bytes as entries and "translates" an
 //! address nothing maps.
 
-use kmem::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
-use kmem::context::ExecContext;
+mod page_common;
+
+use kmem::addr::{VirtAddr, PAGE_SIZE};
 use kmem::gfp::GFP_KERNEL;
 use kmem::page::{PageAllocator, PageConfig};
 use kmem::paging::x86_64::X86PageTables;
@@ -41,55 +42,19 @@ static HOOK_RAN: AtomicU32 = AtomicU32::new(0);
 /// The host platform, with a hook in `phys_to_virt`.
 struct WalkPlat(HostPlatform);
 
-impl Platform for WalkPlat {
-    type Lock = <HostPlatform as Platform>::Lock;
-    fn direct_map_offset(&self) -> usize {
-        self.0.direct_map_offset()
-    }
-    fn cpu_id(&self) -> usize {
-        self.0.cpu_id()
-    }
-    fn nr_cpus(&self) -> usize {
-        self.0.nr_cpus()
-    }
-    fn cpu_exclusive(&self) -> bool {
-        self.0.cpu_exclusive()
-    }
-    fn this_cpu(&self) -> (usize, bool) {
-        self.0.this_cpu()
-    }
-    fn cpu_has_exclusive(&self, cpu: usize) -> bool {
-        self.0.cpu_has_exclusive(cpu)
-    }
-    fn cpu_barrier(&self) {
-        self.0.cpu_barrier()
-    }
-    fn context(&self) -> ExecContext {
-        self.0.context()
-    }
-    fn in_atomic(&self) -> bool {
-        self.0.in_atomic()
-    }
-    fn relax(&self) {
-        self.0.relax()
-    }
-    fn warn(&self, msg: core::fmt::Arguments<'_>) {
-        self.0.warn(msg)
-    }
-    fn phys_to_virt(&self, pa: PhysAddr) -> VirtAddr {
-        let left = ARMED.with(|a| a.get());
-        if left > 0 {
-            ARMED.with(|a| a.set(left - 1));
-            if left == 1 {
-                if let Some(h) = HOOK.lock().take() {
-                    h();
-                    HOOK_RAN.fetch_add(1, SeqCst);
-                }
+host_platform_wrapper!(WalkPlat, Lock = <HostPlatform as Platform>::Lock, phys_to_virt(this, pa) => {
+    let left = ARMED.with(|a| a.get());
+    if left > 0 {
+        ARMED.with(|a| a.set(left - 1));
+        if left == 1 {
+            if let Some(h) = HOOK.lock().take() {
+                h();
+                HOOK_RAN.fetch_add(1, SeqCst);
             }
         }
-        self.0.phys_to_virt(pa)
     }
-}
+    this.0.phys_to_virt(pa)
+});
 
 /// Maps one page at `va`, then walks `va + 4 KiB` (unmapped, same tables)
 /// while another thread unmaps `va`, frees the emptied tables and writes

@@ -597,3 +597,64 @@ pub fn random_op(m: &Machine, sh: &mut Shadow, rng: &mut SeqRng, max_live: u64) 
         assert_acceptable_failure(&e, gfp, order);
     }
 }
+
+/// Implements `kmem::platform::Platform` for a newtype around
+/// `kmem_host::HostPlatform` (field `.0`) that delegates everything but its
+/// lock type and `phys_to_virt`, which the test gives: the tests that need
+/// a hook at one platform call (a lock taken, a table looked up) write only
+/// that.
+///
+/// ```ignore
+/// host_platform_wrapper!(MyPlat, Lock = MyLock, phys_to_virt(this, pa) => this.0.phys_to_virt(pa));
+/// ```
+#[macro_export]
+macro_rules! host_platform_wrapper {
+    ($ty:ty, Lock = $lock:ty, phys_to_virt($this:ident, $pa:ident) => $body:expr) => {
+        impl kmem::platform::Platform for $ty {
+            type Lock = $lock;
+            fn direct_map_offset(&self) -> usize {
+                self.0.direct_map_offset()
+            }
+            fn cpu_id(&self) -> usize {
+                self.0.cpu_id()
+            }
+            fn nr_cpus(&self) -> usize {
+                self.0.nr_cpus()
+            }
+            fn cpu_exclusive(&self) -> bool {
+                self.0.cpu_exclusive()
+            }
+            fn this_cpu(&self) -> (usize, bool) {
+                self.0.this_cpu()
+            }
+            fn cpu_has_exclusive(&self, cpu: usize) -> bool {
+                self.0.cpu_has_exclusive(cpu)
+            }
+            fn cpu_barrier(&self) {
+                self.0.cpu_barrier()
+            }
+            fn context(&self) -> kmem::context::ExecContext {
+                self.0.context()
+            }
+            fn in_atomic(&self) -> bool {
+                self.0.in_atomic()
+            }
+            fn set_memalloc(&self, on: bool) -> bool {
+                self.0.set_memalloc(on)
+            }
+            fn in_memalloc(&self) -> bool {
+                self.0.in_memalloc()
+            }
+            fn relax(&self) {
+                self.0.relax()
+            }
+            fn warn(&self, msg: core::fmt::Arguments<'_>) {
+                self.0.warn(msg)
+            }
+            fn phys_to_virt(&self, $pa: kmem::addr::PhysAddr) -> kmem::addr::VirtAddr {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
