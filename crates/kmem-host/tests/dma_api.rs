@@ -474,14 +474,7 @@ fn a_buffer_too_large_to_bounce_is_refused() {
 #[test]
 fn swiotlb_force_bounces_everything() {
     let m = machine();
-    let dma = Dma::new(
-        m.pages(),
-        DmaConfig {
-            swiotlb_force: true,
-            ..config()
-        },
-    )
-    .unwrap();
+    let dma = dma_forced(&m);
     let dev = Device::new(&dma, "drv", "dev");
     dma_set_mask(&dev, DMA_BIT_MASK(64)).unwrap();
     assert_eq!(dma_max_mapping_size(&dev), 256 * KIB);

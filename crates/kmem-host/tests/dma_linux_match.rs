@@ -389,14 +389,7 @@ proptest! {
 #[test]
 fn swiotlb_next_fit_continues_after_the_last_mapping() {
     let m = machine();
-    let dma = Dma::new(
-        m.pages(),
-        DmaConfig {
-            swiotlb_force: true,
-            ..config()
-        },
-    )
-    .unwrap();
+    let dma = dma_forced(&m);
     let dev = Device::new(&dma, "drv", "dev");
     kmem_host::set_cpu(0);
     let src = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();

@@ -49,6 +49,19 @@ pub fn dma(m: &Machine) -> Dma<'_, kmem_host::HostPlatform> {
     Dma::new(m.pages(), config()).expect("dma layer builds")
 }
 
+/// The DMA layer over `m` with [`config`] and every mapping bounced
+/// (`swiotlb=force`).
+pub fn dma_forced(m: &Machine) -> Dma<'_, kmem_host::HostPlatform> {
+    Dma::new(
+        m.pages(),
+        DmaConfig {
+            swiotlb_force: true,
+            ..config()
+        },
+    )
+    .expect("dma layer builds")
+}
+
 /// Free pages with every per-CPU list drained.
 pub fn free_pages(m: &Machine) -> usize {
     m.pages().drain_all_pages();
