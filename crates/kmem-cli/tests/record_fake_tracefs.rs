@@ -104,11 +104,11 @@ fn kill(pid: u32) {
         .status();
 }
 
-/// record.rs:313-321: a command that cannot be started (or any other error
-/// after the events were enabled) returns through `?` before
-/// `put(t, "set_event", "")`, so the ten events stay enabled. The script this
-/// mirrors ignores the command's failure (`timeout ... || true`) and clears
-/// set_event.
+/// A command that cannot be started (or any other error after the events
+/// were enabled) still leaves tracing off and no event enabled (a first
+/// version returned through `?` before clearing set_event, so the ten events
+/// stayed on; the script this mirrors ignores the command's failure and
+/// clears set_event).
 #[test]
 fn a_command_that_cannot_start_leaves_no_event_enabled() {
     let (t, p, base) = fake("nostart");
@@ -130,12 +130,12 @@ fn a_command_that_cannot_start_leaves_no_event_enabled() {
     );
 }
 
-/// record.rs has no signal handling: a SIGTERM (or Ctrl-C's SIGINT) while the
-/// command runs kills `kmem record` outright, leaving tracing on, the ten
-/// events enabled, 128 MiB per CPU of ring buffer and raw pointers
-/// (hash-ptr 0). SIGTERM is used here because a test harness started in the
-/// background may inherit SIGINT ignored; on the real tracefs SIGINT was
-/// checked by hand and leaves the same state.
+/// A SIGTERM (or Ctrl-C's SIGINT) while the command runs ends the recording
+/// and restores tracefs (a first version had no signal handling: the signal
+/// killed `kmem record` outright, leaving tracing on, the ten events
+/// enabled, 128 MiB per CPU of ring buffer and raw pointers). SIGTERM is
+/// used here because a test harness started in the background may inherit
+/// SIGINT ignored; SIGINT was checked by hand on the real tracefs.
 #[test]
 fn a_signal_during_the_recording_restores_tracefs() {
     let (t, p, base) = fake("signal");
@@ -168,11 +168,10 @@ fn a_signal_during_the_recording_restores_tracefs() {
     assert_eq!(read(&t.join("options/hash-ptr")), "1\n", "{state}");
 }
 
-/// The module doc says the command is stopped "with SIGTERM after SECONDS,
-/// as `timeout` does"; GNU timeout signals the command's whole process
-/// group, so what the command started stops too. run_with_timeout
-/// (record.rs:219-220) signals only the direct child: its children keep
-/// running after tracing was turned off.
+/// The deadline stops the command's whole process group, as GNU `timeout`
+/// does, so what the command started stops too (a first version signalled
+/// only the direct child: its children kept running after tracing was
+/// turned off).
 #[test]
 fn the_deadline_stops_what_the_command_started() {
     let (t, p, base) = fake("group");

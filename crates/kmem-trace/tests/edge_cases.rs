@@ -29,14 +29,13 @@ fn cfg() -> ReplayConfig {
     }
 }
 
-/// the first kmem_cache_alloc of a cache that happens in atomic
-/// context (here `...1.`, preempt depth 1, GFP_ATOMIC as ext4's extent_status
-/// does in the shared build trace) makes the replayer call kmem_cache_create
-/// in that context; kmem refuses ("sleeping function called from invalid
-/// context at .../replay/engine.rs:785") and every event of the cache is then
-/// skipped as "cache could not be created" (551 events in build, 8364 in fs,
-/// 95763 in net including skbuff_head_cache), and its frees are mislabelled
-/// "unmatched (allocated before the trace began)".
+/// The first kmem_cache_alloc of a cache may happen in atomic context (here
+/// `...1.`, preempt depth 1, GFP_ATOMIC as ext4's extent_status does in the
+/// shared build trace): the replayer still creates the cache and replays its
+/// events (a first version called kmem_cache_create in that context, which
+/// kmem refuses as "sleeping function called from invalid context", and then
+/// skipped every event of the cache: 551 in build, 8364 in fs, 95763 in net
+/// including skbuff_head_cache, its frees mislabelled "unmatched").
 #[test]
 fn cache_first_used_in_atomic_context_is_still_created() {
     let text = format!(

@@ -59,7 +59,6 @@ pub const POOL_POISON_ALLOCATED: u8 = 0xa9;
 /// The free-block header (Linux's `struct dma_block`): next free block, its
 /// bus address. Every block is at least this large.
 pub const DMA_BLOCK_HEADER: usize = 16;
-const BLOCK_HEADER: usize = DMA_BLOCK_HEADER;
 
 /// Blocks still in use when a pool was destroyed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +162,7 @@ pub fn dma_pool_create<'d, P: Platform>(
             "dma_pool_create: align must be a power of two",
         ));
     }
-    let Some(size) = size.max(BLOCK_HEADER).checked_next_multiple_of(align) else {
+    let Some(size) = size.max(DMA_BLOCK_HEADER).checked_next_multiple_of(align) else {
         return Err(DmaError::InvalidArgument(
             "dma_pool_create: blocks larger than 4 MiB",
         ));
@@ -346,8 +345,8 @@ impl<'d, P: Platform> DmaPool<'d, P> {
                 // SAFETY: the block is ours now.
                 let body = unsafe {
                     core::slice::from_raw_parts(
-                        (b + BLOCK_HEADER) as *const u8,
-                        self.size - BLOCK_HEADER,
+                        (b + DMA_BLOCK_HEADER) as *const u8,
+                        self.size - DMA_BLOCK_HEADER,
                     )
                 };
                 if let Some(i) = body.iter().position(|&x| x != POOL_POISON_FREED) {
@@ -357,7 +356,7 @@ impl<'d, P: Platform> DmaPool<'d, P> {
                         self.dev.name(),
                         self.name,
                         b,
-                        BLOCK_HEADER + i
+                        DMA_BLOCK_HEADER + i
                     ));
                     self.dev.dma().debug.count_error();
                 }
@@ -462,8 +461,8 @@ pub fn dma_pool_free<P: Platform>(
         }
         // SAFETY: a block of this pool, being freed by its owner.
         unsafe {
-            blk.add(BLOCK_HEADER)
-                .write_bytes(POOL_POISON_FREED, pool.size - BLOCK_HEADER)
+            blk.add(DMA_BLOCK_HEADER)
+                .write_bytes(POOL_POISON_FREED, pool.size - DMA_BLOCK_HEADER)
         };
     }
     // SAFETY: as above.

@@ -100,6 +100,14 @@ impl<P: Platform> PageAllocator<P> {
         }
     }
 
+    /// Re-types a free block of a pageblock or more: its pageblocks become
+    /// `mt` and it moves to `mt`'s list.
+    fn retype_free_block(&self, area: &mut FreeArea, pfn: u64, order: u32, mt: usize) {
+        area.del(&self.mm, pfn);
+        self.change_pageblock_range(pfn, order, mt);
+        area.add(&self.mm, pfn, order, mt);
+    }
+
     /// Splits the block at `pfn` from order `high` down to `low`, giving the
     /// upper halves back to the free lists (Linux's `expand`).
     fn expand(&self, area: &mut FreeArea, pfn: u64, low: u32, mut high: u32) {
@@ -207,10 +215,9 @@ impl<P: Platform> PageAllocator<P> {
     }
 
     /// True if the pageblock starting at `start` lies wholly inside zone
-    /// `slot`'s span (Linux's `prep_move_freepages_block` refuses others:
-    /// the zone lock does not cover the rest).
-    /// The record of its first frame, which holds the pageblock's type,
-    /// must be the zone's too.
+    /// `slot`'s span and its first frame (whose record holds the pageblock's
+    /// type) is the zone's (Linux's `prep_move_freepages_block` refuses
+    /// others: the zone lock does not cover the rest).
     pub(crate) fn pageblock_in_zone(&self, slot: usize, start: u64) -> bool {
         let z = &self.zones[slot];
         start >= z.start_pfn
@@ -295,9 +302,7 @@ impl<P: Platform> PageAllocator<P> {
         block_type: usize,
     ) -> bool {
         if o >= PAGEBLOCK_ORDER {
-            area.del(&self.mm, pfn);
-            self.change_pageblock_range(pfn, o, mt);
-            area.add(&self.mm, pfn, o, mt);
+            self.retype_free_block(area, pfn, o, mt);
             return true;
         }
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
@@ -515,9 +520,7 @@ impl<P: Platform> PageAllocator<P> {
                 if order < PAGEBLOCK_ORDER {
                     self.move_freepages_block(&mut area, pfn & !(PAGEBLOCK_NR_PAGES - 1), mt);
                 } else {
-                    area.del(&self.mm, pfn);
-                    self.change_pageblock_range(pfn, order, mt);
-                    area.add(&self.mm, pfn, order, mt);
+                    self.retype_free_block(&mut area, pfn, order, mt);
                 }
                 zone.publish(&area);
                 drop(area);

@@ -2,8 +2,9 @@
 //! walk): every free list and per-CPU list is followed and every block on it
 //! checked, including that a free block sits on the list of its pageblocks'
 //! migrate type, and that the high-order atomic reserve's counters agree
-//! with its pageblocks and free lists and stay within the zone's limit. Tests call it after every batch of operations; a kernel can call
-//! it from a debug command. It takes each zone lock and each per-CPU flag in
+//! with its pageblocks and free lists and stay within the zone's limit.
+//! Tests call it after every batch of operations; a kernel can call it from
+//! a debug command. It takes each zone lock and each per-CPU flag in
 //! turn, so it sees a consistent picture of one list at a time.
 
 use super::frame::{FrameState, NIL};
@@ -14,6 +15,7 @@ use crate::addr::{Pfn, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES};
 use crate::gfp::ZoneType;
 use crate::platform::Platform;
 use core::fmt;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// What a successful check saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,7 +110,7 @@ impl<P: Platform> PageAllocator<P> {
                             }
                             pb += PAGEBLOCK_NR_PAGES;
                         }
-                        if f.prev.load(core::sync::atomic::Ordering::Relaxed) != prev {
+                        if f.prev.load(Relaxed) != prev {
                             return Err(err(Some(pfn), "broken back link"));
                         }
                         for t in 1..(1u64 << o) {
@@ -126,7 +128,7 @@ impl<P: Platform> PageAllocator<P> {
                         pages += 1 << o;
                         list_pages += 1 << o;
                         prev = cur;
-                        cur = f.next.load(core::sync::atomic::Ordering::Relaxed);
+                        cur = f.next.load(Relaxed);
                     }
                     if n != area.nr_free[o][mt] {
                         return Err(err(None, "free block count disagrees with the list"));
@@ -146,14 +148,8 @@ impl<P: Platform> PageAllocator<P> {
                 }
             }
             let (normal, high) = area.order_masks();
-            if zone
-                .normal_orders
-                .load(core::sync::atomic::Ordering::Relaxed)
-                != normal
-                || zone
-                    .highatomic_orders
-                    .load(core::sync::atomic::Ordering::Relaxed)
-                    != high
+            if zone.normal_orders.load(Relaxed) != normal
+                || zone.highatomic_orders.load(Relaxed) != high
             {
                 return Err(err(None, "published per-order masks are stale"));
             }
@@ -222,7 +218,7 @@ impl<P: Platform> PageAllocator<P> {
                             return Err(err(Some(pfn), "per-CPU list has a cycle"));
                         }
                         held += 1 << order;
-                        cur = f.next.load(core::sync::atomic::Ordering::Relaxed);
+                        cur = f.next.load(Relaxed);
                     }
                 }
                 if held != pcp.count as u64 {
