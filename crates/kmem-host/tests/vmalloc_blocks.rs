@@ -23,15 +23,10 @@ fn frames(m: &Machine, n: usize) -> Vec<Pfn> {
 /// Start addresses of the vmap blocks, from /proc/vmallocinfo.
 fn blocks(vm: &HostVmalloc<'_>) -> Vec<usize> {
     let block = vm.vmap_block_pages() * PAGE_SIZE;
-    vmallocinfo(vm)
-        .lines()
-        .filter(|l| l.ends_with(" vm_map_ram"))
-        .filter_map(|l| {
-            let (s, e) = l.split_once(' ')?.0.split_once('-')?;
-            let s = usize::from_str_radix(s.trim_start_matches("0x"), 16).ok()?;
-            let e = usize::from_str_radix(e.trim_start_matches("0x"), 16).ok()?;
-            (e - s == block).then_some(s)
-        })
+    vmallocinfo_ranges(vm)
+        .into_iter()
+        .filter(|(s, e, what)| what.ends_with("vm_map_ram") && e - s == block)
+        .map(|(s, _, _)| s)
         .collect()
 }
 

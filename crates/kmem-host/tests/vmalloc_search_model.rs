@@ -483,16 +483,11 @@ fn random_ops(rseed: u64, steps: usize) {
 /// free parts merged.
 fn only_idle_blocks_left(vm: &HostVmalloc<'_>, lo: usize, hi: usize) {
     let block = vm.vmap_block_pages() * PAGE_SIZE;
-    let mut info = String::new();
-    vm.vmallocinfo(&mut info).unwrap();
+    let info = vmallocinfo(vm);
     let mut parts: Vec<(usize, usize, bool)> = Vec::new();
-    for line in info.lines() {
-        assert!(line.ends_with(" vm_map_ram"), "not a vmap block: {line}");
-        let (range, _) = line.split_once(' ').unwrap();
-        let (s, e) = range.split_once('-').unwrap();
-        let s = usize::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-        let e = usize::from_str_radix(e.trim_start_matches("0x"), 16).unwrap();
-        assert_eq!(e - s, block, "{line}");
+    for (s, e, what) in vmallocinfo_ranges(vm) {
+        assert!(what.ends_with("vm_map_ram"), "not a vmap block: {what}");
+        assert_eq!(e - s, block, "{s:#x}-{e:#x} {what}");
         parts.push((s, e, true));
     }
     assert_eq!(vm.stats().busy_areas, parts.len() as u64, "{info}");

@@ -75,3 +75,18 @@ pub fn vmallocinfo<B: PageTables>(vm: &Vmalloc<'_, HostPlatform, B>) -> String {
     vm.vmallocinfo(&mut s).unwrap();
     s
 }
+
+/// The vmallocinfo lines as (start, end, the rest of the line).
+pub fn vmallocinfo_ranges<B: PageTables>(
+    vm: &Vmalloc<'_, HostPlatform, B>,
+) -> Vec<(usize, usize, String)> {
+    let hex = |x: &str| usize::from_str_radix(x.trim_start_matches("0x"), 16).unwrap();
+    vmallocinfo(vm)
+        .lines()
+        .map(|line| {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (s, e) = range.split_once('-').unwrap();
+            (hex(s), hex(e), rest.trim_start().to_string())
+        })
+        .collect()
+}
