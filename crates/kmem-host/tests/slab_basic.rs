@@ -244,6 +244,67 @@ fn merging_and_refcounts() {
     );
 }
 
+/// Linux's `__kmem_cache_alias`: a cache merges into one whose stride
+/// holds its (aligned) objects even when they are larger than the existing
+/// cache's objects, which then grow: `kmem_cache_size` tells the largest, and
+/// `kmem_cache_zalloc` clears all of it for every alias.
+#[test]
+fn merging_grows_the_object_size() {
+    let m = machine();
+    let slab = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let n0 = slab.nr_caches();
+    let hw = SlabFlags::HWCACHE_ALIGN;
+    // 40 bytes, cache-line aligned: a 64-byte stride.
+    let a = slab.kmem_cache_create("grow_a", 40, 0, hw, None).unwrap();
+    assert_eq!((a.object_size(), a.slab_size(), a.inuse()), (40, 64, 40));
+    // 60 bytes fit the 64-byte stride: merged, the objects grow.
+    let b = slab.kmem_cache_create("grow_b", 60, 0, hw, None).unwrap();
+    assert!(
+        std::ptr::eq::<kmem::slab::KmemCache<_>>(&*a, &*b),
+        "a larger object that fits the stride merges"
+    );
+    assert_eq!((a.object_size(), a.slab_size(), a.inuse()), (60, 64, 64));
+    assert_eq!(b.object_size(), 60);
+    // A smaller one merges too and shrinks nothing.
+    let c = slab.kmem_cache_create("grow_c", 48, 0, hw, None).unwrap();
+    assert!(std::ptr::eq::<kmem::slab::KmemCache<_>>(&*a, &*c));
+    assert_eq!((a.object_size(), a.inuse()), (60, 64));
+    assert_eq!(a.refcount(), 3);
+    // 72 bytes need a 128-byte stride: a cache of its own.
+    let d = slab.kmem_cache_create("grow_d", 72, 0, hw, None).unwrap();
+    assert!(!std::ptr::eq::<kmem::slab::KmemCache<_>>(&*a, &*d));
+    assert_eq!(d.object_size(), 72);
+    assert_eq!(slab.nr_caches(), n0 + 2);
+
+    // Dirty objects through the first alias, then zalloc through each:
+    // all 60 bytes come back zeroed.
+    let dirty: Vec<_> = (0..64).map(|_| a.alloc(GFP_KERNEL).unwrap()).collect();
+    for p in &dirty {
+        unsafe { p.as_ptr().write_bytes(0xa5, 60) };
+    }
+    for p in dirty {
+        a.free(p).unwrap();
+    }
+    for alias in [&a, &b, &c] {
+        let v: Vec<_> = (0..32).map(|_| alias.zalloc(GFP_KERNEL).unwrap()).collect();
+        for p in &v {
+            let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), 60) };
+            assert!(
+                bytes.iter().all(|&x| x == 0),
+                "zalloc clears the grown object"
+            );
+            unsafe { p.as_ptr().write_bytes(0xa5, 60) };
+        }
+        for p in v {
+            alias.free(p).unwrap();
+        }
+    }
+    for cache in [a, b, c, d] {
+        cache.destroy().unwrap();
+    }
+    assert_eq!(slab.nr_caches(), n0);
+}
+
 #[test]
 fn empty_slabs_go_back_beyond_min_partial() {
     let m = machine();

@@ -344,6 +344,14 @@ impl<'s> Model<'s> {
                 let c = s
                     .kmem_cache_create("model_cache", size, 0, flags, None)
                     .unwrap();
+                // Merged or not, the cache's objects hold the request and
+                // fit the stride (a merge grows object_size, never past it).
+                assert!(
+                    size <= c.object_size() && c.object_size() <= c.slab_size(),
+                    "object_size {} for a {size}-byte cache, stride {}",
+                    c.object_size(),
+                    c.slab_size()
+                );
                 self.caches.push(Some((c, size, debug)));
             }
             Op::CacheAlloc { cache, zero } => {
@@ -359,6 +367,17 @@ impl<'s> Model<'s> {
                 }
                 .unwrap()
                 .as_ptr() as usize;
+                if zero {
+                    // kmem_cache_zalloc clears the cache's whole object_size:
+                    // with merged caches of several sizes, more than this
+                    // alias asked for (and dirtied by a larger alias before).
+                    let n = c.object_size();
+                    let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, n) };
+                    assert!(
+                        bytes.iter().all(|&b| b == 0),
+                        "zalloc of {n} bytes at {p:#x}"
+                    );
+                }
                 let align = c.align();
                 self.add(p, size, Some(ci), zero, align);
             }

@@ -57,7 +57,7 @@ impl<P: Platform> KmemCache<P> {
         if let Some(p) = self.alloc_fast_path(gfp) {
             return Ok(p);
         }
-        self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size, Location::caller())
+        self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), Location::caller())
     }
 
     /// The allocation fast path alone: an object popped from this CPU's
@@ -83,7 +83,7 @@ impl<P: Platform> KmemCache<P> {
         drop(g);
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: a fresh object of object_size bytes.
-            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, self.object_size) };
+            unsafe { core::ptr::write_bytes(obj as *mut u8, 0, self.object_size()) };
         }
         // SAFETY: object addresses are direct-map addresses, never 0.
         Some(unsafe { NonNull::new_unchecked(obj as *mut u8) })
@@ -93,7 +93,7 @@ impl<P: Platform> KmemCache<P> {
     /// insist on) memory of node `node`.
     #[track_caller]
     pub fn alloc_node(&self, gfp: Gfp, node: i32) -> Result<NonNull<u8>, AllocError> {
-        self.slab_alloc(gfp, node, self.object_size, Location::caller())
+        self.slab_alloc(gfp, node, self.object_size(), Location::caller())
     }
 
     /// Linux's `kmem_cache_zalloc`.
@@ -102,7 +102,7 @@ impl<P: Platform> KmemCache<P> {
         self.slab_alloc(
             gfp | Gfp::ZERO,
             NUMA_NO_NODE,
-            self.object_size,
+            self.object_size(),
             Location::caller(),
         )
     }
@@ -111,7 +111,7 @@ impl<P: Platform> KmemCache<P> {
     /// kmalloc-style cache remembers the size for its red zone).
     #[track_caller]
     pub fn alloc_sized(&self, gfp: Gfp, size: usize) -> Result<NonNull<u8>, AllocError> {
-        let size = size.min(self.object_size);
+        let size = size.min(self.object_size());
         self.slab_alloc(gfp, NUMA_NO_NODE, size, Location::caller())
     }
 
@@ -123,7 +123,7 @@ impl<P: Platform> KmemCache<P> {
         node: i32,
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, AllocError> {
-        self.slab_alloc(gfp, node, self.object_size, caller)
+        self.slab_alloc(gfp, node, self.object_size(), caller)
     }
 
     /// Linux's `kmem_cache_alloc_bulk`: fills `out` with objects. All or
@@ -132,7 +132,7 @@ impl<P: Platform> KmemCache<P> {
     pub fn alloc_bulk(&self, gfp: Gfp, out: &mut [*mut u8]) -> Result<usize, AllocError> {
         let caller = Location::caller();
         for i in 0..out.len() {
-            match self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size, caller) {
+            match self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), caller) {
                 Ok(p) => out[i] = p.as_ptr(),
                 Err(e) => {
                     for p in &mut out[..i] {
@@ -182,7 +182,7 @@ impl<P: Platform> KmemCache<P> {
             {
                 orig_size
             } else {
-                self.object_size
+                self.object_size()
             };
             // SAFETY: a fresh object of at least object_size bytes.
             unsafe { core::ptr::write_bytes(obj as *mut u8, 0, n) };
@@ -299,7 +299,7 @@ impl<P: Platform> KmemCache<P> {
     ) -> Result<usize, AllocError> {
         c.stat(why);
         c.stat(Stat::AllocSlowpath);
-        self.alloc_single(gfp, node, self.object_size, caller)
+        self.alloc_single(gfp, node, self.object_size(), caller)
     }
 
     /// Refills the CPU's empty sheaf (it has one: `alloc_slow` got it) to
@@ -564,7 +564,7 @@ impl<P: Platform> KmemCache<P> {
                 // The flag is taken, or the list was refilled meanwhile:
                 // one object from the new slab, the rest to its node.
                 c.stat(Stat::AllocContended);
-                Ok(self.take_first_of_new(slab, self.object_size, None))
+                Ok(self.take_first_of_new(slab, self.object_size(), None))
             }
         }
     }
@@ -867,7 +867,7 @@ impl<P: Platform> KmemCache<P> {
                                 "SLUB: Unable to allocate memory on node {node}, gfp={:#x}({gfp})\n  cache: {}, object size: {}, buffer size: {}, default order: {}, min order: {}",
                                 gfp.bits(),
                                 self.name(),
-                                self.object_size,
+                                self.object_size(),
                                 self.size,
                                 self.oo.order,
                                 self.min.order

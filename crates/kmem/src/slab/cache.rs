@@ -303,7 +303,10 @@ impl core::fmt::Display for CacheLeak {
 pub struct KmemCache<P: Platform> {
     // ---- read-only after creation, read on every fast path ----
     pub(crate) size: usize,
-    pub(crate) object_size: usize,
+    /// Linux's `object_size`: grows when a cache with a larger object is
+    /// merged into this one (`__kmem_cache_alias`), under the cache list
+    /// lock; read with relaxed loads (plain loads on x86-64).
+    object_size: AtomicUsize,
     pub(crate) offset: usize,
     pub(crate) red_left_pad: usize,
     pub(crate) random: usize,
@@ -321,8 +324,8 @@ pub struct KmemCache<P: Platform> {
     pub(crate) cpu_list_max: u32,
     /// Objects one CPU's sheaf holds at most (0: no sheaves).
     pub(crate) sheaf_cap: u32,
-    // ---- read-only after creation ----
-    pub(crate) inuse: usize,
+    // ---- read-only after creation (but for merges, as `object_size`) ----
+    inuse: AtomicUsize,
     pub(crate) align: usize,
     pub(crate) oo: OrderObjects,
     pub(crate) min: OrderObjects,
@@ -434,7 +437,7 @@ impl<P: Platform> KmemCache<P> {
         unsafe {
             at.write(KmemCache {
                 size: layout.size,
-                object_size: layout.object_size,
+                object_size: AtomicUsize::new(layout.object_size),
                 offset: layout.offset,
                 red_left_pad: layout.red_left_pad,
                 random,
@@ -447,7 +450,7 @@ impl<P: Platform> KmemCache<P> {
                 dm_len,
                 cpu_list_max,
                 sheaf_cap,
-                inuse: layout.inuse,
+                inuse: AtomicUsize::new(layout.inuse),
                 align: layout.align,
                 oo: layout.oo,
                 min: layout.min,
@@ -477,9 +480,19 @@ impl<P: Platform> KmemCache<P> {
         // The buffer holds a prefix of a `&str` cut at a char boundary.
         core::str::from_utf8(&self.name_buf[..self.name_len]).unwrap_or("?")
     }
-    /// Linux's `kmem_cache_size`: the usable object size.
+    /// Linux's `kmem_cache_size`: the usable object size (the largest of
+    /// the caches merged into this one).
+    #[inline(always)]
     pub fn object_size(&self) -> usize {
-        self.object_size
+        self.object_size.load(Relaxed)
+    }
+    /// A cache of `size`-byte objects was merged into this one: grow
+    /// `object_size` and `inuse` to cover it (Linux's `__kmem_cache_alias`).
+    /// Called under the cache list lock; the stride must already hold it.
+    pub(crate) fn grow_object(&self, size: usize) {
+        debug_assert!(size.next_multiple_of(8) <= self.size);
+        self.object_size.fetch_max(size, Relaxed);
+        self.inuse.fetch_max(size.next_multiple_of(8), Relaxed);
     }
     /// Stride between objects, metadata included (slabinfo's `objsize`).
     pub fn slab_size(&self) -> usize {
@@ -514,8 +527,9 @@ impl<P: Platform> KmemCache<P> {
         self.red_left_pad
     }
     /// End of the object and its right red zone; metadata starts here.
+    #[inline(always)]
     pub fn inuse(&self) -> usize {
-        self.inuse
+        self.inuse.load(Relaxed)
     }
     /// True if debugging flags send this cache down the checked paths.
     pub fn is_debug(&self) -> bool {
@@ -761,7 +775,7 @@ impl<P: Platform> core::fmt::Debug for KmemCacheRef<'_, P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("KmemCache")
             .field("name", &self.name())
-            .field("object_size", &self.object_size)
+            .field("object_size", &self.object_size())
             .field("size", &self.size)
             .field("order", &self.oo.order)
             .field("objects", &self.oo.objects)

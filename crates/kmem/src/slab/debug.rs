@@ -253,7 +253,7 @@ impl<P: Platform> fmt::Display for Trailer<'_, P> {
             Hex {
                 label: "Object   ",
                 addr: p,
-                len: s.object_size.min(PAGE_SIZE)
+                len: s.object_size().min(PAGE_SIZE)
             }
         )?;
         if s.flags.contains(SlabFlags::RED_ZONE) {
@@ -262,8 +262,8 @@ impl<P: Platform> fmt::Display for Trailer<'_, P> {
                 "{}",
                 Hex {
                     label: "Redzone  ",
-                    addr: p + s.object_size,
-                    len: s.inuse - s.object_size
+                    addr: p + s.object_size(),
+                    len: s.inuse() - s.object_size()
                 }
             )?;
         }
@@ -354,10 +354,10 @@ impl<P: Platform> KmemCache<P> {
     /// (Linux's `get_info_end`).
     #[inline]
     pub(crate) fn info_end(&self) -> usize {
-        if self.offset >= self.inuse {
-            self.inuse + WORD
+        if self.offset >= self.inuse() {
+            self.inuse() + WORD
         } else {
-            self.inuse
+            self.inuse()
         }
     }
 
@@ -402,12 +402,12 @@ impl<P: Platform> KmemCache<P> {
     /// if the cache does not save it).
     pub(crate) fn get_orig_size(&self, obj: usize) -> usize {
         if !self.has_orig_size() {
-            return self.object_size;
+            return self.object_size();
         }
         let at = obj + self.info_end() + 2 * TRACK_SIZE;
         // SAFETY: inside the object's metadata.
         let v = unsafe { (at as *const usize).read() };
-        v.min(self.object_size)
+        v.min(self.object_size())
     }
 
     fn track_addr(&self, obj: usize, item: TrackItem) -> usize {
@@ -493,7 +493,7 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `init_object`: red zones to `val`, object poisoned.
     pub(crate) fn init_object(&self, obj: usize, val: u8) {
         let p = obj as *mut u8;
-        let mut poison_size = self.object_size;
+        let mut poison_size = self.object_size();
         // SAFETY: every range lies inside the object's stride.
         unsafe {
             if self.flags.contains(SlabFlags::RED_ZONE) {
@@ -507,7 +507,7 @@ impl<P: Platform> KmemCache<P> {
                 p.add(poison_size - 1).write(POISON_END);
             }
             if self.flags.contains(SlabFlags::RED_ZONE) {
-                core::ptr::write_bytes(p.add(poison_size), val, self.inuse - poison_size);
+                core::ptr::write_bytes(p.add(poison_size), val, self.inuse() - poison_size);
             }
         }
     }
@@ -666,23 +666,23 @@ impl<P: Platform> KmemCache<P> {
                 slab,
                 obj,
                 "Right Redzone",
-                obj + self.object_size,
+                obj + self.object_size(),
                 val,
-                self.inuse - self.object_size,
+                self.inuse() - self.object_size(),
                 ret,
             ) {
                 ret = false;
             }
             if self.has_orig_size() && val == SLUB_RED_ACTIVE {
                 let orig = self.get_orig_size(obj);
-                if self.object_size > orig
+                if self.object_size() > orig
                     && !self.check_bytes_and_report(
                         slab,
                         obj,
                         "kmalloc Redzone",
                         obj + orig,
                         val,
-                        self.object_size - orig,
+                        self.object_size() - orig,
                         ret,
                     )
                 {
@@ -690,14 +690,14 @@ impl<P: Platform> KmemCache<P> {
                 }
             }
         } else if f.contains(SlabFlags::POISON)
-            && self.object_size < self.inuse
+            && self.object_size() < self.inuse()
             && !self.check_bytes_and_report(
                 slab,
                 obj,
                 "Alignment padding",
-                obj + self.object_size,
+                obj + self.object_size(),
                 POISON_INUSE,
-                self.inuse - self.object_size,
+                self.inuse() - self.object_size(),
                 ret,
             )
         {
@@ -705,14 +705,14 @@ impl<P: Platform> KmemCache<P> {
         }
         if f.contains(SlabFlags::POISON) {
             if val != SLUB_RED_ACTIVE && f.contains(SlabFlags::OBJECT_POISON) {
-                if self.object_size > 1
+                if self.object_size() > 1
                     && !self.check_bytes_and_report(
                         slab,
                         obj,
                         "Poison",
                         obj,
                         POISON_FREE,
-                        self.object_size - 1,
+                        self.object_size() - 1,
                         ret,
                     )
                 {
@@ -722,7 +722,7 @@ impl<P: Platform> KmemCache<P> {
                     slab,
                     obj,
                     "End Poison",
-                    obj + self.object_size - 1,
+                    obj + self.object_size() - 1,
                     POISON_END,
                     1,
                     ret,
@@ -734,7 +734,7 @@ impl<P: Platform> KmemCache<P> {
                 ret = false;
             }
         }
-        if self.offset >= self.inuse || val != SLUB_RED_ACTIVE {
+        if self.offset >= self.inuse() || val != SLUB_RED_ACTIVE {
             // SAFETY: obj is an object of the slab.
             let fp = unsafe { self.get_fp(obj) };
             // A hardened cache without debugging marks its allocated objects

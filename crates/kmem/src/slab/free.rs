@@ -472,7 +472,7 @@ impl<P: Platform> KmemCache<P> {
     /// True if [`Self::mark_rcu_queued`] marks this cache's objects: hardened,
     /// no debugging, the free-pointer slot after the object.
     fn marks_rcu_queued(&self) -> bool {
-        self.hardened && !self.debug && self.offset >= self.object_size
+        self.hardened && !self.debug && self.offset >= self.object_size()
     }
 
     /// The grace period is over for the queued `p`: it is an allocated

@@ -549,7 +549,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                     let ks = slab_ksize(cache);
                     let orig = cache.get_orig_size(addr);
                     if claim {
-                        cache.set_orig_size(addr, cache.object_size);
+                        cache.set_orig_size(addr, cache.object_size());
                     }
                     Ok((ks, orig, Some(cache)))
                 }
@@ -612,7 +612,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                     self.report(&e, caller);
                     return Err(ReallocError::BadPointer(e));
                 }
-                (cache.object_size, cache.get_orig_size(addr), Some(cache))
+                (cache.object_size(), cache.get_orig_size(addr), Some(cache))
             }
             Ok(Found::Large { order, base, .. }) => {
                 if addr != base {
@@ -805,12 +805,12 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
 /// Linux's `slab_ksize`: how much of an object a caller may use.
 pub(crate) fn slab_ksize<P: Platform>(s: &KmemCache<P>) -> usize {
     if s.flags.intersects(SlabFlags::RED_ZONE | SlabFlags::POISON) {
-        s.object_size
+        s.object_size()
     } else if s
         .flags
         .intersects(SlabFlags::TYPESAFE_BY_RCU | SlabFlags::STORE_USER)
     {
-        s.inuse
+        s.inuse()
     } else {
         s.size
     }

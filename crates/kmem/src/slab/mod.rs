@@ -96,17 +96,17 @@
 //! Every refused free is reported through the platform and changes nothing.
 //!
 //! ## Drawbacks
-//! - The fast paths take the CPU flag with a compare-and-swap (about 20 ns a
-//!   pair with the checks on the hosted machine; Linux's per-CPU operations
-//!   need no atomic instruction). Peers without per-size caches or checks
-//!   (talc, rlsf) are faster on mixed-size batches.
+//! - A thread that has not claimed its CPU (the host's shared paths) takes
+//!   the CPU flag with a compare-and-swap on every fast path; a claimed CPU
+//!   (a kernel with preemption off, `kmem_host::claim_cpu`) uses plain
+//!   stores. Linux's per-CPU operations need no atomic instruction either way.
+//!   Peers without per-size caches or checks (talc, rlsf) are faster on
+//!   mixed-size batches.
 //! - Double-free detection without debugging is probabilistic (see above)
 //!   and needs hardening; a write after free that hits the free pointer slot
 //!   can hide a later double free of the same object.
 //! - kmem has no RCU of its own: `rcu_barrier` is the grace period, and the
 //!   caller vouches for it (see [`rcu`]).
-//! - Cache merging requires the new object size to fit the existing
-//!   cache's object size (Linux grows the existing cache's `object_size`).
 //! - A `kmem_cache` object holds the per-CPU state of every CPU inline, so
 //!   its size grows with `nr_cpus` (about 200 bytes per CPU).
 //!
@@ -1017,7 +1017,6 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                 && s.ctor.is_none()
                 && !core::ptr::eq(s, self.kmem_cache())
                 && size_al <= s.size
-                && size <= s.object_size
                 && (flags & SlabFlags::MERGE_SAME) == (s.flags & SlabFlags::MERGE_SAME)
                 && s.size & (align - 1) == 0
                 && s.size - size_al < 8;
@@ -1030,6 +1029,11 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                     .fetch_update(Relaxed, Relaxed, |r| (r > 0).then_some(r + 1))
                     .is_ok()
             {
+                // `__kmem_cache_alias`: the merged cache's objects are as
+                // large as the largest request, so that kmem_cache_zalloc
+                // clears all of it and kmem_cache_size tells it. The stride
+                // already holds it (size_al <= s.size).
+                s.grow_object(size);
                 return NonNull::new(cur);
             }
             cur = s.list_prev.load(Relaxed);
