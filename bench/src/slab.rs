@@ -16,8 +16,9 @@
 //!
 //! W1-W3 run every contender: the peers plain (`&mut self`, no lock) and under
 //! a lock (`+lock`, the way a shared kernel heap uses them), kmem (always
-//! thread-safe, per-CPU; `kmem` is the baseline, `kmem-unhardened` the same
-//! without free-pointer hardening, to price it) and glibc. W4 runs only the
+//! thread-safe, per-CPU; `kmem` is the baseline, `kmem-nomark` the same
+//! without the allocated mark and `kmem-unhardened` also without free-pointer
+//! encoding, to price each) and glibc. W4 runs only the
 //! thread-safe ones.
 //! Objects are not touched by the workload; allocators that keep metadata in
 //! free objects touch them themselves. Before timing, each contender is
@@ -74,13 +75,15 @@ Workloads (one op = one allocation plus its free, batches of 1000 objects):
 
 Allocators: kmem (hosted machine, 1 GiB, 2 CPUs; SlabAllocator kmalloc/kfree
 with GFP_KERNEL; the baseline of every \"vs kmem\" column and of the goals);
-kmem-unhardened (the same with SlabConfig::freelist_hardened = false: plain
-free pointers, no allocated mark, weaker double-free checks; the row prices
-the hardening); talc, buddy_system_allocator, linked_list_allocator, rlsf,
+kmem-nomark (the same with SlabConfig::double_free_mark = false: Linux's
+CONFIG_SLAB_FREELIST_HARDENED exactly, encoded free pointers but no allocated
+mark in the object, so only a double free of the list's top object is caught;
+the row prices kmem's mark), kmem-unhardened (also
+SlabConfig::freelist_hardened = false: plain free pointers; the row prices the
+encoding); talc, buddy_system_allocator, linked_list_allocator, rlsf,
 slabmalloc, each on its own 64 MiB arena, plain (&mut, no lock) and under a
 lock (+lock, the crate's own locked type where it has one); glibc malloc/free.
-W4 runs the thread-safe ones only: kmem, kmem-unhardened, the +lock rows and
-glibc.
+W4 runs the thread-safe ones only: the kmem rows, the +lock rows and glibc.
 
 --callgrind runs every (allocator, workload) under valgrind --tool=callgrind
 twice, with two pair counts, and prints the difference in instructions
@@ -439,8 +442,9 @@ fn shared<S: SharedHeap + 'static>(s: S) -> Result<Box<dyn Contender>, String> {
 /// The W1-W3 contender named `name`, checked and ready to time.
 fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
     match name {
-        kmem::NAME => heap(Single(kmem::Kmem::new(true)?)),
-        kmem::UNHARDENED => heap(Single(kmem::Kmem::new(false)?)),
+        kmem::NAME => heap(Single(kmem::Kmem::new(kmem::Variant::Default)?)),
+        kmem::NOMARK => heap(Single(kmem::Kmem::new(kmem::Variant::NoMark)?)),
+        kmem::UNHARDENED => heap(Single(kmem::Kmem::new(kmem::Variant::Unhardened)?)),
         "talc" => heap(peers::Talc::new()?),
         "talc+lock" => heap(Single(peers::TalcLock::new()?)),
         "buddy_system_allocator" => heap(peers::Buddy::new()?),
@@ -460,8 +464,9 @@ fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
 /// The W4 contender named `name`, if that allocator is thread-safe.
 fn build_shared(name: &str) -> Option<Result<Box<dyn Contender>, String>> {
     Some(match name {
-        kmem::NAME => kmem::Kmem::new(true).and_then(shared),
-        kmem::UNHARDENED => kmem::Kmem::new(false).and_then(shared),
+        kmem::NAME => kmem::Kmem::new(kmem::Variant::Default).and_then(shared),
+        kmem::NOMARK => kmem::Kmem::new(kmem::Variant::NoMark).and_then(shared),
+        kmem::UNHARDENED => kmem::Kmem::new(kmem::Variant::Unhardened).and_then(shared),
         "talc+lock" => peers::TalcLock::new().and_then(shared),
         "buddy_system_allocator+lock" => peers::LockedBuddy::new().and_then(shared),
         "linked_list_allocator+lock" => peers::LockedLinkedList::new().and_then(shared),
@@ -685,7 +690,7 @@ mod tests {
             only: vec![],
         };
         let cells = measure(&opts).unwrap();
-        assert_eq!(cells.len(), 13 * 3 + 8);
+        assert_eq!(cells.len(), 14 * 3 + 9);
         assert!(cells
             .iter()
             .all(|c| c.samples.len() == 1 && c.median() > 0.0));
@@ -697,7 +702,11 @@ mod tests {
         assert!(check_names(&["kmem".into(), "talc+lock".into()]).is_ok());
         assert!(check_names(&["kmem-unhardened".into()]).is_ok());
         assert!(check_names(&["nope".into()]).is_err());
-        assert_eq!(allocator_names().len(), 13);
-        assert_eq!(allocator_names()[..2], ["kmem", "kmem-unhardened"]);
+        assert!(check_names(&["kmem-nomark".into()]).is_ok());
+        assert_eq!(allocator_names().len(), 14);
+        assert_eq!(
+            allocator_names()[..3],
+            ["kmem", "kmem-nomark", "kmem-unhardened"]
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! kmem's slab allocator behind the suite's heap interfaces.
 //!
 //! A default hosted machine (1 GiB of memfd RAM in the PC layout, 2 CPUs)
-//! with a [`SlabAllocator`] in the default configuration (Linux's: no
-//! debugging, hardened free pointers, per-CPU partial lists): the `kmem`
-//! row. The `kmem-unhardened` row is the same with
-//! [`SlabConfig::freelist_hardened`] off, to show what the hardening costs
-//! (see [`DESCRIPTIONS`]). Every
+//! with a [`SlabAllocator`] in one of three configurations ([`Variant`]):
+//! the default (hardened free pointers plus kmem's allocated mark: the `kmem`
+//! row, the baseline), Linux's `CONFIG_SLAB_FREELIST_HARDENED` exactly
+//! ([`SlabConfig::double_free_mark`] off: `kmem-nomark`), and no hardening
+//! at all (`kmem-unhardened`); see [`DESCRIPTIONS`]. Every
 //! allocation is `kmalloc(layout.size(), GFP_KERNEL)` from process context,
 //! every free `kfree(p)`: kmalloc takes no alignment, and none of the
 //! workloads needs more than it guarantees (8 bytes, and natural alignment
@@ -26,18 +26,33 @@ use kmem_host::{claim_cpu, CpuClaim, HostPlatform, Machine};
 
 use super::SharedHeap;
 
-/// Name of the default (hardened) row, the report's baseline.
+/// Name of the default row (hardened free pointers and the allocated mark),
+/// the report's baseline.
 pub const NAME: &str = "kmem";
+/// Name of the row with `SlabConfig::double_free_mark = false`.
+pub const NOMARK: &str = "kmem-nomark";
 /// Name of the row with `SlabConfig::freelist_hardened = false`.
 pub const UNHARDENED: &str = "kmem-unhardened";
-/// Both kmem rows, in report order.
-pub const NAMES: [&str; 2] = [NAME, UNHARDENED];
+/// The kmem rows, in report order.
+pub const NAMES: [&str; 3] = [NAME, NOMARK, UNHARDENED];
 
 /// The lines the text report prints for the kmem rows, in [`NAMES`] order.
-pub const DESCRIPTIONS: [&str; 2] = [
-    "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu)",
-    "kmem-unhardened               the same with SlabConfig::freelist_hardened = false: free pointers stored plain, no allocated mark written into the object, so a double free is caught only when the object is the top of the CPU's sheaf or the head of the free list it goes onto (CPU list without sheaves, the slab's own); that is Linux's naive object == fp check, which Linux makes only under CONFIG_SLAB_FREELIST_HARDENED (Linux without it and without slab_debug catches none)",
+pub const DESCRIPTIONS: [&str; 3] = [
+    "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu); free pointers encoded and an allocated mark written into each object handed out, so any double free is refused in O(1)",
+    "kmem-nomark                   the same with SlabConfig::double_free_mark = false: free pointers still encoded, no allocated mark, so the fast paths never touch the object and a double free is caught only when the object is the top of the CPU's sheaf or the head of the free list it goes onto: Linux's CONFIG_SLAB_FREELIST_HARDENED exactly (its naive object == fp check)",
+    "kmem-unhardened               the same with SlabConfig::freelist_hardened = false: free pointers stored plain, no allocated mark, the same naive double-free check (Linux without CONFIG_SLAB_FREELIST_HARDENED and without slab_debug catches none)",
 ];
+
+/// Which configuration a [`Kmem`] row runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `SlabConfig::default()`: the `kmem` row.
+    Default,
+    /// `double_free_mark: false`: the `kmem-nomark` row.
+    NoMark,
+    /// `freelist_hardened: false`: the `kmem-unhardened` row.
+    Unhardened,
+}
 
 thread_local! {
     /// The calling thread's claim on its kmem CPU, held during a run.
@@ -54,19 +69,24 @@ pub struct Kmem {
 }
 
 impl Kmem {
-    /// The `kmem` row (`hardened`: `SlabConfig::default()`) or the
-    /// `kmem-unhardened` row (the same with `freelist_hardened: false`).
-    pub fn new(hardened: bool) -> Result<Self, String> {
-        let (name, config) = if hardened {
-            (NAME, SlabConfig::default())
-        } else {
-            (
+    /// The row of `variant` (see [`Variant`]).
+    pub fn new(variant: Variant) -> Result<Self, String> {
+        let (name, config) = match variant {
+            Variant::Default => (NAME, SlabConfig::default()),
+            Variant::NoMark => (
+                NOMARK,
+                SlabConfig {
+                    double_free_mark: false,
+                    ..SlabConfig::default()
+                },
+            ),
+            Variant::Unhardened => (
                 UNHARDENED,
                 SlabConfig {
                     freelist_hardened: false,
                     ..SlabConfig::default()
                 },
-            )
+            ),
         };
         let machine = Box::new(Machine::default_machine().map_err(|e| format!("{name}: {e}"))?);
         // SAFETY: the machine is boxed, so its address is stable, and it is

@@ -304,12 +304,14 @@ fn double_free_inside_the_sheaf_is_refused_hardened() {
 #[test]
 fn double_free_of_the_top_at_every_fill_level() {
     let m = machine(64 << 20);
-    for hardened in [false, true] {
+    // Plain, Linux's hardening (no allocated mark), kmem's default.
+    for (hardened, mark) in [(false, false), (true, false), (true, true)] {
         // 64-slot sheaves: 300 frees fill and flush them several times.
         let s = SlabAllocator::new(
             m.pages(),
             SlabConfig {
                 freelist_hardened: hardened,
+                double_free_mark: mark,
                 sheaf_bytes: 64 * 64,
                 ..Default::default()
             },
@@ -326,7 +328,7 @@ fn double_free_of_the_top_at_every_fill_level() {
                 let e = s.kfree(p);
                 assert!(
                     matches!(e, Err(SlabFreeError::DoubleFree { addr, .. }) if addr == p as usize),
-                    "hardened={hardened}: second free of the sheaf's top object #{i} {p:p} \
+                    "hardened={hardened} mark={mark}: second free of the sheaf's top object #{i} {p:p} \
                      (sheaf flushes so far: {}) gave {e:?}",
                     c.stat(Stat::SheafFlush)
                 );
@@ -340,7 +342,65 @@ fn double_free_of_the_top_at_every_fill_level() {
             assert_unique(&s, 64, 2000);
         });
         s.shrink_all();
-        assert_eq!(c.nr_slabs(), 0, "hardened={hardened}: nothing lost or kept");
+        assert_eq!(
+            c.nr_slabs(),
+            0,
+            "hardened={hardened} mark={mark}: nothing lost or kept"
+        );
+    }
+}
+
+/// With `double_free_mark` off (Linux's CONFIG_SLAB_FREELIST_HARDENED) the
+/// fast paths never write the object: a kfree onto the sheaf and the kmalloc
+/// that takes it back leave every byte as the owner wrote it. With the mark
+/// (the default) both write its free-pointer slot.
+#[test]
+fn without_the_mark_the_fast_paths_leave_the_object_alone() {
+    let m = machine(64 << 20);
+    for mark in [false, true] {
+        let s = SlabAllocator::new(
+            m.pages(),
+            SlabConfig {
+                double_free_mark: mark,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        run_on_cpu(0, || {
+            for size in [64usize, 192, 4096] {
+                // Warm: the CPU has its sheaf and it holds objects.
+                let warm: Vec<_> = (0..8)
+                    .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap())
+                    .collect();
+                for p in warm {
+                    s.kfree(p.as_ptr()).unwrap();
+                }
+                let p = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+                unsafe { p.write_bytes(0x5a, size) };
+                let intact = |what: &str| {
+                    let b = unsafe { std::slice::from_raw_parts(p, size) };
+                    let changed = b.iter().filter(|&&x| x != 0x5a).count();
+                    assert_eq!(
+                        changed == 0,
+                        !mark,
+                        "mark={mark}, kmalloc({size}) {what}: {changed} bytes changed"
+                    );
+                };
+                let fast = |c: &kmem::slab::KmemCache<HostPlatform>| {
+                    (c.stat(Stat::FreeFastpath), c.stat(Stat::AllocFastpath))
+                };
+                let c = s.kmalloc_slab(size, GFP_KERNEL);
+                let (f0, a0) = fast(c);
+                s.kfree(p).unwrap();
+                intact("after kfree onto the sheaf");
+                unsafe { p.write_bytes(0x5a, size) };
+                let q = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+                assert_eq!(q, p, "the sheaf gives the object back");
+                intact("after kmalloc from the sheaf");
+                assert_eq!(fast(c), (f0 + 1, a0 + 1), "both went the fast path");
+                s.kfree(q).unwrap();
+            }
+        });
     }
 }
 
@@ -645,7 +705,10 @@ struct Live {
     cache: bool,
 }
 
-fn run_model(ops: Vec<Op>, hardened: bool) {
+/// The sheaf model under `hardened` (`freelist_hardened`) and `mark`
+/// (`double_free_mark`); double frees of buried objects are only tried
+/// with both, the one configuration that promises to catch them.
+fn run_model(ops: Vec<Op>, hardened: bool, mark: bool) {
     let m = machine(64 << 20);
     let before = m.pages().nr_free_pages_with_pcp();
     {
@@ -654,6 +717,7 @@ fn run_model(ops: Vec<Op>, hardened: bool) {
             SlabConfig {
                 sheaf_bytes: 4096,
                 freelist_hardened: hardened,
+                double_free_mark: mark,
                 ..Default::default()
             },
         )
@@ -733,13 +797,14 @@ fn run_model(ops: Vec<Op>, hardened: bool) {
                 }
                 Op::DoubleFree { pick, cpu } => {
                     // Only the most recent free on the CPU is sure to be
-                    // caught without hardening; with it, any free object.
+                    // caught without the allocated mark; with it, any free
+                    // object.
                     let cands: Vec<usize> = freed
                         .iter()
                         .copied()
                         .filter(|p| !live.contains_key(p))
                         .collect();
-                    if cands.is_empty() || !hardened {
+                    if cands.is_empty() || !(hardened && mark) {
                         continue;
                     }
                     let p = cands[pick % cands.len()];
@@ -797,11 +862,16 @@ proptest! {
 
     #[test]
     fn sheaf_model_hardened(ops in proptest::collection::vec(op(), 1..250)) {
-        run_model(ops, true);
+        run_model(ops, true, true);
+    }
+
+    #[test]
+    fn sheaf_model_linux_hardening(ops in proptest::collection::vec(op(), 1..250)) {
+        run_model(ops, true, false);
     }
 
     #[test]
     fn sheaf_model_unhardened(ops in proptest::collection::vec(op(), 1..250)) {
-        run_model(ops, false);
+        run_model(ops, false, false);
     }
 }

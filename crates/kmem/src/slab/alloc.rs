@@ -258,7 +258,7 @@ impl<P: Platform> KmemCache<P> {
         // under the CPU lock.
         let obj = unsafe { *g.sheaf.add(n as usize) };
         g.sheaf_n = n;
-        if self.hardened {
+        if self.marks {
             // SAFETY: as above; the slot now marks the object allocated.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
         }
@@ -346,7 +346,7 @@ impl<P: Platform> KmemCache<P> {
         // SAFETY: slot n was just filled with a free object, now ours.
         unsafe {
             let obj = *g.sheaf.add(n as usize);
-            if self.hardened {
+            if self.marks {
                 self.set_fp(obj, FP_ALLOCATED);
             }
             Some(obj)
@@ -404,7 +404,7 @@ impl<P: Platform> KmemCache<P> {
     #[inline]
     fn pop(&self, g: &mut CpuInner) -> usize {
         let obj = self.pop_free(g);
-        if self.hardened {
+        if self.marks {
             // SAFETY: the object is ours now; the slot marks it allocated.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
         }
@@ -449,7 +449,7 @@ impl<P: Platform> KmemCache<P> {
         ));
         g.freelist = 0;
         g.count = 0;
-        if self.hardened {
+        if self.marks {
             // SAFETY: obj is ours.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
         }
@@ -769,7 +769,7 @@ impl<P: Platform> KmemCache<P> {
             };
             let new = old.with_free(next_idx).with_inuse(old.inuse() + 1);
             if slab.cas(old, new) {
-                if self.hardened && !self.debug {
+                if self.marks && !self.debug {
                     // SAFETY: the object is ours now.
                     unsafe { self.set_fp(obj, FP_ALLOCATED) };
                 }
@@ -816,7 +816,7 @@ impl<P: Platform> KmemCache<P> {
             if let Some(caller) = caller {
                 self.alloc_debug_processing(slab, obj, orig_size, caller);
             }
-        } else if self.hardened {
+        } else if self.marks {
             // SAFETY: object 0 is ours.
             unsafe { self.set_fp(obj, FP_ALLOCATED) };
         }

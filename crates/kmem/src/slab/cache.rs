@@ -313,7 +313,12 @@ pub struct KmemCache<P: Platform> {
     pub(crate) recip: u64,
     pub(crate) flags: SlabFlags,
     pub(crate) debug: bool,
+    /// Free pointers are encoded (`fp_code`).
     pub(crate) hardened: bool,
+    /// Allocated objects carry the allocated mark in their free-pointer
+    /// slot and every free checks it (`SlabConfig::double_free_mark`, only
+    /// with `hardened`); without it only Linux's naive check is made.
+    pub(crate) marks: bool,
     pub(crate) pages: *const PageAllocator<P>,
     /// The direct map, `[dm_start, dm_start + dm_len)`: where every object
     /// lies (free-pointer sanity checks).
@@ -385,6 +390,9 @@ impl<P: Platform> KmemCache<P> {
         let flags = layout.flags;
         let debug = flags.intersects(SlabFlags::DEBUG);
         let hardened = random != 0;
+        // The mark needs the encoding: a plain slot that user data zeroed
+        // would read as a free object's NULL.
+        let marks = hardened && cfg.double_free_mark;
         let mut allocflags = Gfp::COMP;
         if flags.contains(SlabFlags::CACHE_DMA) {
             allocflags |= Gfp::DMA;
@@ -445,6 +453,7 @@ impl<P: Platform> KmemCache<P> {
                 flags,
                 debug,
                 hardened,
+                marks,
                 pages,
                 dm_start,
                 dm_len,

@@ -737,12 +737,12 @@ impl<P: Platform> KmemCache<P> {
         if self.offset >= self.inuse() || val != SLUB_RED_ACTIVE {
             // SAFETY: obj is an object of the slab.
             let fp = unsafe { self.get_fp(obj) };
-            // A hardened cache without debugging marks its allocated objects
-            // in the slot (outside the object here, so the owner cannot
-            // have written it), those queued by kfree_rcu with their own
-            // address.
+            // A cache with the allocated mark, without debugging, marks its
+            // allocated objects in the slot (outside the object here, so
+            // the owner cannot have written it), those queued by kfree_rcu
+            // with their own address.
             let marked_allocated = val == SLUB_RED_ACTIVE
-                && self.hardened
+                && self.marks
                 && !self.debug
                 && (fp == super::FP_ALLOCATED || fp == obj);
             if !marked_allocated && !self.check_valid_pointer(slab, fp) {

@@ -113,7 +113,7 @@ impl<P: Platform> KmemCache<P> {
             return false;
         }
         // SAFETY: p is an object of a live slab of this cache.
-        if self.hardened && self.plausible_fp(unsafe { self.get_fp(p) }) {
+        if self.marks && self.plausible_fp(unsafe { self.get_fp(p) }) {
             return false;
         }
         let (c, g) = self.this_cpu();
@@ -125,7 +125,7 @@ impl<P: Platform> KmemCache<P> {
 
     /// Pushes `p` (a checked, live object of `slab`) onto the CPU's sheaf
     /// if the sheaf has room and holds `slab`'s node, and `p` is not its top
-    /// object (without hardening, the one double free caught there). False,
+    /// object (without the allocated mark, the one double free caught there). False,
     /// with nothing changed, otherwise.
     #[inline(always)]
     fn try_sheaf_push(&self, g: &mut CpuInner, c: &CpuSlab, slab: SlabRef<'_>, p: usize) -> bool {
@@ -133,7 +133,7 @@ impl<P: Platform> KmemCache<P> {
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
             || slab.node() as u32 != g.sheaf_node
-            || (!self.hardened && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
+            || (!self.marks && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
         {
             return false;
         }
@@ -154,7 +154,7 @@ impl<P: Platform> KmemCache<P> {
         // SAFETY: per the contract.
         unsafe {
             *g.sheaf.add(n as usize) = p;
-            if self.hardened {
+            if self.marks {
                 // A free object's slot decodes to NULL: a second free of it
                 // is refused.
                 self.set_fp(p, 0);
@@ -179,7 +179,7 @@ impl<P: Platform> KmemCache<P> {
         if self.debug {
             return self.free_debug(slab, p, caller);
         }
-        if self.hardened {
+        if self.marks {
             // SAFETY: p is an object of a live slab of this cache.
             let v = unsafe { self.get_fp(p) };
             // A free object's slot decodes to NULL or another object; a
@@ -232,7 +232,7 @@ impl<P: Platform> KmemCache<P> {
         if g.sheaf_cap != 0 {
             let n = g.sheaf_n;
             // SAFETY: slot n - 1 is the sheaf's top object.
-            if !self.hardened && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p {
+            if !self.marks && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p {
                 drop(g);
                 return Err(self.refuse_double_free(p, caller));
             }
@@ -247,7 +247,7 @@ impl<P: Platform> KmemCache<P> {
             c.stat(Stat::FreeFastpath);
             return Ok(());
         }
-        if !self.hardened && g.freelist == p {
+        if !self.marks && g.freelist == p {
             drop(g);
             return Err(self.refuse_double_free(p, caller));
         }
@@ -415,7 +415,7 @@ impl<P: Platform> KmemCache<P> {
     /// Refuses `p` (the start of an object of `slab`) if it is known to be
     /// free: what `kfree` checks, for the entry points that use an object
     /// before (or instead of) freeing it (`ksize`, `kfree_sensitive`,
-    /// `kfree_rcu`, `krealloc`). Hardened: its free-pointer slot; debug: its
+    /// `kfree_rcu`, `krealloc`). Allocated mark: its free-pointer slot; debug: its
     /// slab's free list, under the node lock (debug caches keep free
     /// objects nowhere else). Without either nothing tells, as in Linux.
     pub(crate) fn check_live(&self, slab: SlabRef<'_>, p: usize) -> Result<(), SlabFreeError> {
@@ -424,7 +424,7 @@ impl<P: Platform> KmemCache<P> {
             if self.is_on_freelist(slab, p) {
                 return Err(self.double_free(p));
             }
-        } else if self.hardened {
+        } else if self.marks {
             // SAFETY: p is an object of a live slab of this cache (caller).
             let v = unsafe { self.get_fp(p) };
             if self.plausible_fp(v) {
@@ -434,7 +434,7 @@ impl<P: Platform> KmemCache<P> {
         Ok(())
     }
 
-    /// Why the hardened object `p`, whose slot decodes to the plausible
+    /// Why the marked object `p`, whose slot decodes to the plausible
     /// pointer `v`, is not live: queued by `kfree_rcu` (`v == p`, see
     /// [`Self::mark_rcu_queued`]) or free.
     #[cold]
@@ -449,7 +449,8 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// `kfree_rcu` queues `p`: on a hardened cache without debugging whose
+    /// `kfree_rcu` queues `p`: on a cache with the allocated mark, without
+    /// debugging, whose
     /// free-pointer slot lies after the object (a constructor or
     /// `SLAB_TYPESAFE_BY_RCU` puts it there), the slot then decodes to `p`
     /// itself, which no free list holds (an object never links to itself),
@@ -469,10 +470,11 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// True if [`Self::mark_rcu_queued`] marks this cache's objects: hardened,
-    /// no debugging, the free-pointer slot after the object.
+    /// True if [`Self::mark_rcu_queued`] marks this cache's objects: the
+    /// allocated mark on, no debugging, the free-pointer slot after the
+    /// object.
     fn marks_rcu_queued(&self) -> bool {
-        self.hardened && !self.debug && self.offset >= self.object_size()
+        self.marks && !self.debug && self.offset >= self.object_size()
     }
 
     /// The grace period is over for the queued `p`: it is an allocated
@@ -521,7 +523,7 @@ impl<P: Platform> KmemCache<P> {
                 drop(guard);
                 return Err(self.bad_slab_free(slab, head, old, cnt));
             }
-            if !self.hardened && old.free() == head_idx {
+            if !self.marks && old.free() == head_idx {
                 drop(guard);
                 return Err(self.double_free(head));
             }

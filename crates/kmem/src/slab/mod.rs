@@ -32,9 +32,9 @@
 //! of classic SLUB, is as fast as any other. Allocation pops the most
 //! recently freed object (warm in the cache); no path follows a pointer
 //! stored in an object, so a batch of cold objects costs no dependent cache
-//! misses. (Under the default hardening each path touches the object's
-//! free-pointer slot once: the allocated mark that lets the free refuse a
-//! double free; without hardening neither touches the object.) The
+//! misses. (With the default allocated mark each path touches the object's
+//! free-pointer slot once, so that the free can refuse a double free;
+//! without it neither touches the object.) The
 //! sheaf is refilled to half from the *CPU free list*: the whole free list
 //! of the CPU's active slab, taken at once as in SLUB, threaded through the
 //! free objects. Objects in either count as in use in their slabs until they
@@ -86,11 +86,12 @@
 //! object, then frees onto the CPU's free list (fast path), or straight to
 //! the slab with a compare-and-swap (Linux's `__slab_free`), taking the node
 //! lock only when the slab changes lists. A double free is caught in O(1)
-//! with hardening on: a free object's pointer slot decodes to NULL or to a
+//! with the allocated mark on (hardening plus [`SlabConfig::double_free_mark`],
+//! the default): a free object's pointer slot decodes to NULL or to a
 //! word-aligned direct-map address (the next free object), and an allocated
 //! object's slot is overwritten on allocation with a marker that decodes to
 //! neither, even when only part of it is overwritten; the chance that user
-//! data mimics a free slot is about 2^-37 per free. Without hardening only a
+//! data mimics a free slot is about 2^-37 per free. Without the mark only a
 //! free of the object at the head of a free list is caught (Linux's check).
 //! Debug caches check exactly by walking the free list under the node lock.
 //! Every refused free is reported through the platform and changes nothing.
@@ -199,9 +200,19 @@ pub struct SlabConfig {
     /// `slab_debug=`: debugging for all caches or some.
     pub slab_debug: SlabDebug,
     /// Encode free pointers with a per-cache secret and their address
-    /// (`CONFIG_SLAB_FREELIST_HARDENED`). Also what makes double-free
-    /// detection O(1) on the fast paths. Default on.
+    /// (`CONFIG_SLAB_FREELIST_HARDENED`). Needed by
+    /// [`Self::double_free_mark`]. Default on.
     pub freelist_hardened: bool,
+    /// kmem's own double-free check, beyond Linux's (needs
+    /// [`Self::freelist_hardened`]; default on): allocation writes a mark
+    /// into the object's free-pointer slot and every free (and `ksize`,
+    /// `krealloc`, `kfree_rcu`, `kfree_sensitive`) refuses an object whose
+    /// slot reads as free, in O(1). It costs a touch of the object's line on
+    /// each fast path. Off, with hardening on, is Linux's
+    /// `CONFIG_SLAB_FREELIST_HARDENED` exactly: a double free is caught only
+    /// when the object is the top of the CPU's sheaf or the head of the free
+    /// list it goes onto, and the fast paths never touch the object.
+    pub double_free_mark: bool,
     /// Seed for the per-cache secrets. A kernel should pass boot entropy;
     /// the default is a fixed constant.
     pub seed: u64,
@@ -228,6 +239,7 @@ impl Default for SlabConfig {
         SlabConfig {
             slab_debug: SlabDebug::OFF,
             freelist_hardened: true,
+            double_free_mark: true,
             seed: 0x6b6d_656d_736c_6162,
             min_objects: 0,
             min_order: 0,
@@ -321,7 +333,8 @@ pub enum SlabFreeError {
         cache: CacheName,
     },
     /// The object is queued by `kfree_rcu`: the grace period frees it, not
-    /// this call (caught on hardened caches without debugging).
+    /// this call (caught on caches with the allocated mark, without
+    /// debugging).
     RcuQueued {
         /// The address.
         addr: usize,
