@@ -64,12 +64,14 @@ pub(crate) const FINGERPRINT_WORDS: usize = 8;
 
 /// A fingerprint of a queued object: its first `words` words and, for a
 /// slab object whose free-pointer word lies beyond them but inside what its
-/// owner may use, that word too (a free on a hardened cache rewrites it). A
+/// owner may use, that word too (a free on a cache with the allocated mark
+/// rewrites it; without the mark only a free onto a free list does). A
 /// queued object is not written (readers only read it), so a different one
 /// at the end of the grace period means it was freed (and maybe reused) or
 /// written after it was queued. Best effort: a reuse that leaves those
 /// words as they were (a kzalloc of an object that was all zeros, or any
-/// reuse on an unhardened cache with the same first bytes) goes unseen.
+/// reuse on a cache without the mark with the same first bytes) goes
+/// unseen.
 ///
 /// # Safety
 /// `p..p + 8 * words` is readable, 8-aligned memory (a direct-map address).
