@@ -260,7 +260,7 @@ impl<P: Platform> KmemCache<P> {
         g.sheaf_n = n;
         if self.marks {
             // SAFETY: as above; the slot now marks the object allocated.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
         }
         c.stat(Stat::AllocFastpath);
         Some(obj)
@@ -347,7 +347,7 @@ impl<P: Platform> KmemCache<P> {
         unsafe {
             let obj = *g.sheaf.add(n as usize);
             if self.marks {
-                self.set_fp(obj, FP_ALLOCATED);
+                self.set_fp_marked(obj, FP_ALLOCATED);
             }
             Some(obj)
         }
@@ -406,7 +406,7 @@ impl<P: Platform> KmemCache<P> {
         let obj = self.pop_free(g);
         if self.marks {
             // SAFETY: the object is ours now; the slot marks it allocated.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
         }
         obj
     }
@@ -451,7 +451,7 @@ impl<P: Platform> KmemCache<P> {
         g.count = 0;
         if self.marks {
             // SAFETY: obj is ours.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
         }
         obj
     }
@@ -771,7 +771,7 @@ impl<P: Platform> KmemCache<P> {
             if slab.cas(old, new) {
                 if self.marks && !self.debug {
                     // SAFETY: the object is ours now.
-                    unsafe { self.set_fp(obj, FP_ALLOCATED) };
+                    unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
                 }
                 return Some((obj, new));
             }
@@ -818,7 +818,7 @@ impl<P: Platform> KmemCache<P> {
             }
         } else if self.marks {
             // SAFETY: object 0 is ours.
-            unsafe { self.set_fp(obj, FP_ALLOCATED) };
+            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
         }
         let n = slab.node();
         let mut lists = self.nodes[n].lists.lock();

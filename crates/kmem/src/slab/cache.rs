@@ -715,6 +715,32 @@ impl<P: Platform> KmemCache<P> {
         unsafe { (slot as *mut usize).write(self.fp_code(next, slot)) };
     }
 
+    /// [`Self::get_fp`] on a cache with the allocated mark, which implies
+    /// encoding: the fast paths then test `marks` alone, not `hardened` too.
+    ///
+    /// # Safety
+    /// As [`Self::get_fp`]; `self.marks` is set.
+    #[inline(always)]
+    pub(crate) unsafe fn get_fp_marked(&self, obj: usize) -> usize {
+        debug_assert!(self.marks && self.hardened);
+        let slot = obj + self.offset;
+        // SAFETY: as get_fp.
+        unsafe { (slot as *const usize).read() ^ self.random ^ slot.swap_bytes() }
+    }
+
+    /// [`Self::set_fp`] on a cache with the allocated mark (see
+    /// [`Self::get_fp_marked`]).
+    ///
+    /// # Safety
+    /// As [`Self::set_fp`]; `self.marks` is set.
+    #[inline(always)]
+    pub(crate) unsafe fn set_fp_marked(&self, obj: usize, v: usize) {
+        debug_assert!(self.marks && self.hardened);
+        let slot = obj + self.offset;
+        // SAFETY: as set_fp.
+        unsafe { (slot as *mut usize).write(v ^ self.random ^ slot.swap_bytes()) };
+    }
+
     /// Objects currently allocated: slabs' objects minus the free ones on
     /// node partial lists (per-CPU free lists count as allocated, as in
     /// Linux's slabinfo).

@@ -113,7 +113,7 @@ impl<P: Platform> KmemCache<P> {
             return false;
         }
         // SAFETY: p is an object of a live slab of this cache.
-        if self.marks && self.plausible_fp(unsafe { self.get_fp(p) }) {
+        if self.marks && self.plausible_fp(unsafe { self.get_fp_marked(p) }) {
             return false;
         }
         let (c, g) = self.this_cpu();
@@ -157,7 +157,7 @@ impl<P: Platform> KmemCache<P> {
             if self.marks {
                 // A free object's slot decodes to NULL: a second free of it
                 // is refused.
-                self.set_fp(p, 0);
+                self.set_fp_marked(p, 0);
             }
         }
         g.sheaf_n = n + 1;
@@ -181,7 +181,7 @@ impl<P: Platform> KmemCache<P> {
         }
         if self.marks {
             // SAFETY: p is an object of a live slab of this cache.
-            let v = unsafe { self.get_fp(p) };
+            let v = unsafe { self.get_fp_marked(p) };
             // A free object's slot decodes to NULL or another object; a
             // queued one's to itself.
             if self.plausible_fp(v) {
@@ -426,7 +426,7 @@ impl<P: Platform> KmemCache<P> {
             }
         } else if self.marks {
             // SAFETY: p is an object of a live slab of this cache (caller).
-            let v = unsafe { self.get_fp(p) };
+            let v = unsafe { self.get_fp_marked(p) };
             if self.plausible_fp(v) {
                 return Err(self.not_live(p, v));
             }
@@ -466,7 +466,7 @@ impl<P: Platform> KmemCache<P> {
     pub(crate) unsafe fn mark_rcu_queued(&self, p: usize) {
         if self.marks_rcu_queued() {
             // SAFETY: per the contract; the object stays allocated.
-            unsafe { self.set_fp(p, p) };
+            unsafe { self.set_fp_marked(p, p) };
         }
     }
 
@@ -484,9 +484,9 @@ impl<P: Platform> KmemCache<P> {
     /// `p` is an object of a live slab of this cache.
     pub(crate) unsafe fn unmark_rcu_queued(&self, p: usize) {
         // SAFETY: per the contract.
-        if self.marks_rcu_queued() && unsafe { self.get_fp(p) } == p {
+        if self.marks_rcu_queued() && unsafe { self.get_fp_marked(p) } == p {
             // SAFETY: as above.
-            unsafe { self.set_fp(p, super::FP_ALLOCATED) };
+            unsafe { self.set_fp_marked(p, super::FP_ALLOCATED) };
         }
     }
 
