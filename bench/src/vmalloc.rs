@@ -10,7 +10,7 @@
 //!    object per (worker, scenario) with suite `test_vmalloc`.
 //! 2. **pairs** ([`pairs`]): vmalloc+vfree of 1, 4, 16 and 256 pages and of
 //!    4 MiB (plain and `vmalloc_huge`), on one and on two threads, and one
-//!    lazy purge, timed by the shared [`harness`](crate::harness)
+//!    lazy purge, timed by the shared [`harness`]
 //!    (calibrated, interleaved runs, medians), side by side on the
 //!    in-memory x86-64 tables (`kmem-inmem`, what a kernel runs) and the
 //!    hosted mmap-backed mapping (`kmem-host`), whose system calls get a
