@@ -482,15 +482,10 @@ fn kmalloc_node_two_nodes_placement_and_release() {
 
 // ------------------------------------------------------------ concurrency
 
-#[test]
-fn remote_frees_become_allocatable_no_duplicates() {
-    let m = Machine::new(MachineConfig {
-        ram_bytes: 256 << 20,
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap();
-    for cfg in [
+/// The three fast-path set-ups the frees are run under: sheaves (the
+/// default), the CPU free list alone, and that without per-CPU partial lists.
+fn fast_path_configs() -> [SlabConfig; 3] {
+    [
         SlabConfig::default(),
         SlabConfig {
             sheaf_bytes: 0,
@@ -501,7 +496,18 @@ fn remote_frees_become_allocatable_no_duplicates() {
             cpu_partial: false,
             ..Default::default()
         },
-    ] {
+    ]
+}
+
+#[test]
+fn remote_frees_become_allocatable_no_duplicates() {
+    let m = Machine::new(MachineConfig {
+        ram_bytes: 256 << 20,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    for cfg in fast_path_configs() {
         let s = slab(&m, cfg);
         let c = s
             .kmem_cache_create("remote", 256, 0, SlabFlags::NO_MERGE, None)
@@ -550,18 +556,7 @@ fn remote_frees_become_allocatable_no_duplicates() {
 
 #[test]
 fn empty_slabs_beyond_min_partial_go_back_after_flush() {
-    for cfg in [
-        SlabConfig::default(),
-        SlabConfig {
-            sheaf_bytes: 0,
-            ..Default::default()
-        },
-        SlabConfig {
-            sheaf_bytes: 0,
-            cpu_partial: false,
-            ..Default::default()
-        },
-    ] {
+    for cfg in fast_path_configs() {
         for (cpu_a, cpu_f) in [(0usize, 0usize), (0, 1)] {
             let m = Machine::new(MachineConfig {
                 ram_bytes: 256 << 20,

@@ -393,6 +393,8 @@ fn without_the_mark_the_fast_paths_leave_the_object_alone() {
                 let (f0, a0) = fast(c);
                 s.kfree(p).unwrap();
                 intact("after kfree onto the sheaf");
+                // Refilled while free (the test's own write after free), so
+                // the next check sees only what kmalloc writes.
                 unsafe { p.write_bytes(0x5a, size) };
                 let q = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
                 assert_eq!(q, p, "the sheaf gives the object back");

@@ -687,10 +687,17 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     pub(crate) fn fp_code(&self, v: usize, slot: usize) -> usize {
         if self.hardened {
-            v ^ self.random ^ slot.swap_bytes()
+            self.fp_encoded(v, slot)
         } else {
             v
         }
+    }
+
+    /// The hardened encoding itself, `ptr ^ secret ^ swab(slot)`, for
+    /// callers that know the cache is hardened.
+    #[inline(always)]
+    fn fp_encoded(&self, v: usize, slot: usize) -> usize {
+        v ^ self.random ^ slot.swap_bytes()
     }
 
     /// Reads the free pointer of the free object at `obj`.
@@ -725,7 +732,7 @@ impl<P: Platform> KmemCache<P> {
         debug_assert!(self.marks && self.hardened);
         let slot = obj + self.offset;
         // SAFETY: as get_fp.
-        unsafe { (slot as *const usize).read() ^ self.random ^ slot.swap_bytes() }
+        self.fp_encoded(unsafe { (slot as *const usize).read() }, slot)
     }
 
     /// [`Self::set_fp`] on a cache with the allocated mark (see
@@ -738,7 +745,7 @@ impl<P: Platform> KmemCache<P> {
         debug_assert!(self.marks && self.hardened);
         let slot = obj + self.offset;
         // SAFETY: as set_fp.
-        unsafe { (slot as *mut usize).write(v ^ self.random ^ slot.swap_bytes()) };
+        unsafe { (slot as *mut usize).write(self.fp_encoded(v, slot)) };
     }
 
     /// Objects currently allocated: slabs' objects minus the free ones on
