@@ -16,6 +16,8 @@
 //!   only the first non-empty fallback list of each order
 //!   (`find_suitable_fallback`); a per-CPU refill remembers that it had to
 //!   steal (`rmqueue_bulk`'s `rmqueue_mode`);
+//! - a reserve page freed waits on the movable per-CPU list and drains back
+//!   into the reserve (`free_unref_page`, `free_pcppages_bulk`);
 //! - GFP_NOFS and GFP_NOIO failures are not OOM kills (`out_of_memory`);
 //! - random sequences keep the reserve's accounting exact and within its
 //!   limit (checked by `PageAllocator::verify`).
@@ -28,29 +30,15 @@ use kmem::gfp::{
     Gfp, MigrateType, ZoneType, GFP_ATOMIC, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_NOFS, GFP_NOIO,
     GFP_NOWAIT,
 };
-use kmem::page::{Region, Watermark};
-use kmem_host::{Machine, MachineConfig};
-use page_common::{verify, SeqRng, MIB};
+use kmem::page::Watermark;
+use kmem_host::Machine;
+use page_common::{dma32_machine, verify, SeqRng};
 
 const PB: u64 = 512;
 const HA: usize = MigrateType::HighAtomic as usize;
 const UNMOVABLE: usize = MigrateType::Unmovable as usize;
 const MOVABLE: usize = MigrateType::Movable as usize;
 const RECLAIMABLE: usize = MigrateType::Reclaimable as usize;
-
-/// A machine whose only memory is a DMA32 zone of `mib` MiB at 16 MiB (the
-/// first 16 MiB reserved), so every request is served by that one zone.
-fn dma32_machine(mib: u64) -> Machine {
-    Machine::new(MachineConfig {
-        regions: Some(vec![
-            Region::reserved(0, 16 * MIB),
-            Region::usable(16 * MIB, (16 + mib) * MIB),
-        ]),
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .expect("machine builds")
-}
 
 fn pb(p: Pfn) -> u64 {
     p.0 & !(PB - 1)
@@ -210,6 +198,47 @@ fn highatomic_reserve_life_cycle() {
 }
 
 /// Linux 6.18: a zone whose 1% is less than a pageblock reserves nothing.
+/// Linux's `free_unref_page` keeps only the three ordinary types on per-CPU
+/// lists: a page of a HighAtomic pageblock freed there waits on the movable
+/// list (so a movable request may take it), and a drain files it by its
+/// pageblock's type, back into the reserve.
+#[test]
+fn a_reserve_page_freed_waits_on_the_movable_list_then_drains_back() {
+    kmem_host::set_cpu(0);
+    let m = dma32_machine(256);
+    let pa = m.pages();
+    let z = pa.zone(0, ZoneType::Dma32);
+    let mut held = fill_below_low(&m);
+    let p = pa.alloc_pages(GFP_ATOMIC, 2).expect("order-2 GFP_ATOMIC");
+    assert_eq!(blocks(&m)[HA], 1, "the reserve is made");
+    // Room above the low watermark again (order-4 frees bypass the per-CPU
+    // lists), and every list drained.
+    for q in held.split_off(held.len() / 2) {
+        pa.free_pages(q, 4).unwrap();
+    }
+    pa.drain_all_pages();
+    let reserve_free = list_pages(&m, HA);
+
+    pa.free_pages(p, 2).unwrap();
+    assert_eq!(pa.pcp_pages(), 4, "freed to a per-CPU list");
+    assert_eq!(list_pages(&m, HA), reserve_free);
+    let q = pa.alloc_pages(GFP_HIGHUSER_MOVABLE, 2).unwrap();
+    assert_eq!(q, p, "a movable request takes it from the movable list");
+    pa.free_pages(q, 2).unwrap();
+    pa.drain_all_pages();
+    assert_eq!(
+        list_pages(&m, HA),
+        reserve_free + 4,
+        "drained back into the reserve"
+    );
+    assert_eq!(z.nr_free_highatomic() as u64, list_pages(&m, HA));
+    verify(&m);
+    for q in held {
+        pa.free_pages(q, 4).unwrap();
+    }
+    verify(&m);
+}
+
 #[test]
 fn small_zone_reserves_nothing() {
     let m = dma32_machine(64);

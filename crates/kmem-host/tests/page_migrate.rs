@@ -7,7 +7,7 @@
 mod page_common;
 
 use kmem::addr::{Pfn, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
-use kmem::gfp::{MigrateType, ZoneType, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
+use kmem::gfp::{Gfp, MigrateType, ZoneType, GFP_HIGHUSER_MOVABLE, GFP_KERNEL};
 use page_common::*;
 use std::collections::BTreeSet;
 
@@ -107,4 +107,60 @@ fn movable_churn_does_not_scatter_unmovable_pages() {
 #[test]
 fn movable_churn_near_the_low_mark_does_not_scatter_unmovable_pages() {
     churn(60, 6);
+}
+
+/// Linux's `free_unref_page` files a freed page on the per-CPU list of its
+/// pageblock's type, not of the type it was allocated with: a page that an
+/// unmovable request took from a movable pageblock (a steal too small to
+/// claim the block) goes back to movable users. Otherwise the next unmovable
+/// request takes it again and the movable pageblock stays polluted.
+#[test]
+fn a_page_stolen_from_a_movable_pageblock_is_freed_to_the_movable_list() {
+    kmem_host::set_cpu(0);
+    let m = dma32_machine(64);
+    let base = Baseline::take(&m);
+    let pa = m.pages();
+    let z = pa.zone(0, ZoneType::Dma32);
+    let unmovable_blocks =
+        || pa.pageblock_counts(0, ZoneType::Dma32)[MigrateType::Unmovable.index()];
+    // Every page movable (__GFP_MEMALLOC takes the reserves too), then 100
+    // freed in every pageblock: no pageblock has half its pages free, so an
+    // unmovable request must steal pages without claiming a block.
+    let mut held = Vec::new();
+    while let Ok(p) = pa.alloc_pages(GFP_HIGHUSER_MOVABLE | Gfp::MEMALLOC | Gfp::NOWARN, 0) {
+        held.push(p);
+    }
+    assert_eq!(z.free_pages(), 0);
+    held.sort();
+    let mut kept = Vec::new();
+    for chunk in held.chunk_by(|a, b| a.0 >> PAGEBLOCK_ORDER == b.0 >> PAGEBLOCK_ORDER) {
+        for (i, &p) in chunk.iter().enumerate() {
+            if i < 100 {
+                pa.free_pages(p, 0).unwrap();
+            } else {
+                kept.push(p);
+            }
+        }
+    }
+    pa.drain_all_pages();
+    let steals = pa.vmstat().fallback_steal;
+
+    let u = pa.alloc_pages(GFP_KERNEL, 0).unwrap();
+    assert!(
+        pa.vmstat().fallback_steal > steals,
+        "the unmovable request stole"
+    );
+    assert_eq!(unmovable_blocks(), 0, "and claimed no pageblock");
+    pa.free_pages(u, 0).unwrap();
+    // The movable list was drained: its head is now the page just freed.
+    let mv = pa.alloc_pages(GFP_HIGHUSER_MOVABLE, 0).unwrap();
+    assert_eq!(mv, u, "the page went back on the movable per-CPU list");
+    let again = pa.alloc_pages(GFP_KERNEL, 0).unwrap();
+    assert_ne!(again, u);
+    verify(&m);
+
+    for p in kept.into_iter().chain([mv, again]) {
+        pa.free_pages(p, 0).unwrap();
+    }
+    base.assert_restored(&m);
 }

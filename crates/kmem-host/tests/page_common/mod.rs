@@ -12,6 +12,7 @@ use kmem::error::{AllocError, FreeError};
 use kmem::gfp::{
     Gfp, ZoneType, GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER_MOVABLE, GFP_KERNEL, GFP_NOWAIT,
 };
+use kmem::page::Region;
 use kmem_host::{Machine, MachineConfig};
 use std::collections::BTreeMap;
 
@@ -26,6 +27,22 @@ pub const DMA32_END_PFN: u64 = (4 * GIB) >> 12;
 pub fn machine(ram_bytes: u64) -> Machine {
     Machine::new(MachineConfig {
         ram_bytes,
+        ..Default::default()
+    })
+    .expect("machine builds")
+}
+
+/// A machine whose only memory is a DMA32 zone of `mib` MiB at 16 MiB (the
+/// first 16 MiB reserved), 2 CPUs: every request is served by that one
+/// zone, and none in Linux's no-fragmentation mode (which only a Normal
+/// zone with a lower zone beside it gets).
+pub fn dma32_machine(mib: u64) -> Machine {
+    Machine::new(MachineConfig {
+        regions: Some(vec![
+            Region::reserved(0, 16 * MIB),
+            Region::usable(16 * MIB, (16 + mib) * MIB),
+        ]),
+        nr_cpus: 2,
         ..Default::default()
     })
     .expect("machine builds")

@@ -228,6 +228,21 @@ impl Memmap {
         Some(unsafe { &*(base as *const Frame).add((pfn & (PAGES_PER_SECTION - 1)) as usize) })
     }
 
+    /// The record of the first frame of `pfn`'s pageblock (the one holding
+    /// the pageblock's type), found from `f`, the record of `pfn` itself,
+    /// without the section table: a pageblock never crosses a section, so
+    /// its first record is in the same array.
+    #[inline(always)]
+    pub(crate) fn pageblock_frame<'a>(&self, f: &'a Frame, pfn: u64) -> &'a Frame {
+        const { assert!(PAGES_PER_SECTION.is_multiple_of(crate::addr::PAGEBLOCK_NR_PAGES)) };
+        debug_assert!(core::ptr::eq(f, self.frame_unchecked(pfn)));
+        let back = (pfn & (crate::addr::PAGEBLOCK_NR_PAGES - 1)) as usize;
+        // SAFETY: `f` is `pfn`'s record in its section's array, and the
+        // pageblock's first frame is `back` records before it in the same
+        // array (sections are whole pageblocks, checked above).
+        unsafe { &*(f as *const Frame).sub(back) }
+    }
+
     /// The record of a pfn known to be valid (a free-list link, a buddy of
     /// a valid frame in the same section).
     #[inline(always)]

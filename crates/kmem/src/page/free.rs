@@ -10,6 +10,7 @@ use super::pcp::PCP_MAX_ORDER;
 use super::PageAllocator;
 use crate::addr::{Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE};
 use crate::error::FreeError;
+use crate::gfp::MigrateType;
 use crate::platform::Platform;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -33,9 +34,15 @@ impl<P: Platform> PageAllocator<P> {
         }
         let slot = f.zone_slot();
         if order <= PCP_MAX_ORDER && self.config().pcp_lists {
-            // The list is chosen by the type the block was allocated with;
-            // draining to the zone files it by its pageblock's type.
-            let mt = f.migratetype_index();
+            // As Linux's `free_unref_page`: the list is the pageblock's
+            // type, not the type the block was allocated with, so a page an
+            // unmovable request took from a movable pageblock goes back to
+            // movable users; the HighAtomic reserve's pages wait on the
+            // movable list (draining files them back by pageblock type).
+            let mt = match self.mm.pageblock_frame(f, pfn).pageblock_mt() {
+                mt if mt < MigrateType::PCPTYPES => mt,
+                _ => MigrateType::Movable.index(),
+            };
             if self.free_pcp(f, pfn, order, slot, mt) {
                 return Ok(());
             }
