@@ -35,6 +35,10 @@
 //! power of two (or [`super::DmaConfig::swiotlb_nareas`]), fewer if the
 //! pool has fewer segments, as Linux's `swiotlb_adjust_nareas` and
 //! `limit_nareas`; slots past `nareas * area_nslabs` belong to no area.
+//! Each slot keeps Linux's `list` count (free slots from it to its
+//! segment's end), so a candidate is tested in one read, not one per slot
+//! of the run; mapping and unmapping update the counts of the run and of
+//! the free slots before it in its segment.
 //! kmem's streaming mappings have no `min_align_mask` or `alloc_align_mask`
 //! (Linux passes 0 for streaming mappings), so only the page rule applies.
 //!
@@ -98,11 +102,16 @@ struct Slot {
     first: u16,
     /// Direction of the mapping.
     dir: u8,
-    /// Non-zero while in use.
-    used: u8,
+    /// Linux's `list`: free slots from this one to the end of its segment,
+    /// itself included (at most [`IO_TLB_SEGSIZE`]); 0 while in use. A run
+    /// of `n` free slots starts here exactly when `list >= n`, so a search
+    /// tests a candidate in one read.
+    list: u8,
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 16);
+// A slot's `list` count fits its byte.
+const _: () = assert!(IO_TLB_SEGSIZE <= u8::MAX as usize);
 
 /// One area of the pool (Linux's `struct io_tlb_area`).
 #[derive(Clone, Copy, Default)]
@@ -265,6 +274,13 @@ impl<P: Platform> Swiotlb<P> {
             for k in 0..segs {
                 s.seg_chunk[s.nsegs + k] = ci as u8;
             }
+            // Every slot free: each counts the slots to its segment's end.
+            let slots = s.slots(ci);
+            for i in 0..nslots {
+                // SAFETY: i < nslots, the records the meta block holds; the
+                // pool is not shared yet.
+                unsafe { (*slots.add(i)).list = (IO_TLB_SEGSIZE - i % IO_TLB_SEGSIZE) as u8 };
+            }
             s.nsegs += segs;
             s.nchunks += 1;
             s.start = s.start.min(phys);
@@ -375,7 +391,28 @@ impl<P: Platform> Swiotlb<P> {
         let slots = self.slots(ci);
         // SAFETY: local + t < the chunk's slots (same segment); records
         // change only under the lock the caller holds.
-        (0..n).all(|t| unsafe { (*slots.add(local + t)).used == 0 })
+        let free = unsafe { (*slots.add(local)).list } as usize >= n;
+        debug_assert_eq!(
+            free,
+            (0..n).all(|t| unsafe { (*slots.add(local + t)).list != 0 }),
+            "swiotlb: run counts out of step with the slots at pool slot {g}"
+        );
+        free
+    }
+
+    /// Linux's bookkeeping after a run's slots from chunk-local `end` back
+    /// have been set (used: 0, freed: counts up to the run's start): the
+    /// free slots before it in its segment count on to `count` more.
+    fn recount_before(&self, slots: *mut Slot, mut i: usize, mut count: u8) {
+        // SAFETY: i - 1 stays within the chunk (a chunk is whole segments,
+        // and the walk stops at its segment's first slot); under the lock.
+        unsafe {
+            while !i.is_multiple_of(IO_TLB_SEGSIZE) && (*slots.add(i - 1)).list != 0 {
+                i -= 1;
+                count += 1;
+                (*slots.add(i)).list = count;
+            }
+        }
     }
 
     /// Linux's `swiotlb_search_pool_area`: next fit of `nslots` slots in
@@ -523,13 +560,14 @@ impl<P: Platform> Swiotlb<P> {
                 size: size as u32,
                 first: first as u16,
                 dir: dir as u8,
-                used: 1,
+                list: 0,
             };
             let slots = self.slots(ci);
             for t in 0..nslots {
                 // SAFETY: as above.
                 unsafe { slots.add(first + t).write(rec) };
             }
+            self.recount_before(slots, first, 0);
             st.used += nslots;
             st.hiwater = st.hiwater.max(st.used);
             self.chunks[ci].phys + (first * IO_TLB_SIZE) as u64
@@ -559,7 +597,7 @@ impl<P: Platform> Swiotlb<P> {
         let _st = self.state.lock();
         // SAFETY: slot < nslots of the chunk; read under the lock.
         let r = unsafe { *self.slots(ci).add(slot) };
-        if r.used == 0 {
+        if r.list != 0 {
             return None;
         }
         Some(BounceRecord {
@@ -595,12 +633,22 @@ impl<P: Platform> Swiotlb<P> {
         let slots = self.slots(ci);
         // SAFETY: the mapping's slots, changed under the lock.
         unsafe {
-            if (*slots.add(first)).used == 0 {
+            if (*slots.add(first)).list != 0 {
                 return false;
             }
-            for t in 0..nslots {
-                (*slots.add(first + t)).used = 0;
+            // The run becomes free: each slot counts the free slots up to
+            // its segment's end, through the run and whatever follows it.
+            let end = first + nslots;
+            let mut count = if !end.is_multiple_of(IO_TLB_SEGSIZE) {
+                (*slots.add(end)).list
+            } else {
+                0
+            };
+            for t in (first..end).rev() {
+                count += 1;
+                (*slots.add(t)).list = count;
             }
+            self.recount_before(slots, first, count);
         }
         // The area the run was allocated from (Linux's swiotlb_release_slots).
         let g = self.chunks[ci].first_seg * IO_TLB_SEGSIZE + first;
