@@ -185,3 +185,56 @@ fn running_out_of_space_frees_every_idle_block() {
         m.pages().free_pages(pfn, 0).unwrap();
     }
 }
+
+/// Range and full TLB flushes the vmalloc's page tables have done.
+fn flushes(vm: &HostVmalloc<'_>) -> (usize, usize) {
+    let s = vm.tables().tables().stats();
+    (s.range_flushes, s.full_flushes)
+}
+
+/// Linux's `_vm_unmap_aliases` takes the dirty range of every vmap block
+/// into one flush and marks each block clean, however many there are: a
+/// second call right after finds nothing to flush.
+#[test]
+fn vm_unmap_aliases_cleans_every_dirty_block() {
+    let m = machine();
+    let vm = vmap::vmalloc(&m).unwrap();
+    kmem_host::set_cpu(0);
+    let bits = vm.vmap_block_pages();
+    assert_eq!(bits % 64, 0);
+    let per_block = bits / 64;
+    let nr_blocks = 70;
+    let pages = frames(&m, 64);
+    // 70 blocks filled with 64-page pieces, all but the last piece of each
+    // unmapped again at once (the host would run out of mappings with
+    // every block fully mapped): every block dirty, none empty (so none is
+    // freed as fragmented), none with room (so each fill makes a new one).
+    let mut kept = Vec::new();
+    for _ in 0..nr_blocks {
+        let pieces: Vec<usize> = (0..per_block)
+            .map(|_| vm.vm_map_ram(&pages, -1).unwrap().as_ptr() as usize)
+            .collect();
+        for &p in &pieces[..per_block - 1] {
+            vm.vm_unmap_ram(p as *const u8, 64).unwrap();
+        }
+        kept.push(pieces[per_block - 1]);
+    }
+    assert_eq!(blocks(&vm).len(), nr_blocks);
+    let (r0, f0) = flushes(&vm);
+    vm.vm_unmap_aliases();
+    let (r1, f1) = flushes(&vm);
+    // One flush of the range spanning the dirty pieces (so long a range
+    // that it becomes a full flush, as Linux's flush ceiling decides).
+    assert_eq!((r1 - r0) + (f1 - f0), 1, "one flush over the dirty pieces");
+    vm.vm_unmap_aliases();
+    assert_eq!(flushes(&vm), (r1, f1), "no block left dirty, no flush");
+    assert_eq!(blocks(&vm).len(), nr_blocks);
+
+    for p in kept {
+        vm.vm_unmap_ram(p as *const u8, 64).unwrap();
+    }
+    drop(vm);
+    for pfn in pages {
+        m.pages().free_pages(pfn, 0).unwrap();
+    }
+}

@@ -319,12 +319,12 @@ unsafe fn find_lowest(n: Link, size: usize, align: usize, vstart: usize, length:
     find_lowest((*n).right, size, align, vstart, length)
 }
 
-unsafe fn for_each_in_order(n: Link, f: &mut dyn FnMut(&VmapArea)) {
+unsafe fn for_each_in_order(n: Link, f: &mut dyn FnMut(Link)) {
     if n.is_null() {
         return;
     }
     for_each_in_order((*n).left, f);
-    f(&*n);
+    f(n);
     for_each_in_order((*n).right, f);
 }
 
@@ -650,13 +650,21 @@ impl Areas {
     /// Calls `f` for every busy area, in address order.
     pub(crate) fn for_each_busy(&self, f: &mut dyn FnMut(&VmapArea)) {
         // SAFETY: busy-tree records are valid under the lock.
-        unsafe { for_each_in_order(self.busy, f) }
+        unsafe { for_each_in_order(self.busy, &mut |r| f(&*r)) }
+    }
+
+    /// Calls `f` with mutable access to every busy area, in address order.
+    /// `f` must leave `start` and `end` alone: the tree is ordered and
+    /// augmented by them.
+    pub(crate) fn for_each_busy_mut(&mut self, f: &mut dyn FnMut(&mut VmapArea)) {
+        // SAFETY: as above; `&mut self` gives exclusive access.
+        unsafe { for_each_in_order(self.busy, &mut |r| f(&mut *r)) }
     }
 
     /// Calls `f` for every free range, in address order.
     pub(crate) fn for_each_free(&self, f: &mut dyn FnMut(&VmapArea)) {
         // SAFETY: free-tree records are valid under the lock.
-        unsafe { for_each_in_order(self.free, f) }
+        unsafe { for_each_in_order(self.free, &mut |r| f(&*r)) }
     }
 
     /// Calls `f` for every lazily freed area, most recent first.
@@ -718,7 +726,7 @@ impl Areas {
             // busy or lazy range overlaps a free one.
             let mut prev_end = None;
             let mut bad = None;
-            for_each_in_order(self.free, &mut |a| {
+            self.for_each_free(&mut |a| {
                 if prev_end == Some(a.start) {
                     bad = Some("adjacent free ranges not merged");
                 }
@@ -735,7 +743,7 @@ impl Areas {
                     overlap = true;
                 }
             };
-            for_each_in_order(self.busy, &mut probe);
+            self.for_each_busy(&mut probe);
             let mut n = self.lazy;
             while !n.is_null() {
                 probe(&*n);

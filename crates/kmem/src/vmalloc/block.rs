@@ -285,28 +285,15 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         self.purge_fragmented_blocks(false);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
         {
-            let mut s = self.state.lock();
-            let mut blocks = [0usize; 64];
-            let mut nb = 0;
-            s.areas.for_each_busy(&mut |r| {
-                if r.va_flags & VMAP_BLOCK != 0 && r.vb_dirty_max > 0 && nb < blocks.len() {
-                    blocks[nb] = r.start;
-                    nb += 1;
-                }
-            });
-            for &start in &blocks[..nb] {
-                if let Some(b) = s.areas.find_busy_mut(start) {
+            let vb_bits = self.vb_bits as u32;
+            self.state.lock().areas.for_each_busy_mut(&mut |b| {
+                if b.va_flags & VMAP_BLOCK != 0 && b.vb_dirty_max > 0 {
                     lo = lo.min(b.start + b.vb_dirty_min as usize * PAGE_SIZE);
                     hi = hi.max(b.start + b.vb_dirty_max as usize * PAGE_SIZE);
-                    b.vb_dirty_min = self.vb_bits as u32;
+                    b.vb_dirty_min = vb_bits;
                     b.vb_dirty_max = 0;
                 }
-            }
-            if nb == blocks.len() {
-                // Too many dirty blocks to list: flush everything.
-                lo = 0;
-                hi = usize::MAX;
-            }
+            });
         }
         self.purge();
         if lo < hi {
