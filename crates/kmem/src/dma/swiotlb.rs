@@ -400,9 +400,10 @@ impl<P: Platform> Swiotlb<P> {
         free
     }
 
-    /// Linux's bookkeeping after a run's slots from chunk-local `end` back
-    /// have been set (used: 0, freed: counts up to the run's start): the
-    /// free slots before it in its segment count on to `count` more.
+    /// Linux's bookkeeping after the counts of a run starting at
+    /// chunk-local slot `i` were set (all 0 when mapped; when freed, `count`
+    /// at `i`): the free slots just before it in its segment count on from
+    /// `count`, one more each going back.
     fn recount_before(&self, slots: *mut Slot, mut i: usize, mut count: u8) {
         // SAFETY: i - 1 stays within the chunk (a chunk is whole segments,
         // and the walk stops at its segment's first slot); under the lock.

@@ -284,17 +284,15 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         // forced: a block with much left to hand out stays).
         self.purge_fragmented_blocks(false);
         let (mut lo, mut hi) = (usize::MAX, 0usize);
-        {
-            let vb_bits = self.vb_bits as u32;
-            self.state.lock().areas.for_each_busy_mut(&mut |b| {
-                if b.va_flags & VMAP_BLOCK != 0 && b.vb_dirty_max > 0 {
-                    lo = lo.min(b.start + b.vb_dirty_min as usize * PAGE_SIZE);
-                    hi = hi.max(b.start + b.vb_dirty_max as usize * PAGE_SIZE);
-                    b.vb_dirty_min = vb_bits;
-                    b.vb_dirty_max = 0;
-                }
-            });
-        }
+        let vb_bits = self.vb_bits as u32;
+        self.state.lock().areas.for_each_busy_mut(&mut |b| {
+            if b.va_flags & VMAP_BLOCK != 0 && b.vb_dirty_max > 0 {
+                lo = lo.min(b.start + b.vb_dirty_min as usize * PAGE_SIZE);
+                hi = hi.max(b.start + b.vb_dirty_max as usize * PAGE_SIZE);
+                b.vb_dirty_min = vb_bits;
+                b.vb_dirty_max = 0;
+            }
+        });
         self.purge();
         if lo < hi {
             self.tables.flush_range(VirtAddr(lo), VirtAddr(hi));
