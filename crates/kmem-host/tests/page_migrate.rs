@@ -102,8 +102,9 @@ fn movable_churn_does_not_scatter_unmovable_pages() {
 /// Normal (`alloc_flags_nofragment`): in that mode `__rmqueue` only claims
 /// whole free pageblocks and never steals, so the unmovable trickle moves
 /// to a fresh pageblock of DMA32 rather than stealing pages from movable
-/// pageblocks of Normal. kmem has no such mode and steals: here the
-/// unmovable pages end up in ~60 pageblocks where 5 would do.
+/// pageblocks of Normal. kmem does the same; before it had the mode (commit
+/// 9326f69) it stole, and here the unmovable pages ended up in ~60
+/// pageblocks where 5 would do.
 #[test]
 fn movable_churn_near_the_low_mark_does_not_scatter_unmovable_pages() {
     churn(60, 6);
