@@ -113,6 +113,25 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 16);
 // A slot's `list` count fits its byte.
 const _: () = assert!(IO_TLB_SEGSIZE <= u8::MAX as usize);
 
+/// Linux's bookkeeping after the counts of a run starting at
+/// chunk-local slot `i` were set (all 0 when mapped; when freed, `count`
+/// at `i`): the free slots just before it in its segment count on from
+/// `count`, one more each going back.
+///
+/// # Safety
+/// `slots` must be a chunk's record array and `i` a slot in it, with the
+/// pool's lock held. The walk stays in `i`'s segment, so in the chunk (a
+/// chunk is whole segments).
+unsafe fn recount_before(slots: *mut Slot, mut i: usize, mut count: u8) {
+    // SAFETY: i - 1 is in i's segment (the loop stops at its first slot).
+    while !i.is_multiple_of(IO_TLB_SEGSIZE) && unsafe { (*slots.add(i - 1)).list } != 0 {
+        i -= 1;
+        count += 1;
+        // SAFETY: as above.
+        unsafe { (*slots.add(i)).list = count };
+    }
+}
+
 /// One area of the pool (Linux's `struct io_tlb_area`).
 #[derive(Clone, Copy, Default)]
 struct IoTlbArea {
@@ -400,22 +419,6 @@ impl<P: Platform> Swiotlb<P> {
         free
     }
 
-    /// Linux's bookkeeping after the counts of a run starting at
-    /// chunk-local slot `i` were set (all 0 when mapped; when freed, `count`
-    /// at `i`): the free slots just before it in its segment count on from
-    /// `count`, one more each going back.
-    fn recount_before(&self, slots: *mut Slot, mut i: usize, mut count: u8) {
-        // SAFETY: i - 1 stays within the chunk (a chunk is whole segments,
-        // and the walk stops at its segment's first slot); under the lock.
-        unsafe {
-            while !i.is_multiple_of(IO_TLB_SEGSIZE) && (*slots.add(i - 1)).list != 0 {
-                i -= 1;
-                count += 1;
-                (*slots.add(i)).list = count;
-            }
-        }
-    }
-
     /// Linux's `swiotlb_search_pool_area`: next fit of `nslots` slots in
     /// area `a`. Returns the pool slot of the run, marked as the area's.
     fn search_area(
@@ -568,7 +571,8 @@ impl<P: Platform> Swiotlb<P> {
                 // SAFETY: as above.
                 unsafe { slots.add(first + t).write(rec) };
             }
-            self.recount_before(slots, first, 0);
+            // SAFETY: the chunk's records, under the lock.
+            unsafe { recount_before(slots, first, 0) };
             st.used += nslots;
             st.hiwater = st.hiwater.max(st.used);
             self.chunks[ci].phys + (first * IO_TLB_SIZE) as u64
@@ -649,7 +653,7 @@ impl<P: Platform> Swiotlb<P> {
                 count += 1;
                 (*slots.add(t)).list = count;
             }
-            self.recount_before(slots, first, count);
+            recount_before(slots, first, count);
         }
         // The area the run was allocated from (Linux's swiotlb_release_slots).
         let g = self.chunks[ci].first_seg * IO_TLB_SEGSIZE + first;
