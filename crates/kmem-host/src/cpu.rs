@@ -191,6 +191,15 @@ pub fn current_cpu_exclusive(nr_cpus: usize) -> bool {
     THIS.with(|t| t.owned.get()) < nr_cpus
 }
 
+/// The CPU the calling thread owns, whatever the machine: its claimed CPU
+/// while it runs as that CPU, else `usize::MAX`. On a machine of `nr_cpus`
+/// CPUs the thread is exclusive exactly when this is below `nr_cpus`
+/// ([`current_cpu_exclusive`]).
+#[inline]
+pub fn current_owned_cpu() -> usize {
+    THIS.with(|t| t.owned.get())
+}
+
 /// [`current_cpu`] and [`current_cpu_exclusive`] with one thread-local
 /// access: `HostPlatform::this_cpu`, on every slab fast path.
 #[inline]

@@ -105,6 +105,14 @@ impl Platform for HostPlatform {
         cpu::current_cpu_and_exclusive(self.nr_cpus)
     }
 
+    /// The claimed CPU kept beside the slot (`usize::MAX` without a claim,
+    /// a number `>= nr_cpus` when claimed on a larger machine or pinned
+    /// elsewhere): one thread-local load.
+    #[inline]
+    fn owned_cpu(&self) -> usize {
+        cpu::current_owned_cpu()
+    }
+
     #[inline]
     fn cpu_has_exclusive(&self, cpu: usize) -> bool {
         cpu::cpu_claimed(cpu)

@@ -435,6 +435,69 @@ fn unhardened_top_double_free_is_refused() {
     });
 }
 
+/// Large objects keep their free pointers on different cache sets: the
+/// slot a kfree writes (the one word the allocated mark changes, found by
+/// filling the object first) moves with the object's address, over at least
+/// 8 of the 64 sets of a 4 KiB-way L1 for each class of 1 KiB and more (a
+/// fixed offset puts them all in one or a few). Each slot lies inside the
+/// object, is where `freeptr_offset_of` says, and still catches a double
+/// free of that object. Caches of small objects and debug caches keep
+/// Linux's one offset.
+#[test]
+fn large_objects_stagger_their_free_pointers_over_cache_sets() {
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    run_on_cpu(0, || {
+        for size in [64usize, 512, 1024, 2048, 4096, 8192] {
+            let c = s.kmalloc_slab(size, GFP_KERNEL);
+            let v: Vec<*mut u8> = (0..64)
+                .map(|_| s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr())
+                .collect();
+            let mut sets = HashSet::new();
+            let mut offsets = HashSet::new();
+            for &p in &v {
+                unsafe { p.write_bytes(0x5a, size) };
+                s.kfree(p).unwrap();
+                let b = unsafe { std::slice::from_raw_parts(p, size) };
+                let changed: Vec<usize> = (0..size).filter(|&i| b[i] != 0x5a).collect();
+                let (first, last) = (changed[0], *changed.last().unwrap());
+                assert!(
+                    last - first < 8 && first % 8 == 0,
+                    "kmalloc-{size}: kfree wrote one aligned word, not {changed:?}"
+                );
+                assert_eq!(first, c.freeptr_offset_of(p), "kmalloc-{size} {p:p}");
+                assert!(first + 8 <= size, "kmalloc-{size}: slot inside the object");
+                sets.insert(((p as usize + first) >> 6) % 64);
+                offsets.insert(first);
+                let e = s.kfree(p);
+                assert!(
+                    matches!(e, Err(SlabFreeError::DoubleFree { .. })),
+                    "kmalloc-{size}: double free of {p:p} (slot at {first}) gave {e:?}"
+                );
+            }
+            if size >= 1024 {
+                assert!(
+                    sets.len() >= 8,
+                    "kmalloc-{size}: the slots of 64 objects use {} L1 sets",
+                    sets.len()
+                );
+            } else {
+                assert_eq!(offsets.len(), 1, "kmalloc-{size}: one offset");
+                assert_eq!(offsets.into_iter().next(), Some(c.freeptr_offset()));
+            }
+        }
+    });
+    let d = s
+        .kmem_cache_create("debug-4k", 4096, 0, SlabFlags::CONSISTENCY_CHECKS, None)
+        .unwrap();
+    let p = d.alloc(GFP_KERNEL).unwrap();
+    let q = d.alloc(GFP_KERNEL).unwrap();
+    assert_eq!(d.freeptr_offset_of(p.as_ptr()), d.freeptr_offset());
+    assert_eq!(d.freeptr_offset_of(q.as_ptr()), d.freeptr_offset());
+    d.free(p).unwrap();
+    d.free(q).unwrap();
+}
+
 /// Every page comes back: objects of every kmalloc class (and large ones)
 /// allocated and freed on both CPUs, a user cache created and destroyed,
 /// then `shrink_all`: free pages are back at the baseline and no sheaf

@@ -55,6 +55,19 @@ pub trait Platform: Send + Sync + 'static {
         (self.cpu_id(), self.cpu_exclusive())
     }
 
+    /// The CPU the caller owns: [`Self::cpu_id`] if [`Self::cpu_exclusive`]
+    /// is true, else any number of [`Self::nr_cpus`] or more. The slab fast
+    /// paths ask this first, so that an owner pays one look at its per-CPU
+    /// (per-thread) data and one compare; the default asks
+    /// [`Self::this_cpu`].
+    #[inline(always)]
+    fn owned_cpu(&self) -> usize {
+        match self.this_cpu() {
+            (cpu, true) => cpu,
+            _ => usize::MAX,
+        }
+    }
+
     /// Whether code running as `cpu` may currently rely on
     /// [`Self::cpu_exclusive`]. Other code that must touch that CPU's state
     /// (a flush from another CPU, or a second host thread that shares the CPU

@@ -129,8 +129,15 @@ pub struct Layout {
     pub object_size: usize,
     /// Stride between objects, metadata included (`size`).
     pub size: usize,
-    /// Offset of the free pointer from the object start.
+    /// Offset of the free pointer from the object start (of the object at
+    /// address 0: see `fp_stagger`).
     pub offset: usize,
+    /// Staggers the free pointer of large objects across cache sets: the
+    /// slot of the object at `obj` is `obj + offset + ((obj >> 6) &
+    /// fp_stagger)`. Nonzero only for objects of at least
+    /// [`FP_STAGGER_MIN`] bytes whose slot lies inside them, without
+    /// debugging (see [`fp_stagger`]).
+    pub fp_stagger: usize,
     /// Object plus right red zone / word padding (`inuse`): metadata starts here.
     pub inuse: usize,
     /// Left red zone before each object (0 without `SLAB_RED_ZONE`).
@@ -182,6 +189,11 @@ impl Layout {
         } else {
             (object_size / 2) & !(WORD - 1)
         };
+        let fp_stagger = if offset < inuse && !flags.intersects(SlabFlags::DEBUG) {
+            fp_stagger(object_size, offset)
+        } else {
+            0
+        };
         if flags.contains(SlabFlags::STORE_USER) {
             size += 2 * TRACK_SIZE;
             if flags.contains(SlabFlags::KMALLOC) {
@@ -205,6 +217,7 @@ impl Layout {
             object_size,
             size,
             offset,
+            fp_stagger,
             inuse,
             red_left_pad,
             align,
@@ -218,6 +231,38 @@ impl Layout {
     pub fn freeptr_outside_object(&self) -> bool {
         self.offset >= self.inuse
     }
+}
+
+/// Smallest object whose free pointer is staggered ([`fp_stagger`]).
+pub const FP_STAGGER_MIN: usize = 1024;
+
+/// The stagger mask of a free pointer at `offset` inside an object of
+/// `object_size` bytes (kmem's own; Linux puts every slot of a cache at the
+/// same offset).
+///
+/// Objects of a kilobyte and more lie a multiple of 1 KiB apart, so with
+/// one fixed offset their slots fall into few cache sets: the slots of 4 KiB
+/// objects all share one set of a 64-set L1 and 1/64 of a 1 MiB, 8-way L2's
+/// sets (256 lines), so a batch of a thousand such objects misses in both on
+/// every touch of a slot (the allocated mark on each fast path, a free-list
+/// walk). The mask takes up to 32 colors from the address bits just above the object
+/// (bits 12 and up for 4 KiB objects), in steps of a cache line or more, and
+/// is as large as keeps `offset + mask + 8` inside the object. Smaller
+/// objects share pages and spread over the sets by themselves: 0.
+pub fn fp_stagger(object_size: usize, offset: usize) -> usize {
+    if object_size < FP_STAGGER_MIN || offset + WORD > object_size {
+        return 0;
+    }
+    // Objects about 2^k apart differ first in address bit k: `(obj >> 6)`
+    // brings bit k to bit k - 6, at least bit 6 (a cache line).
+    let k = (usize::BITS - 1 - object_size.leading_zeros()) as usize;
+    let step = (k - 6).max(6);
+    let room = object_size - offset - WORD;
+    let mut colors = 32usize;
+    while colors > 1 && (colors - 1) << step > room {
+        colors /= 2;
+    }
+    (colors - 1) << step
 }
 
 /// Why `kmem_cache_create` failed.
@@ -308,6 +353,8 @@ pub struct KmemCache<P: Platform> {
     /// lock; read with relaxed loads (plain loads on x86-64).
     object_size: AtomicUsize,
     pub(crate) offset: usize,
+    /// [`Layout::fp_stagger`]: see [`Self::fp_slot`].
+    pub(crate) fp_stagger: usize,
     pub(crate) red_left_pad: usize,
     pub(crate) random: usize,
     pub(crate) recip: u64,
@@ -447,6 +494,7 @@ impl<P: Platform> KmemCache<P> {
                 size: layout.size,
                 object_size: AtomicUsize::new(layout.object_size),
                 offset: layout.offset,
+                fp_stagger: layout.fp_stagger,
                 red_left_pad: layout.red_left_pad,
                 random,
                 recip: (1u64 << RECIP_SHIFT) / layout.size as u64 + 1,
@@ -519,9 +567,15 @@ impl<P: Platform> KmemCache<P> {
     pub fn order_objects(&self) -> OrderObjects {
         self.oo
     }
-    /// Offset of the free pointer from the start of an object.
+    /// Offset of the free pointer from the start of an object, before the
+    /// stagger of large objects ([`Self::freeptr_offset_of`]).
     pub fn freeptr_offset(&self) -> usize {
         self.offset
+    }
+    /// Offset of the free pointer from the start of the object at `p`
+    /// ([`Layout::fp_stagger`]).
+    pub fn freeptr_offset_of(&self, p: *const u8) -> usize {
+        self.fp_slot(p as usize) - p as usize
     }
     /// Empty slabs kept on each node's partial list (`min_partial`).
     pub fn min_partial(&self) -> usize {
@@ -586,6 +640,21 @@ impl<P: Platform> KmemCache<P> {
     /// waiting (see [`super::cpu`] for the two ways of taking it).
     #[inline(always)]
     pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
+        let p = self.platform();
+        // The owner's case first: one compare, against the bound the index
+        // needs anyway (`nr_cpus` is the platform's).
+        let owned = p.owned_cpu();
+        if owned < self.nr_cpus {
+            let c = self.cpu_slab_unchecked(owned);
+            return (c, c.state.try_lock_this(p, owned, true));
+        }
+        self.this_cpu_shared()
+    }
+
+    /// [`Self::this_cpu`] for a caller that does not own its CPU. Out of
+    /// line: the owner's path stays short and keeps its registers.
+    #[inline(never)]
+    fn this_cpu_shared(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
         let (cpu, exclusive) = p.this_cpu();
         if cpu < self.nr_cpus {
@@ -700,13 +769,20 @@ impl<P: Platform> KmemCache<P> {
         v ^ self.random ^ slot.swap_bytes()
     }
 
+    /// Address of the free-pointer slot of the object at `obj`: `offset`
+    /// from it, plus the stagger of large objects (`Layout::fp_stagger`).
+    #[inline(always)]
+    pub(crate) fn fp_slot(&self, obj: usize) -> usize {
+        obj + self.offset + ((obj >> 6) & self.fp_stagger)
+    }
+
     /// Reads the free pointer of the free object at `obj`.
     ///
     /// # Safety
     /// `obj` must be an object of a live slab of this cache.
     #[inline(always)]
     pub(crate) unsafe fn get_fp(&self, obj: usize) -> usize {
-        let slot = obj + self.offset;
+        let slot = self.fp_slot(obj);
         // SAFETY: the slot is a word inside the object's stride (contract).
         self.fp_code(unsafe { (slot as *const usize).read() }, slot)
     }
@@ -717,7 +793,7 @@ impl<P: Platform> KmemCache<P> {
     /// As [`Self::get_fp`]; the object must be free or being freed.
     #[inline(always)]
     pub(crate) unsafe fn set_fp(&self, obj: usize, next: usize) {
-        let slot = obj + self.offset;
+        let slot = self.fp_slot(obj);
         // SAFETY: as get_fp.
         unsafe { (slot as *mut usize).write(self.fp_code(next, slot)) };
     }
@@ -729,8 +805,17 @@ impl<P: Platform> KmemCache<P> {
     /// As [`Self::get_fp`]; `self.marks` is set.
     #[inline(always)]
     pub(crate) unsafe fn get_fp_marked(&self, obj: usize) -> usize {
+        // SAFETY: per the contract.
+        unsafe { self.get_fp_marked_at(self.fp_slot(obj)) }
+    }
+
+    /// [`Self::get_fp_marked`] given the slot ([`Self::fp_slot`]).
+    ///
+    /// # Safety
+    /// As [`Self::get_fp_marked`]; `slot` is the slot of such an object.
+    #[inline(always)]
+    pub(crate) unsafe fn get_fp_marked_at(&self, slot: usize) -> usize {
         debug_assert!(self.marks && self.hardened);
-        let slot = obj + self.offset;
         // SAFETY: as get_fp.
         self.fp_encoded(unsafe { (slot as *const usize).read() }, slot)
     }
@@ -742,8 +827,17 @@ impl<P: Platform> KmemCache<P> {
     /// As [`Self::set_fp`]; `self.marks` is set.
     #[inline(always)]
     pub(crate) unsafe fn set_fp_marked(&self, obj: usize, v: usize) {
+        // SAFETY: per the contract.
+        unsafe { self.set_fp_marked_at(self.fp_slot(obj), v) }
+    }
+
+    /// [`Self::set_fp_marked`] given the slot ([`Self::fp_slot`]).
+    ///
+    /// # Safety
+    /// As [`Self::set_fp_marked`]; `slot` is the slot of such an object.
+    #[inline(always)]
+    pub(crate) unsafe fn set_fp_marked_at(&self, slot: usize, v: usize) {
         debug_assert!(self.marks && self.hardened);
-        let slot = obj + self.offset;
         // SAFETY: as set_fp.
         unsafe { (slot as *mut usize).write(self.fp_encoded(v, slot)) };
     }
@@ -853,5 +947,52 @@ impl<P: Platform> Drop for KmemCacheRef<'_, P> {
         // SAFETY: the handle is going away; the cache may be freed.
         let cache = unsafe { self.cache.as_ref() };
         let _ = cache.destroy_at(Location::caller());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over every object size up to 8 KiB and the layouts that matter, the
+    /// staggered slot stays a word inside the object, in whole cache lines,
+    /// away from the object's first half (where Linux keeps small overflows
+    /// from reaching it); only large objects without debugging stagger, and
+    /// kmalloc's 1, 2, 4 and 8 KiB classes get 8, 16, 32 and 32 colors.
+    #[test]
+    fn the_stagger_keeps_the_slot_inside_the_object() {
+        let cfg = SlabConfig::default();
+        for object_size in 1..=8192usize {
+            for flags in [
+                SlabFlags::empty(),
+                SlabFlags::HWCACHE_ALIGN,
+                SlabFlags::CONSISTENCY_CHECKS,
+                SlabFlags::RED_ZONE,
+                SlabFlags::TYPESAFE_BY_RCU,
+            ] {
+                let l = Layout::compute(object_size, 8, flags, false, &cfg, 2).unwrap();
+                let m = l.fp_stagger;
+                if m == 0 {
+                    continue;
+                }
+                assert!(object_size >= FP_STAGGER_MIN, "{object_size} {flags:?}");
+                assert!(!flags.intersects(SlabFlags::DEBUG | SlabFlags::TYPESAFE_BY_RCU));
+                assert_eq!(m % 64, 0, "{object_size}: whole lines");
+                assert!(l.offset >= object_size / 2 - WORD);
+                assert!(
+                    l.offset + m + WORD <= object_size,
+                    "{object_size}: offset {} + stagger {m:#x} leaves the object",
+                    l.offset
+                );
+            }
+            let with_ctor = Layout::compute(object_size, 8, SlabFlags::empty(), true, &cfg, 2);
+            assert_eq!(with_ctor.unwrap().fp_stagger, 0, "slot after the object");
+        }
+        for (size, colors) in [(512, 1), (1024, 8), (2048, 16), (4096, 32), (8192, 32)] {
+            let m = fp_stagger(size, size / 2);
+            let step = m.trailing_zeros().min(usize::BITS - 1);
+            let n = if m == 0 { 1 } else { (m >> step) + 1 };
+            assert_eq!(n, colors, "kmalloc-{size}: mask {m:#x}");
+        }
     }
 }

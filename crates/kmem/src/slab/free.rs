@@ -112,13 +112,16 @@ impl<P: Platform> KmemCache<P> {
         {
             return false;
         }
+        // Computed once: the loads of the cache's fields would be repeated
+        // after the sheaf's stores.
+        let slot = self.fp_slot(p);
         // SAFETY: p is an object of a live slab of this cache.
-        if self.marks && self.plausible_fp(unsafe { self.get_fp_marked(p) }) {
+        if self.marks && self.plausible_fp(unsafe { self.get_fp_marked_at(slot) }) {
             return false;
         }
         let (c, g) = self.this_cpu();
         match g {
-            Some(mut g) => self.try_sheaf_push(&mut g, c, slab, p),
+            Some(mut g) => self.try_sheaf_push(&mut g, c, slab, p, slot),
             None => false,
         }
     }
@@ -128,7 +131,14 @@ impl<P: Platform> KmemCache<P> {
     /// object (without the allocated mark, the one double free caught there). False,
     /// with nothing changed, otherwise.
     #[inline(always)]
-    fn try_sheaf_push(&self, g: &mut CpuInner, c: &CpuSlab, slab: SlabRef<'_>, p: usize) -> bool {
+    fn try_sheaf_push(
+        &self,
+        g: &mut CpuInner,
+        c: &CpuSlab,
+        slab: SlabRef<'_>,
+        p: usize,
+        slot: usize,
+    ) -> bool {
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
@@ -139,25 +149,27 @@ impl<P: Platform> KmemCache<P> {
         }
         // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object of
         // this cache, now free.
-        unsafe { self.sheaf_push(g, n, p) };
+        unsafe { self.sheaf_push(g, n, p, slot) };
         c.stat(Stat::FreeFastpath);
         true
     }
 
-    /// Puts `p` in slot `n` (the first free one) of the CPU's sheaf.
+    /// Puts `p`, whose free-pointer slot is `fp_slot` ([`Self::fp_slot`]),
+    /// in slot `n` (the first free one) of the CPU's sheaf.
     ///
     /// # Safety
     /// The CPU flag is held, `n == sheaf_n < sheaf_cap`, and `p` is an
     /// object of this cache being freed.
     #[inline(always)]
-    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize) {
+    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize, fp_slot: usize) {
+        debug_assert_eq!(fp_slot, self.fp_slot(p));
         // SAFETY: per the contract.
         unsafe {
             *g.sheaf.add(n as usize) = p;
             if self.marks {
                 // A free object's slot decodes to NULL: a second free of it
                 // is refused.
-                self.set_fp_marked(p, 0);
+                self.set_fp_marked_at(fp_slot, 0);
             }
         }
         g.sheaf_n = n + 1;
@@ -192,7 +204,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };
-        if self.try_sheaf_push(&mut g, c, slab, p) {
+        if self.try_sheaf_push(&mut g, c, slab, p, self.fp_slot(p)) {
             return Ok(());
         }
         self.free_cpu_slow(slab, p, g, c, caller)
@@ -243,7 +255,7 @@ impl<P: Platform> KmemCache<P> {
             }
             let n = g.sheaf_n;
             // SAFETY: n < sheaf_cap slots of our sheaf (after the flush).
-            unsafe { self.sheaf_push(&mut g, n, p) };
+            unsafe { self.sheaf_push(&mut g, n, p, self.fp_slot(p)) };
             c.stat(Stat::FreeFastpath);
             return Ok(());
         }

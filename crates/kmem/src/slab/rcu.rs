@@ -87,7 +87,7 @@ pub(crate) unsafe fn fingerprint<P: Platform>(
         mix(unsafe { (p as *const usize).add(i).read() });
     }
     if let Ok(Found::Slab { cache, .. }) = find(pages, p) {
-        let off = cache.offset;
+        let off = cache.fp_slot(p) - p;
         if off >= 8 * words && off + 8 <= super::kmalloc::slab_ksize(cache) {
             // SAFETY: inside the object's usable bytes.
             mix(unsafe { ((p + off) as *const usize).read() });
