@@ -204,3 +204,63 @@ fn shadow_model_on_the_sparse_layout() {
     sh.free_all(&m);
     base.assert_restored(&m);
 }
+
+/// The direct run (records indexed without the section table, as Linux's
+/// vmemmap) gives, for every pfn it covers, the very record the table
+/// gives, and covers exactly the largest run of sections with RAM (of equal
+/// runs the highest): here, on both the sparse layout (three one-section
+/// runs: the one at 8 GiB) and the default PC layout (two four-section
+/// runs, low memory and 4 GiB: the Normal one). Slab objects on every run
+/// free and refuse a second free alike, whichever lookup their kfree takes.
+#[test]
+fn the_direct_run_agrees_with_the_section_table() {
+    const SECTION: u64 = 128 * MIB;
+    let sparse = sparse_machine();
+    let pc = Machine::default_machine().unwrap();
+    for (m, run) in [
+        (&sparse, pfn(8 * GIB)..pfn(8 * GIB + SECTION)),
+        (&pc, pfn(4 * GIB)..pfn(4 * GIB + 4 * SECTION)),
+    ] {
+        let pa = m.pages();
+        assert_eq!(pa.direct_pfns(), run);
+        let mut direct = 0;
+        for p in 0..pa.max_pfn() + 2 * (SECTION >> 12) {
+            match (pa.frame_direct(Pfn(p)), pa.frame(Pfn(p))) {
+                (Some(d), Some(t)) => {
+                    assert!(std::ptr::eq(d, t), "pfn {p:#x}: two records");
+                    direct += 1;
+                }
+                (Some(_), None) => panic!("pfn {p:#x}: direct record without a section"),
+                (None, _) => assert!(!run.contains(&Pfn(p)), "pfn {p:#x} left out"),
+            }
+        }
+        assert_eq!(direct, run.end.0 - run.start.0);
+
+        let s = kmem::slab::SlabAllocator::new(pa, Default::default()).unwrap();
+        let mut objs = Vec::new();
+        for gfp in [GFP_KERNEL, GFP_KERNEL | Gfp::DMA, GFP_KERNEL | Gfp::DMA32] {
+            for size in [64usize, 4096] {
+                for _ in 0..64 {
+                    objs.push(s.kmalloc(size, gfp).unwrap().as_ptr());
+                }
+            }
+        }
+        for node in 0..pa.nr_nodes() {
+            objs.push(
+                s.kmalloc_node(512, GFP_KERNEL, node as i32)
+                    .unwrap()
+                    .as_ptr(),
+            );
+        }
+        let pfns: std::collections::BTreeSet<bool> = objs
+            .iter()
+            .map(|&o| run.contains(&pa.virt_to_page(kmem::addr::VirtAddr(o as usize)).unwrap()))
+            .collect();
+        assert_eq!(pfns.len(), 2, "objects inside and outside the direct run");
+        for &o in &objs {
+            s.kfree(o).unwrap();
+            assert!(s.kfree(o).is_err(), "second free of {o:p} refused");
+        }
+        assert_eq!(s.errors(), objs.len());
+    }
+}

@@ -32,6 +32,23 @@ impl<'a> EarlyAlloc<'a> {
         }
     }
 
+    /// True if [`Self::alloc`] would take `pages` contiguous pages from the
+    /// usable region it is carving now, without giving up the rest of it.
+    pub(crate) fn fits(&self, pages: u64) -> bool {
+        let mut cursor = self.cursor;
+        let mut top = self.top;
+        while cursor > 0 {
+            let r = &self.regions[cursor - 1];
+            if r.kind == RegionKind::Usable {
+                let (first, last) = r.pfns();
+                return top.min(last.0) >= first.0 + pages;
+            }
+            cursor -= 1;
+            top = u64::MAX;
+        }
+        false
+    }
+
     /// Takes `pages` contiguous pages; returns the first pfn.
     pub(crate) fn alloc(&mut self, pages: u64) -> Result<u64, MemoryMapError> {
         while self.cursor > 0 {

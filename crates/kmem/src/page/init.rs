@@ -2,7 +2,9 @@
 //!
 //! 1. Validate the map and size the section table.
 //! 2. Take memory for the section table, the frame records of every section
-//!    that has RAM, and the per-CPU lists, top-down from usable RAM.
+//!    that has RAM (one block per run of such sections where it fits, the
+//!    largest run then indexed directly), and the per-CPU lists, top-down
+//!    from usable RAM.
 //! 3. Initialise every record (hole, reserved, zone and node), every pageblock
 //!    as Movable (as Linux boots), and the zone spans.
 //! 4. Free each usable range, minus what step 2 took, into the buddy lists in
@@ -56,35 +58,79 @@ impl<P: Platform> PageAllocator<P> {
         let mut early = EarlyAlloc::new(regions);
         let va = |pfn: u64| platform.phys_to_virt(PhysAddr(pfn * PAGE_SIZE as u64)).0;
 
-        // Section table.
+        // Section table, and the frame records of every section with RAM:
+        // one block per run of such sections when the region being carved
+        // holds it, so that the records of the run lie in pfn order and the
+        // largest run is indexed without the table (`Memmap::frame_direct`).
         let table_pfn = early.alloc(pages_for(nr_sections * size_of::<usize>()))?;
         let table = va(table_pfn) as *mut usize;
-        for s in 0..nr_sections {
+        let has_ram = |s: usize| {
             let (lo, hi) = (
                 s as u64 * PAGES_PER_SECTION,
                 (s as u64 + 1) * PAGES_PER_SECTION,
             );
-            let has_ram = regions.iter().any(|r| {
+            regions.iter().any(|r| {
                 let (a, b) = r.pfns();
                 a.0 < hi && b.0 > lo
-            });
-            let mut entry = 0usize;
-            if has_ram {
-                let bytes = PAGES_PER_SECTION as usize * size_of::<super::Frame>();
-                let pfn = early.alloc(pages_for(bytes))?;
-                entry = va(pfn);
-                let frames = entry as *mut super::Frame;
-                for i in 0..PAGES_PER_SECTION as usize {
-                    // SAFETY: the range was just taken from usable RAM, which
-                    // the direct map covers read-write; Frame is plain atomics.
-                    unsafe { frames.add(i).write(core::mem::zeroed()) };
-                }
+            })
+        };
+        let section_bytes = PAGES_PER_SECTION as usize * size_of::<super::Frame>();
+        // (address of the first record, first section, sections)
+        let mut flat = (0usize, 0usize, 0usize);
+        let mut s = 0;
+        while s < nr_sections {
+            if !has_ram(s) {
+                // SAFETY: table has nr_sections words in usable RAM.
+                unsafe { table.add(s).write(0) };
+                s += 1;
+                continue;
             }
-            // SAFETY: table has nr_sections words in usable RAM.
-            unsafe { table.add(s).write(entry) };
+            let mut end = s + 1;
+            while end < nr_sections && has_ram(end) {
+                end += 1;
+            }
+            let run_pages = pages_for(section_bytes) * (end - s) as u64;
+            // Sections of the run in one block, or (no room for it in the
+            // region being carved) one block each.
+            let step = if early.fits(run_pages) { end - s } else { 1 };
+            let mut first = s;
+            while first < end {
+                let last = (first + step).min(end);
+                let pfn = early.alloc(pages_for(section_bytes) * (last - first) as u64)?;
+                let block = va(pfn);
+                for k in first..last {
+                    let entry = block + (k - first) * section_bytes;
+                    let frames = entry as *mut super::Frame;
+                    for i in 0..PAGES_PER_SECTION as usize {
+                        // SAFETY: the range was just taken from usable RAM,
+                        // which the direct map covers read-write; Frame is
+                        // plain atomics.
+                        unsafe { frames.add(i).write(core::mem::zeroed()) };
+                    }
+                    // SAFETY: table has nr_sections words in usable RAM.
+                    unsafe { table.add(k).write(entry) };
+                }
+                // The largest run; of equal ones the highest, where the
+                // Normal zone (kernel allocations' first choice) lies.
+                if last - first >= flat.2 {
+                    flat = (block, first, last - first);
+                }
+                first = last;
+            }
+            s = end;
         }
-        // SAFETY: every table entry is 0 or an initialised frame array.
-        let mm = unsafe { Memmap::new(table, nr_sections) };
+        // SAFETY: every table entry is 0 or an initialised frame array, and
+        // the `flat.2` sections from `flat.1` have theirs in one block from
+        // `flat.0`, in order.
+        let mm = unsafe {
+            Memmap::new(
+                table,
+                nr_sections,
+                flat.0,
+                flat.1 as u64 * PAGES_PER_SECTION,
+                flat.2 as u64 * PAGES_PER_SECTION,
+            )
+        };
 
         // Per-CPU lists.
         let pcp_count = nr_cpus * MAX_ZONES;

@@ -180,6 +180,21 @@ impl<P: Platform> PageAllocator<P> {
     pub fn frame(&self, pfn: Pfn) -> Option<&Frame> {
         self.mm.frame(pfn.0)
     }
+    /// The record of `pfn` if it lies in the memory map's direct run
+    /// ([`Self::direct_pfns`]): no section table, as Linux's `vmemmap`.
+    /// None elsewhere, where [`Self::frame`] may still find one. The slab's
+    /// `kfree` fast path looks up records this way.
+    #[inline(always)]
+    pub fn frame_direct(&self, pfn: Pfn) -> Option<&Frame> {
+        self.mm.frame_direct(pfn.0)
+    }
+    /// The pfns [`Self::frame_direct`] covers: the largest run of sections
+    /// with RAM (of equal runs the highest), whose records the allocator
+    /// took in one block at boot. Empty if no run's block fitted.
+    pub fn direct_pfns(&self) -> core::ops::Range<Pfn> {
+        let (lo, len) = self.mm.direct_run();
+        Pfn(lo)..Pfn(lo + len)
+    }
     /// Linux's `page_address`: the direct-map address of a frame.
     #[inline]
     pub fn page_address(&self, pfn: Pfn) -> VirtAddr {

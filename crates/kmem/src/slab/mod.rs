@@ -484,11 +484,13 @@ pub(crate) fn find_slab<P: Platform>(
     addr: usize,
 ) -> Option<(&KmemCache<P>, SlabRef<'_>)> {
     // No direct-map bounds check of its own: an address below the direct
-    // map wraps to a pfn beyond every section, one above it lands past the
-    // last section or on a hole record (records cover whole sections), and
-    // `frame` or the owner check below refuses it.
+    // map wraps to a huge pfn, one above it lands past the direct run or on
+    // a hole record inside it (records cover whole sections), and
+    // `frame_direct` or the owner check below refuses it.
     let pfn = Pfn((addr.wrapping_sub(pages.platform().direct_map_offset()) >> PAGE_SHIFT) as u64);
-    let f = pages.frame(pfn)?;
+    // The direct run only: a pfn elsewhere (a sparse layout's other runs)
+    // takes the full path, which finds its record through the table.
+    let f = pages.frame_direct(pfn)?;
     let tail = f.info() & frame_flags::COMPOUND_TAIL != 0;
     let back = pfn.0.wrapping_sub(f.private[0].load(Relaxed) as u64);
     let back = if tail { back } else { 0 };
