@@ -676,7 +676,7 @@ impl<P: Platform> KmemCache<P> {
 
     /// The per-CPU state of `cpu`, known to be below `nr_cpus`.
     #[inline(always)]
-    fn cpu_slab_unchecked(&self, cpu: usize) -> &CpuSlab {
+    pub(crate) fn cpu_slab_unchecked(&self, cpu: usize) -> &CpuSlab {
         debug_assert!(cpu < self.nr_cpus);
         // SAFETY: init_at wrote nr_cpus CpuSlabs right behind the header,
         // inside the same allocation; cpu < nr_cpus (caller).

@@ -31,6 +31,17 @@ use core::sync::atomic::Ordering::Relaxed;
 /// with up to this many free objects to the front of the partial list.
 pub const SHRINK_PROMOTE_MAX: usize = 32;
 
+/// What [`KmemCache::free_fast`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastFree {
+    /// Freed onto the owned CPU's sheaf.
+    Done,
+    /// Checked and live, but the caller does not own its CPU.
+    Unowned,
+    /// Not handled; nothing changed.
+    Declined,
+}
+
 impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_free`. An address that is not a live object of
     /// this cache is reported and refused; nothing changes.
@@ -39,8 +50,12 @@ impl<P: Platform> KmemCache<P> {
     pub fn free(&self, p: NonNull<u8>) -> Result<(), SlabFreeError> {
         let addr = p.as_ptr() as usize;
         if let Some((cache, slab)) = super::find_slab(self.pages(), addr) {
-            if core::ptr::eq(cache, self) && self.free_fast(slab, addr) {
-                return Ok(());
+            if core::ptr::eq(cache, self) {
+                match self.free_fast(slab, addr) {
+                    FastFree::Done => return Ok(()),
+                    FastFree::Unowned => return self.free_unowned(slab, addr, Location::caller()),
+                    FastFree::Declined => {}
+                }
             }
         }
         self.free_at(addr, Location::caller())
@@ -97,33 +112,60 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// The free fast path alone: `p` (in `slab` of this cache) onto this
-    /// CPU's sheaf. False, with nothing changed, for anything it does not
-    /// handle — a debug cache, an address that is not an object's start, a
-    /// slot that looks free (a double free), a taken CPU flag, another
-    /// node, a full or missing sheaf — which [`Self::free_checked`] then
-    /// handles and reports. Plain loads and stores only when the CPU is
-    /// owned.
+    /// CPU's sheaf, for a caller that owns its CPU. [`FastFree::Unowned`]
+    /// once `p` passed every check but the caller does not own its CPU
+    /// (then [`Self::free_unowned`]); [`FastFree::Declined`], with nothing
+    /// changed, for anything else it does not handle (a debug cache, an
+    /// address that is not an object's start, a slot that looks free, a
+    /// taken CPU flag, another node, a full or missing sheaf), which
+    /// [`Self::free_checked`] then handles and reports. Plain loads and
+    /// stores only.
+    ///
+    /// The owner's path makes no call, so the caller keeps nothing in
+    /// saved registers for it; everything else returns to the caller.
     #[inline(always)]
-    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> bool {
+    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> FastFree {
         if self.debug
             || self
                 .obj_index(slab.base, slab.word().objects(), p)
                 .is_none()
         {
-            return false;
+            return FastFree::Declined;
         }
         // Computed once: the loads of the cache's fields would be repeated
         // after the sheaf's stores.
         let slot = self.fp_slot(p);
         // SAFETY: p is an object of a live slab of this cache.
         if self.marks && self.plausible_fp(unsafe { self.get_fp_marked_at(slot) }) {
-            return false;
+            return FastFree::Declined;
         }
-        let (c, g) = self.this_cpu();
-        match g {
-            Some(mut g) => self.try_sheaf_push(&mut g, c, slab, p, slot),
-            None => false,
+        let plat = self.platform();
+        let owned = plat.owned_cpu();
+        if owned >= self.nr_cpus {
+            return FastFree::Unowned;
         }
+        let c = self.cpu_slab_unchecked(owned);
+        let Some(mut g) = c.state.try_lock_this(plat, owned, true) else {
+            return FastFree::Declined;
+        };
+        if self.try_sheaf_push(&mut g, c, slab, p, slot) {
+            FastFree::Done
+        } else {
+            FastFree::Declined
+        }
+    }
+
+    /// Frees `p`, an object of `slab` that [`Self::free_fast`] checked, for
+    /// a caller that does not own its CPU: the CPU flag by compare-and-swap,
+    /// or the paths that need none.
+    #[inline(never)]
+    pub(crate) fn free_unowned(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        self.free_to_cpu(slab, p, caller)
     }
 
     /// Pushes `p` (a checked, live object of `slab`) onto the CPU's sheaf
@@ -200,6 +242,18 @@ impl<P: Platform> KmemCache<P> {
                 return Err(self.refuse(self.not_live(p, v), caller));
             }
         }
+        self.free_to_cpu(slab, p, caller)
+    }
+
+    /// The part of a free after the checks: this CPU's sheaf, or whatever
+    /// path takes `p` when the sheaf cannot.
+    #[inline(always)]
+    fn free_to_cpu(
+        &self,
+        slab: SlabRef<'_>,
+        p: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
         let (c, g) = self.this_cpu();
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);

@@ -18,7 +18,9 @@
 //! in their head frame, so `kfree` and `ksize` recognise them and refuse
 //! anything the page allocator handed to someone else.
 
+use super::free::FastFree;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
+use super::slab::SlabRef;
 use super::{
     find, find_slab, CacheName, Found, KmemCache, SlabAllocator, SlabFlags, SlabFreeError,
     SlabGlobal, KMALLOC_INDEXES, KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, OWNER_KMALLOC_LARGE,
@@ -438,11 +440,35 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             return Ok(());
         }
         if let Some((cache, slab)) = find_slab(self.pages, addr) {
-            if cache.free_fast(slab, addr) {
-                return Ok(());
+            match cache.free_fast(slab, addr) {
+                FastFree::Done => return Ok(()),
+                FastFree::Unowned => {
+                    return self.kfree_unowned(cache, slab, addr, Location::caller())
+                }
+                FastFree::Declined => {}
             }
         }
         self.kfree_at(addr, Location::caller())
+    }
+
+    /// [`Self::kfree`] of an object its fast path checked, for a caller
+    /// that does not own its CPU (refusing a cache descriptor, as
+    /// [`Self::kfree_at`] does).
+    #[inline(never)]
+    fn kfree_unowned(
+        &self,
+        cache: &KmemCache<P>,
+        slab: SlabRef<'_>,
+        addr: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        match self.not_descriptor(cache, addr) {
+            Ok(()) => cache.free_unowned(slab, addr, caller),
+            Err(e) => {
+                self.report(&e, caller);
+                Err(e)
+            }
+        }
     }
 
     /// [`Self::kfree`] with an explicit call site (no NULL check, no fast
