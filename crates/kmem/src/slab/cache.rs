@@ -10,7 +10,8 @@
 //! [`Layout::compute`] is Linux's `calculate_sizes`: round the object to a
 //! word, add a right red zone if there is no padding to serve as one, place
 //! the free pointer (middle of the object, or after it when the object must
-//! keep its contents while free), add the tracking records and the saved
+//! keep its contents while free; staggered by address in large objects,
+//! see [`fp_stagger`]), add the tracking records and the saved
 //! request size, the left red zone, and align; then `calculate_order`
 //! picks the slab order that bounds the leftover to 1/16 (then 1/8, 1/4, 1/2)
 //! of the slab, up to order 3, starting from the order that holds

@@ -56,7 +56,9 @@
 //! free object holds the *free pointer* (the next free object) at `offset`:
 //! the middle of the object (away from the edges that small overflows hit),
 //! or right after it when the contents must survive a free (constructor,
-//! `SLAB_TYPESAFE_BY_RCU`, poisoning). With hardening (the default) it is
+//! `SLAB_TYPESAFE_BY_RCU`, poisoning); in objects of 1 KiB and more, without
+//! debugging, staggered by address over up to 32 cache lines
+//! ([`cache::fp_stagger`]). With hardening (the default) it is
 //! stored as `next ^ secret ^ swab(&slot)`, as Linux's
 //! `CONFIG_SLAB_FREELIST_HARDENED`.
 //!
