@@ -641,21 +641,30 @@ impl<P: Platform> KmemCache<P> {
     /// waiting (see [`super::cpu`] for the two ways of taking it).
     #[inline(always)]
     pub(crate) fn this_cpu(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
-        let p = self.platform();
-        // The owner's case first: one compare, against the bound the index
-        // needs anyway (`nr_cpus` is the platform's).
-        let owned = p.owned_cpu();
-        if owned < self.nr_cpus {
-            let c = self.cpu_slab_unchecked(owned);
-            return (c, c.state.try_lock_this(p, owned, true));
+        match self.this_cpu_owned() {
+            Some(owned) => owned,
+            None => self.this_cpu_shared(),
         }
-        self.this_cpu_shared()
+    }
+
+    /// [`Self::this_cpu`] for a caller that owns its CPU; None for any
+    /// other. One compare, against the bound the index needs anyway
+    /// (`nr_cpus` is the platform's), and no call.
+    #[inline(always)]
+    pub(crate) fn this_cpu_owned(&self) -> Option<(&CpuSlab, Option<CpuGuard<'_>>)> {
+        let p = self.platform();
+        let owned = p.owned_cpu();
+        if owned >= self.nr_cpus {
+            return None;
+        }
+        let c = self.cpu_slab_unchecked(owned);
+        Some((c, c.state.try_lock_this(p, owned, true)))
     }
 
     /// [`Self::this_cpu`] for a caller that does not own its CPU. Out of
     /// line: the owner's path stays short and keeps its registers.
     #[inline(never)]
-    fn this_cpu_shared(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
+    pub(crate) fn this_cpu_shared(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
         let (cpu, exclusive) = p.this_cpu();
         if cpu < self.nr_cpus {
@@ -677,7 +686,7 @@ impl<P: Platform> KmemCache<P> {
 
     /// The per-CPU state of `cpu`, known to be below `nr_cpus`.
     #[inline(always)]
-    pub(crate) fn cpu_slab_unchecked(&self, cpu: usize) -> &CpuSlab {
+    fn cpu_slab_unchecked(&self, cpu: usize) -> &CpuSlab {
         debug_assert!(cpu < self.nr_cpus);
         // SAFETY: init_at wrote nr_cpus CpuSlabs right behind the header,
         // inside the same allocation; cpu < nr_cpus (caller).

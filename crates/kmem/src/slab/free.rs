@@ -139,13 +139,10 @@ impl<P: Platform> KmemCache<P> {
         if self.marks && self.plausible_fp(unsafe { self.get_fp_marked_at(slot) }) {
             return FastFree::Declined;
         }
-        let plat = self.platform();
-        let owned = plat.owned_cpu();
-        if owned >= self.nr_cpus {
+        let Some((c, g)) = self.this_cpu_owned() else {
             return FastFree::Unowned;
-        }
-        let c = self.cpu_slab_unchecked(owned);
-        let Some(mut g) = c.state.try_lock_this(plat, owned, true) else {
+        };
+        let Some(mut g) = g else {
             return FastFree::Declined;
         };
         if self.try_sheaf_push(&mut g, c, slab, p, slot) {
@@ -165,7 +162,7 @@ impl<P: Platform> KmemCache<P> {
         p: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        self.free_to_cpu(slab, p, caller)
+        self.free_to_cpu(slab, p, self.this_cpu_shared(), caller)
     }
 
     /// Pushes `p` (a checked, live object of `slab`) onto the CPU's sheaf
@@ -242,19 +239,20 @@ impl<P: Platform> KmemCache<P> {
                 return Err(self.refuse(self.not_live(p, v), caller));
             }
         }
-        self.free_to_cpu(slab, p, caller)
+        self.free_to_cpu(slab, p, self.this_cpu(), caller)
     }
 
-    /// The part of a free after the checks: this CPU's sheaf, or whatever
-    /// path takes `p` when the sheaf cannot.
+    /// The part of a free after the checks, given this CPU's state (as
+    /// [`Self::this_cpu`] returns it): the sheaf, or whatever path takes
+    /// `p` when the sheaf cannot.
     #[inline(always)]
-    fn free_to_cpu(
-        &self,
+    fn free_to_cpu<'c>(
+        &'c self,
         slab: SlabRef<'_>,
         p: usize,
+        (c, g): (&'c CpuSlab, Option<CpuGuard<'c>>),
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        let (c, g) = self.this_cpu();
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };

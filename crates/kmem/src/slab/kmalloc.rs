@@ -462,13 +462,19 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         addr: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        match self.not_descriptor(cache, addr) {
-            Ok(()) => cache.free_unowned(slab, addr, caller),
-            Err(e) => {
-                self.report(&e, caller);
-                Err(e)
-            }
-        }
+        self.refuse_descriptor(cache, addr, caller)
+            .and_then(|()| cache.free_unowned(slab, addr, caller))
+    }
+
+    /// [`Self::not_descriptor`], reporting the refusal as a free's error.
+    fn refuse_descriptor(
+        &self,
+        cache: &KmemCache<P>,
+        addr: usize,
+        caller: &'static Location<'static>,
+    ) -> Result<(), SlabFreeError> {
+        self.not_descriptor(cache, addr)
+            .inspect_err(|e| self.report(e, caller))
     }
 
     /// [`Self::kfree`] with an explicit call site (no NULL check, no fast
@@ -480,13 +486,9 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
         match find(self.pages, addr) {
-            Ok(Found::Slab { cache, slab }) => match self.not_descriptor(cache, addr) {
-                Ok(()) => cache.free_checked(slab, addr, caller),
-                Err(e) => {
-                    self.report(&e, caller);
-                    Err(e)
-                }
-            },
+            Ok(Found::Slab { cache, slab }) => self
+                .refuse_descriptor(cache, addr, caller)
+                .and_then(|()| cache.free_checked(slab, addr, caller)),
             Ok(Found::Large { head, order, base }) => free_large(
                 self.pages,
                 Some(self.global()),
