@@ -21,7 +21,7 @@
 use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
 use super::node::Which;
 use super::slab::{SlabRef, Word, DISABLED, FROZEN, MAX_OBJS_PER_SLAB, NIL, NO_FREE};
-use super::{KmemCache, FP_ALLOCATED, OWNER_SLAB};
+use super::{KmemCache, OWNER_SLAB};
 use crate::addr::{Pfn, PAGE_SIZE};
 use crate::context::{ContextPolicy, ContextViolation, ExecContext};
 use crate::error::AllocError;
@@ -61,10 +61,12 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// The allocation fast path alone: an object popped from this CPU's
-    /// sheaf. None, with nothing changed, for anything it does not handle —
-    /// a debug cache, an atomic context that needs the context check, a
+    /// sheaf, for a caller that owns its CPU. None, with nothing changed,
+    /// for anything it does not handle — a debug cache, an atomic context
+    /// that needs the context check, a caller that does not own its CPU, a
     /// taken CPU flag, an empty sheaf — which `slab_alloc` then handles.
-    /// Plain loads and stores only when the CPU is owned.
+    /// Plain loads and stores only (the owner's way of taking the flag,
+    /// known here, so the release needs no choosing).
     #[inline(always)]
     pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> Option<NonNull<u8>> {
         if self.debug {
@@ -77,7 +79,7 @@ impl<P: Platform> KmemCache<P> {
                 return None;
             }
         }
-        let (c, g) = self.this_cpu();
+        let (c, g) = self.this_cpu_owned()?;
         let mut g = g?;
         let obj = self.sheaf_pop(&mut g, c)?;
         drop(g);
@@ -260,7 +262,7 @@ impl<P: Platform> KmemCache<P> {
         g.sheaf_n = n;
         if self.marks {
             // SAFETY: as above; the slot now marks the object allocated.
-            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
+            unsafe { self.mark_allocated(obj) };
         }
         c.stat(Stat::AllocFastpath);
         Some(obj)
@@ -347,7 +349,7 @@ impl<P: Platform> KmemCache<P> {
         unsafe {
             let obj = *g.sheaf.add(n as usize);
             if self.marks {
-                self.set_fp_marked(obj, FP_ALLOCATED);
+                self.mark_allocated(obj);
             }
             Some(obj)
         }
@@ -406,7 +408,7 @@ impl<P: Platform> KmemCache<P> {
         let obj = self.pop_free(g);
         if self.marks {
             // SAFETY: the object is ours now; the slot marks it allocated.
-            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
+            unsafe { self.mark_allocated(obj) };
         }
         obj
     }
@@ -451,7 +453,7 @@ impl<P: Platform> KmemCache<P> {
         g.count = 0;
         if self.marks {
             // SAFETY: obj is ours.
-            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
+            unsafe { self.mark_allocated(obj) };
         }
         obj
     }
@@ -771,7 +773,7 @@ impl<P: Platform> KmemCache<P> {
             if slab.cas(old, new) {
                 if self.marks && !self.debug {
                     // SAFETY: the object is ours now.
-                    unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
+                    unsafe { self.mark_allocated(obj) };
                 }
                 return Some((obj, new));
             }
@@ -818,7 +820,7 @@ impl<P: Platform> KmemCache<P> {
             }
         } else if self.marks {
             // SAFETY: object 0 is ours.
-            unsafe { self.set_fp_marked(obj, FP_ALLOCATED) };
+            unsafe { self.mark_allocated(obj) };
         }
         let n = slab.node();
         let mut lists = self.nodes[n].lists.lock();

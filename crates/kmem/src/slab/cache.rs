@@ -358,6 +358,9 @@ pub struct KmemCache<P: Platform> {
     pub(crate) fp_stagger: usize,
     pub(crate) red_left_pad: usize,
     pub(crate) random: usize,
+    /// `random ^ FP_ALLOCATED`: the allocated mark's encoding less the
+    /// slot's part, so that marking an object is one XOR and a store.
+    allocated_key: usize,
     pub(crate) recip: u64,
     pub(crate) flags: SlabFlags,
     pub(crate) debug: bool,
@@ -498,6 +501,7 @@ impl<P: Platform> KmemCache<P> {
                 fp_stagger: layout.fp_stagger,
                 red_left_pad: layout.red_left_pad,
                 random,
+                allocated_key: random ^ super::FP_ALLOCATED,
                 recip: (1u64 << RECIP_SHIFT) / layout.size as u64 + 1,
                 flags,
                 debug,
@@ -758,7 +762,8 @@ impl<P: Platform> KmemCache<P> {
     /// hardening) does not, but for a chance of about 2^-37.
     #[inline(always)]
     pub(crate) fn plausible_fp(&self, v: usize) -> bool {
-        v == 0 || (v.wrapping_sub(self.dm_start) < self.dm_len && v & 7 == 0)
+        // The alignment test first: the allocated mark fails it at once.
+        v == 0 || (v & 7 == 0 && v.wrapping_sub(self.dm_start) < self.dm_len)
     }
 
     /// Encodes or decodes a free pointer stored at `slot` (XOR is its own
@@ -828,6 +833,28 @@ impl<P: Platform> KmemCache<P> {
         debug_assert!(self.marks && self.hardened);
         // SAFETY: as get_fp.
         self.fp_encoded(unsafe { (slot as *const usize).read() }, slot)
+    }
+
+    /// The slot's part of the encoding, `random ^ swab(slot)`: what the
+    /// slot of a free object in a sheaf holds (NULL encoded). Computed once
+    /// where a free both checks the slot and writes it.
+    #[inline(always)]
+    pub(crate) fn fp_key(&self, slot: usize) -> usize {
+        self.random ^ slot.swap_bytes()
+    }
+
+    /// Marks the object at `obj` allocated: its slot then holds
+    /// `FP_ALLOCATED` encoded, which never decodes to a plausible free
+    /// pointer.
+    ///
+    /// # Safety
+    /// As [`Self::set_fp_marked`].
+    #[inline(always)]
+    pub(crate) unsafe fn mark_allocated(&self, obj: usize) {
+        debug_assert!(self.marks && self.hardened);
+        let slot = self.fp_slot(obj);
+        // SAFETY: as set_fp.
+        unsafe { (slot as *mut usize).write(self.allocated_key ^ slot.swap_bytes()) };
     }
 
     /// [`Self::set_fp`] on a cache with the allocated mark (see

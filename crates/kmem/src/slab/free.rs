@@ -53,7 +53,9 @@ impl<P: Platform> KmemCache<P> {
             if core::ptr::eq(cache, self) {
                 match self.free_fast(slab, addr) {
                     FastFree::Done => return Ok(()),
-                    FastFree::Unowned => return self.free_unowned(slab, addr, Location::caller()),
+                    FastFree::Unowned => {
+                        return self.free_unowned(slab.pfn, slab.frame, addr, Location::caller())
+                    }
                     FastFree::Declined => {}
                 }
             }
@@ -132,11 +134,14 @@ impl<P: Platform> KmemCache<P> {
         {
             return FastFree::Declined;
         }
-        // Computed once: the loads of the cache's fields would be repeated
-        // after the sheaf's stores.
+        // Computed once, before the CPU flag, and whether the cache has
+        // the mark or not (fewer registers to keep than an Option): the
+        // loads of the cache's fields would be repeated after the flag's
+        // compiler fence.
         let slot = self.fp_slot(p);
+        let key = self.fp_key(slot);
         // SAFETY: p is an object of a live slab of this cache.
-        if self.marks && self.plausible_fp(unsafe { self.get_fp_marked_at(slot) }) {
+        if self.marks && self.plausible_fp(unsafe { (slot as *const usize).read() } ^ key) {
             return FastFree::Declined;
         }
         let Some((c, g)) = self.this_cpu_owned() else {
@@ -145,30 +150,43 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return FastFree::Declined;
         };
-        if self.try_sheaf_push(&mut g, c, slab, p, slot) {
+        if self.try_sheaf_push(&mut g, c, slab, p, (slot, key)) {
             FastFree::Done
         } else {
             FastFree::Declined
         }
     }
 
-    /// Frees `p`, an object of `slab` that [`Self::free_fast`] checked, for
-    /// a caller that does not own its CPU: the CPU flag by compare-and-swap,
-    /// or the paths that need none.
+    /// Frees `p`, an object of the slab at `pfn` (head frame `frame`) that
+    /// [`Self::free_fast`] checked, for a caller that does not own its CPU:
+    /// the CPU flag by compare-and-swap, or the paths that need none.
     #[inline(never)]
     pub(crate) fn free_unowned(
         &self,
-        slab: SlabRef<'_>,
+        pfn: u32,
+        frame: &crate::page::Frame,
         p: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
+        let slab = SlabRef::at(self.pages(), pfn, frame);
         self.free_to_cpu(slab, p, self.this_cpu_shared(), caller)
     }
 
-    /// Pushes `p` (a checked, live object of `slab`) onto the CPU's sheaf
-    /// if the sheaf has room and holds `slab`'s node, and `p` is not its top
-    /// object (without the allocated mark, the one double free caught there). False,
-    /// with nothing changed, otherwise.
+    /// Where a free of `p` writes on a cache with the allocated mark, and
+    /// what: its free-pointer slot ([`Self::fp_slot`]) and the slot's key
+    /// ([`Self::fp_key`], NULL encoded), also what the check before it
+    /// decodes with. Unused without the mark.
+    #[inline(always)]
+    pub(crate) fn free_mark(&self, p: usize) -> (usize, usize) {
+        let slot = self.fp_slot(p);
+        (slot, self.fp_key(slot))
+    }
+
+    /// Pushes `p` (a checked, live object of `slab`, whose
+    /// [`Self::free_mark`] is `mark`) onto the CPU's sheaf if the sheaf has
+    /// room and holds `slab`'s node, and `p` is not its top object (without
+    /// the allocated mark, the one double free caught there). False, with
+    /// nothing changed, otherwise.
     #[inline(always)]
     fn try_sheaf_push(
         &self,
@@ -176,7 +194,7 @@ impl<P: Platform> KmemCache<P> {
         c: &CpuSlab,
         slab: SlabRef<'_>,
         p: usize,
-        slot: usize,
+        mark: (usize, usize),
     ) -> bool {
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
@@ -188,27 +206,28 @@ impl<P: Platform> KmemCache<P> {
         }
         // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object of
         // this cache, now free.
-        unsafe { self.sheaf_push(g, n, p, slot) };
+        unsafe { self.sheaf_push(g, n, p, mark) };
         c.stat(Stat::FreeFastpath);
         true
     }
 
-    /// Puts `p`, whose free-pointer slot is `fp_slot` ([`Self::fp_slot`]),
-    /// in slot `n` (the first free one) of the CPU's sheaf.
+    /// Puts `p`, whose [`Self::free_mark`] is `mark`, in slot `n` (the
+    /// first free one) of the CPU's sheaf.
     ///
     /// # Safety
     /// The CPU flag is held, `n == sheaf_n < sheaf_cap`, and `p` is an
     /// object of this cache being freed.
     #[inline(always)]
-    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize, fp_slot: usize) {
-        debug_assert_eq!(fp_slot, self.fp_slot(p));
+    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize, mark: (usize, usize)) {
+        debug_assert_eq!(mark, self.free_mark(p));
         // SAFETY: per the contract.
         unsafe {
             *g.sheaf.add(n as usize) = p;
             if self.marks {
                 // A free object's slot decodes to NULL: a second free of it
                 // is refused.
-                self.set_fp_marked_at(fp_slot, 0);
+                debug_assert!(self.hardened);
+                (mark.0 as *mut usize).write(mark.1);
             }
         }
         g.sheaf_n = n + 1;
@@ -256,7 +275,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };
-        if self.try_sheaf_push(&mut g, c, slab, p, self.fp_slot(p)) {
+        if self.try_sheaf_push(&mut g, c, slab, p, self.free_mark(p)) {
             return Ok(());
         }
         self.free_cpu_slow(slab, p, g, c, caller)
@@ -307,7 +326,7 @@ impl<P: Platform> KmemCache<P> {
             }
             let n = g.sheaf_n;
             // SAFETY: n < sheaf_cap slots of our sheaf (after the flush).
-            unsafe { self.sheaf_push(&mut g, n, p, self.fp_slot(p)) };
+            unsafe { self.sheaf_push(&mut g, n, p, self.free_mark(p)) };
             c.stat(Stat::FreeFastpath);
             return Ok(());
         }
@@ -550,7 +569,7 @@ impl<P: Platform> KmemCache<P> {
         // SAFETY: per the contract.
         if self.marks_rcu_queued() && unsafe { self.get_fp_marked(p) } == p {
             // SAFETY: as above.
-            unsafe { self.set_fp_marked(p, super::FP_ALLOCATED) };
+            unsafe { self.mark_allocated(p) };
         }
     }
 

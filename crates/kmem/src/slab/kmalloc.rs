@@ -20,7 +20,6 @@
 
 use super::free::FastFree;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
-use super::slab::SlabRef;
 use super::{
     find, find_slab, CacheName, Found, KmemCache, SlabAllocator, SlabFlags, SlabFreeError,
     SlabGlobal, KMALLOC_INDEXES, KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, OWNER_KMALLOC_LARGE,
@@ -29,7 +28,7 @@ use super::{
 use crate::addr::{get_order, Pfn, PAGE_SIZE};
 use crate::error::AllocError;
 use crate::gfp::Gfp;
-use crate::page::{PageAllocator, NUMA_NO_NODE};
+use crate::page::{Frame, PageAllocator, NUMA_NO_NODE};
 use crate::platform::Platform;
 use core::fmt;
 use core::panic::Location;
@@ -443,7 +442,13 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             match cache.free_fast(slab, addr) {
                 FastFree::Done => return Ok(()),
                 FastFree::Unowned => {
-                    return self.kfree_unowned(cache, slab, addr, Location::caller())
+                    return self.kfree_unowned(
+                        cache,
+                        slab.pfn,
+                        slab.frame,
+                        addr,
+                        Location::caller(),
+                    )
                 }
                 FastFree::Declined => {}
             }
@@ -458,12 +463,13 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     fn kfree_unowned(
         &self,
         cache: &KmemCache<P>,
-        slab: SlabRef<'_>,
+        pfn: u32,
+        frame: &Frame,
         addr: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
         self.refuse_descriptor(cache, addr, caller)
-            .and_then(|()| cache.free_unowned(slab, addr, caller))
+            .and_then(|()| cache.free_unowned(pfn, frame, addr, caller))
     }
 
     /// [`Self::not_descriptor`], reporting the refusal as a free's error.

@@ -150,7 +150,6 @@ use crate::addr::{get_order, Pfn, VirtAddr, MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZ
 use crate::error::AllocError;
 use crate::gfp::{Gfp, GFP_KERNEL};
 use crate::page::frame::flags as frame_flags;
-use crate::page::frame::PAGES_PER_SECTION;
 use crate::page::{FrameState, PageAllocator, NUMA_NO_NODE};
 use crate::platform::Platform;
 use cache::cache_object_size;
@@ -478,8 +477,9 @@ pub(crate) enum Found<'a, P: Platform> {
 /// The step from a tail frame to its head takes no branch: objects of a
 /// multi-page slab lie in its head page or a tail page in no order a
 /// predictor can learn (with W2's random sizes a branch there mispredicted
-/// about 0.3 times per free in callgrind's model), so the distance back to
-/// the head record is selected (0 for a head) and always applied.
+/// about 0.3 times per free in callgrind's model), so the head's pfn is
+/// selected (`select_unpredictable`: a tail record's, or the page's own)
+/// and always looked up again.
 #[inline(always)]
 pub(crate) fn find_slab<P: Platform>(
     pages: &PageAllocator<P>,
@@ -493,17 +493,16 @@ pub(crate) fn find_slab<P: Platform>(
     // The direct run only: a pfn elsewhere (a sparse layout's other runs)
     // takes the full path, which finds its record through the table.
     let f = pages.frame_direct(pfn)?;
-    let tail = f.info() & frame_flags::COMPOUND_TAIL != 0;
-    let back = pfn.0.wrapping_sub(f.private[0].load(Relaxed) as u64);
-    let back = if tail { back } else { 0 };
-    // A compound block is naturally aligned and smaller than a section, so
-    // its head record is in the same section array, `back` records before.
-    if back > pfn.0 & (PAGES_PER_SECTION - 1) {
-        return None;
-    }
-    let pfn = Pfn(pfn.0 - back);
-    // SAFETY: as above, within the section array that holds `f`.
-    let f = unsafe { &*(f as *const crate::page::Frame).sub(back as usize) };
+    // A tail record holds its head's pfn. A compound block is naturally
+    // aligned and smaller than a section, so the head lies in the direct
+    // run too; the second lookup keeps even a corrupt record's pfn inside
+    // the run's records.
+    let pfn = Pfn(core::hint::select_unpredictable(
+        f.info() & frame_flags::COMPOUND_TAIL != 0,
+        f.private[0].load(Relaxed) as u64,
+        pfn.0,
+    ));
+    let f = pages.frame_direct(pfn)?;
     let info = f.info();
     if !crate::page::frame::Frame::info_is_allocated_by(info, OWNER_SLAB) {
         return None;

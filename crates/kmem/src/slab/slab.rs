@@ -134,6 +134,21 @@ pub(crate) struct SlabRef<'f> {
 }
 
 impl<'f> SlabRef<'f> {
+    /// The slab whose head frame is `frame`, at `pfn`: for out-of-line
+    /// paths, which take these two in registers instead of a `SlabRef` in
+    /// memory (the fast paths then build none on the stack).
+    #[inline(always)]
+    pub(crate) fn at<P: crate::platform::Platform>(
+        pages: &crate::page::PageAllocator<P>,
+        pfn: u32,
+        frame: &'f Frame,
+    ) -> Self {
+        SlabRef {
+            pfn,
+            frame,
+            base: pages.page_address(crate::addr::Pfn(pfn as u64)).0,
+        }
+    }
     /// The free list head and counters.
     #[inline(always)]
     pub(crate) fn word(&self) -> Word {
