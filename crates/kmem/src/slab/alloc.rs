@@ -69,9 +69,6 @@ impl<P: Platform> KmemCache<P> {
     /// known here, so the release needs no choosing).
     #[inline(always)]
     pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> Option<NonNull<u8>> {
-        if self.debug {
-            return None;
-        }
         let p = self.platform();
         if p.in_atomic() {
             let ctx = p.context();
@@ -79,6 +76,7 @@ impl<P: Platform> KmemCache<P> {
                 return None;
             }
         }
+        // A debug cache has no sheaf (`sheaf_cap` 0): None below.
         let (c, g) = self.this_cpu_owned()?;
         let mut g = g?;
         let obj = self.sheaf_pop(&mut g, c)?;
@@ -256,6 +254,7 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     fn sheaf_pop(&self, g: &mut CpuInner, c: &CpuSlab) -> Option<usize> {
         let n = g.sheaf_n.checked_sub(1)?;
+        debug_assert!(!self.debug, "a debug cache has no sheaf");
         // SAFETY: the sheaf holds `sheaf_n` free objects of this cache, ours
         // under the CPU lock.
         let obj = unsafe { *g.sheaf.add(n as usize) };

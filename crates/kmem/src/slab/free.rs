@@ -127,10 +127,12 @@ impl<P: Platform> KmemCache<P> {
     /// saved registers for it; everything else returns to the caller.
     #[inline(always)]
     pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> FastFree {
-        if self.debug
-            || self
-                .obj_index(slab.base, slab.word().objects(), p)
-                .is_none()
+        // A debug cache is refused below: it has no sheaf (`sheaf_cap` 0),
+        // and an unowned caller is told Declined, not Unowned. Its slot read
+        // here is harmless (inside the slab) and decides nothing.
+        if self
+            .obj_index(slab.base, slab.word().objects(), p)
+            .is_none()
         {
             return FastFree::Declined;
         }
@@ -145,7 +147,11 @@ impl<P: Platform> KmemCache<P> {
             return FastFree::Declined;
         }
         let Some((c, g)) = self.this_cpu_owned() else {
-            return FastFree::Unowned;
+            return if self.debug {
+                FastFree::Declined
+            } else {
+                FastFree::Unowned
+            };
         };
         let Some(mut g) = g else {
             return FastFree::Declined;
@@ -220,6 +226,7 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize, mark: (usize, usize)) {
         debug_assert_eq!(mark, self.free_mark(p));
+        debug_assert!(!self.debug, "a debug cache has no sheaf");
         // SAFETY: per the contract.
         unsafe {
             *g.sheaf.add(n as usize) = p;
