@@ -820,17 +820,8 @@ impl<P: Platform> KmemCache<P> {
     /// As [`Self::get_fp`]; `self.marks` is set.
     #[inline(always)]
     pub(crate) unsafe fn get_fp_marked(&self, obj: usize) -> usize {
-        // SAFETY: per the contract.
-        unsafe { self.get_fp_marked_at(self.fp_slot(obj)) }
-    }
-
-    /// [`Self::get_fp_marked`] given the slot ([`Self::fp_slot`]).
-    ///
-    /// # Safety
-    /// As [`Self::get_fp_marked`]; `slot` is the slot of such an object.
-    #[inline(always)]
-    pub(crate) unsafe fn get_fp_marked_at(&self, slot: usize) -> usize {
         debug_assert!(self.marks && self.hardened);
+        let slot = self.fp_slot(obj);
         // SAFETY: as get_fp.
         self.fp_encoded(unsafe { (slot as *const usize).read() }, slot)
     }
@@ -864,17 +855,8 @@ impl<P: Platform> KmemCache<P> {
     /// As [`Self::set_fp`]; `self.marks` is set.
     #[inline(always)]
     pub(crate) unsafe fn set_fp_marked(&self, obj: usize, v: usize) {
-        // SAFETY: per the contract.
-        unsafe { self.set_fp_marked_at(self.fp_slot(obj), v) }
-    }
-
-    /// [`Self::set_fp_marked`] given the slot ([`Self::fp_slot`]).
-    ///
-    /// # Safety
-    /// As [`Self::set_fp_marked`]; `slot` is the slot of such an object.
-    #[inline(always)]
-    pub(crate) unsafe fn set_fp_marked_at(&self, slot: usize, v: usize) {
         debug_assert!(self.marks && self.hardened);
+        let slot = self.fp_slot(obj);
         // SAFETY: as set_fp.
         unsafe { (slot as *mut usize).write(self.fp_encoded(v, slot)) };
     }

@@ -140,8 +140,7 @@ impl<P: Platform> KmemCache<P> {
         // the mark or not (fewer registers to keep than an Option): the
         // loads of the cache's fields would be repeated after the flag's
         // compiler fence.
-        let slot = self.fp_slot(p);
-        let key = self.fp_key(slot);
+        let (slot, key) = self.free_mark(p);
         // SAFETY: p is an object of a live slab of this cache.
         if self.marks && self.plausible_fp(unsafe { (slot as *const usize).read() } ^ key) {
             return FastFree::Declined;
