@@ -80,7 +80,9 @@ CONFIG_SLAB_FREELIST_HARDENED exactly, encoded free pointers but no allocated
 mark in the object, so only a double free of the list's top object is caught;
 the row prices kmem's mark), kmem-unhardened (also
 SlabConfig::freelist_hardened = false: plain free pointers; the row prices the
-encoding); talc, buddy_system_allocator, linked_list_allocator, rlsf,
+encoding), kmem-unclaimed (kmem's configuration on threads that claim no CPU:
+the shared paths, a compare-and-swap per operation, as a GlobalAlloc user's
+unpinned threads); talc, buddy_system_allocator, linked_list_allocator, rlsf,
 slabmalloc, each on its own 64 MiB arena, plain (&mut, no lock) and under a
 lock (+lock, the crate's own locked type where it has one); glibc malloc/free.
 W4 runs the thread-safe ones only: the kmem rows, the +lock rows and glibc.
@@ -445,6 +447,7 @@ fn build_single(name: &str) -> Result<Box<dyn Contender>, String> {
         kmem::NAME => heap(Single(kmem::Kmem::new(kmem::Variant::Default)?)),
         kmem::NOMARK => heap(Single(kmem::Kmem::new(kmem::Variant::NoMark)?)),
         kmem::UNHARDENED => heap(Single(kmem::Kmem::new(kmem::Variant::Unhardened)?)),
+        kmem::UNCLAIMED => heap(Single(kmem::Kmem::new(kmem::Variant::Unclaimed)?)),
         "talc" => heap(peers::Talc::new()?),
         "talc+lock" => heap(Single(peers::TalcLock::new()?)),
         "buddy_system_allocator" => heap(peers::Buddy::new()?),
@@ -467,6 +470,7 @@ fn build_shared(name: &str) -> Option<Result<Box<dyn Contender>, String>> {
         kmem::NAME => kmem::Kmem::new(kmem::Variant::Default).and_then(shared),
         kmem::NOMARK => kmem::Kmem::new(kmem::Variant::NoMark).and_then(shared),
         kmem::UNHARDENED => kmem::Kmem::new(kmem::Variant::Unhardened).and_then(shared),
+        kmem::UNCLAIMED => kmem::Kmem::new(kmem::Variant::Unclaimed).and_then(shared),
         "talc+lock" => peers::TalcLock::new().and_then(shared),
         "buddy_system_allocator+lock" => peers::LockedBuddy::new().and_then(shared),
         "linked_list_allocator+lock" => peers::LockedLinkedList::new().and_then(shared),
@@ -690,7 +694,7 @@ mod tests {
             only: vec![],
         };
         let cells = measure(&opts).unwrap();
-        assert_eq!(cells.len(), 14 * 3 + 9);
+        assert_eq!(cells.len(), 15 * 3 + 10);
         assert!(cells
             .iter()
             .all(|c| c.samples.len() == 1 && c.median() > 0.0));
@@ -703,10 +707,11 @@ mod tests {
         assert!(check_names(&["kmem-unhardened".into()]).is_ok());
         assert!(check_names(&["nope".into()]).is_err());
         assert!(check_names(&["kmem-nomark".into()]).is_ok());
-        assert_eq!(allocator_names().len(), 14);
+        assert!(check_names(&["kmem-unclaimed".into()]).is_ok());
+        assert_eq!(allocator_names().len(), 15);
         assert_eq!(
-            allocator_names()[..3],
-            ["kmem", "kmem-nomark", "kmem-unhardened"]
+            allocator_names()[..4],
+            ["kmem", "kmem-nomark", "kmem-unhardened", "kmem-unclaimed"]
         );
     }
 }

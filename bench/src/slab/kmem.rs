@@ -5,7 +5,10 @@
 //! the default (hardened free pointers plus kmem's allocated mark: the `kmem`
 //! row, the baseline), Linux's `CONFIG_SLAB_FREELIST_HARDENED` exactly
 //! ([`SlabConfig::double_free_mark`] off: `kmem-nomark`), and no hardening
-//! at all (`kmem-unhardened`); see [`DESCRIPTIONS`]. Every
+//! at all (`kmem-unhardened`); and the default once more on threads that
+//! never claim their CPU (`kmem-unclaimed`: the shared paths, what a
+//! `GlobalAlloc` user gets on threads it does not pin); see
+//! [`DESCRIPTIONS`]. Every
 //! allocation is `kmalloc(layout.size(), GFP_KERNEL)` from process context,
 //! every free `kfree(p)`: kmalloc takes no alignment, and none of the
 //! workloads needs more than it guarantees (8 bytes, and natural alignment
@@ -33,14 +36,17 @@ pub const NAME: &str = "kmem";
 pub const NOMARK: &str = "kmem-nomark";
 /// Name of the row with `SlabConfig::freelist_hardened = false`.
 pub const UNHARDENED: &str = "kmem-unhardened";
+/// Name of the default configuration on threads that claim no CPU.
+pub const UNCLAIMED: &str = "kmem-unclaimed";
 /// The kmem rows, in report order.
-pub const NAMES: [&str; 3] = [NAME, NOMARK, UNHARDENED];
+pub const NAMES: [&str; 4] = [NAME, NOMARK, UNHARDENED, UNCLAIMED];
 
 /// The lines the text report prints for the kmem rows, in [`NAMES`] order.
-pub const DESCRIPTIONS: [&str; 3] = [
+pub const DESCRIPTIONS: [&str; 4] = [
     "kmem                          this repo: kmem_host::Machine::default_machine() (1 GiB, 2 CPUs), SlabAllocator::new(pages, SlabConfig::default()), kmalloc(size, GFP_KERNEL)/kfree; per-CPU sheaves and slabs, thread-safe; each timing thread claims its CPU (kmem_host::claim_cpu); free pointers encoded and an allocated mark written into each object handed out, so any double free is refused in O(1)",
     "kmem-nomark                   the same with SlabConfig::double_free_mark = false: free pointers still encoded, no allocated mark, so the fast paths never touch the object and a double free is caught only when the object is the top of the CPU's sheaf or the head of the free list it goes onto: Linux's CONFIG_SLAB_FREELIST_HARDENED exactly (its naive object == fp check)",
     "kmem-unhardened               the same with SlabConfig::freelist_hardened = false: free pointers stored plain, no allocated mark, the same naive double-free check (Linux without CONFIG_SLAB_FREELIST_HARDENED and without slab_debug catches none)",
+    "kmem-unclaimed                the kmem row's configuration on timing threads that never claim their CPU (kmem_host::set_cpu only): every operation takes the shared paths, the per-CPU flag by compare-and-swap, as on host threads that call kmem_host::global::KmemGlobal without claiming a CPU",
 ];
 
 /// Which configuration a [`Kmem`] row runs.
@@ -52,6 +58,8 @@ pub enum Variant {
     NoMark,
     /// `freelist_hardened: false`: the `kmem-unhardened` row.
     Unhardened,
+    /// `SlabConfig::default()`, threads claim no CPU: `kmem-unclaimed`.
+    Unclaimed,
 }
 
 thread_local! {
@@ -66,6 +74,8 @@ pub struct Kmem {
     slab: SlabAllocator<'static, HostPlatform>,
     machine: Box<Machine>,
     name: &'static str,
+    /// Timing threads claim their CPU (all rows but `kmem-unclaimed`).
+    claim: bool,
 }
 
 impl Kmem {
@@ -87,6 +97,7 @@ impl Kmem {
                     ..SlabConfig::default()
                 },
             ),
+            Variant::Unclaimed => (UNCLAIMED, SlabConfig::default()),
         };
         let machine = Box::new(Machine::default_machine().map_err(|e| format!("{name}: {e}"))?);
         // SAFETY: the machine is boxed, so its address is stable, and it is
@@ -100,6 +111,7 @@ impl Kmem {
             slab,
             machine,
             name,
+            claim: variant != Variant::Unclaimed,
         })
     }
 }
@@ -111,6 +123,11 @@ impl SharedHeap for Kmem {
 
     fn enter_thread(&self, index: usize) {
         let cpu = index % self.machine.config().nr_cpus;
+        if !self.claim {
+            CLAIM.with(|c| *c.borrow_mut() = None);
+            kmem_host::set_cpu(cpu);
+            return;
+        }
         CLAIM.with(|c| {
             let mut c = c.borrow_mut();
             if c.as_ref().is_some_and(|c| c.cpu() == cpu) {
