@@ -724,11 +724,7 @@ impl<P: Platform> KmemCache<P> {
             Some(f) => f,
             None => panic!("kmem slab: no frame record for slab pfn {pfn:#x}"),
         };
-        SlabRef {
-            pfn,
-            frame,
-            base: pages.page_address(Pfn(pfn as u64)).0,
-        }
+        SlabRef::at(pages, pfn, frame)
     }
 
     /// Address of object `idx` of a slab at `base`.

@@ -513,14 +513,7 @@ pub(crate) fn find_slab<P: Platform>(
     }
     // SAFETY: as in `find`: a slab head's private[0] is its live cache.
     let cache = unsafe { &*c };
-    Some((
-        cache,
-        SlabRef {
-            pfn: pfn.0 as u32,
-            frame: f,
-            base: pages.page_address(pfn).0,
-        },
-    ))
+    Some((cache, SlabRef::at(pages, pfn.0 as u32, f)))
 }
 
 /// Linux's `might_sleep` for the cache-list operations (create, destroy):
@@ -582,11 +575,7 @@ pub(crate) fn find<P: Platform>(
             let cache = unsafe { &*c };
             Ok(Found::Slab {
                 cache,
-                slab: SlabRef {
-                    pfn: head.0 as u32,
-                    frame: hf,
-                    base: pages.page_address(head).0,
-                },
+                slab: SlabRef::at(pages, head.0 as u32, hf),
             })
         }
         OWNER_KMALLOC_LARGE => Ok(Found::Large {

@@ -134,9 +134,9 @@ pub(crate) struct SlabRef<'f> {
 }
 
 impl<'f> SlabRef<'f> {
-    /// The slab whose head frame is `frame`, at `pfn`: for out-of-line
-    /// paths, which take these two in registers instead of a `SlabRef` in
-    /// memory (the fast paths then build none on the stack).
+    /// The slab whose head frame is `frame`, at `pfn` (the out-of-line
+    /// free paths take these two in registers instead of a `SlabRef` in
+    /// memory, so the fast paths build none on the stack).
     #[inline(always)]
     pub(crate) fn at<P: crate::platform::Platform>(
         pages: &crate::page::PageAllocator<P>,
