@@ -49,44 +49,108 @@ const SLAB_PAGE_GFP: Gfp = Gfp::RECLAIM
     .union(Gfp::HARDWALL)
     .union(Gfp::THISNODE);
 
+/// What [`KmemCache::alloc_fast_path`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FastAlloc {
+    /// An object from the owned CPU's sheaf.
+    Done(NonNull<u8>),
+    /// The caller does not own its CPU: try [`KmemCache::alloc_shared`].
+    Unowned,
+    /// Not handled; nothing changed.
+    Declined,
+}
+
 impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_alloc`.
     #[track_caller]
     #[inline]
     pub fn alloc(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        if let Some(p) = self.alloc_fast_path(gfp) {
-            return Ok(p);
+        match self.alloc_fast_path(gfp) {
+            FastAlloc::Done(p) => Ok(p),
+            FastAlloc::Unowned => self.alloc_unowned(gfp, Location::caller()),
+            FastAlloc::Declined => {
+                self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), Location::caller())
+            }
         }
-        self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), Location::caller())
+    }
+
+    /// [`Self::alloc`] for a caller that does not own its CPU:
+    /// [`Self::alloc_shared`], else the full path.
+    #[inline(never)]
+    fn alloc_unowned(
+        &self,
+        gfp: Gfp,
+        caller: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match self.alloc_shared(gfp) {
+            Some(p) => Ok(p),
+            None => self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), caller),
+        }
     }
 
     /// The allocation fast path alone: an object popped from this CPU's
-    /// sheaf, for a caller that owns its CPU. None, with nothing changed,
-    /// for anything it does not handle — a debug cache, an atomic context
-    /// that needs the context check, a caller that does not own its CPU, a
-    /// taken CPU flag, an empty sheaf — which `slab_alloc` then handles.
-    /// Plain loads and stores only (the owner's way of taking the flag,
-    /// known here, so the release needs no choosing).
+    /// sheaf, for a caller that owns its CPU. [`FastAlloc::Unowned`] for a
+    /// caller that does not (then [`Self::alloc_shared`]);
+    /// [`FastAlloc::Declined`], with nothing changed, for anything else it
+    /// does not handle — a debug cache, an atomic context that needs the
+    /// context check, a taken CPU flag, an empty sheaf — which `slab_alloc`
+    /// then handles. Plain loads and stores only (the owner's way of taking
+    /// the flag, known here, so the release needs no choosing).
     #[inline(always)]
-    pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> Option<NonNull<u8>> {
+    pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> FastAlloc {
         let p = self.platform();
         if p.in_atomic() {
             let ctx = p.context();
             if ctx.in_nmi() || gfp.allows_blocking() {
-                return None;
+                return FastAlloc::Declined;
             }
         }
-        // A debug cache has no sheaf (`sheaf_cap` 0): None below.
-        let (c, g) = self.this_cpu_owned()?;
+        // A debug cache has no sheaf (`sheaf_cap` 0): Declined below.
+        let Some((c, g)) = self.this_cpu_owned() else {
+            return if self.debug {
+                FastAlloc::Declined
+            } else {
+                FastAlloc::Unowned
+            };
+        };
+        let Some(mut g) = g else {
+            return FastAlloc::Declined;
+        };
+        let Some(obj) = self.sheaf_pop(&mut g, c) else {
+            return FastAlloc::Declined;
+        };
+        drop(g);
+        // SAFETY: a fresh object of this cache.
+        FastAlloc::Done(unsafe { self.fresh(obj, gfp) })
+    }
+
+    /// The fast path for a caller that does not own its CPU (after
+    /// [`Self::alloc_fast_path`] said [`FastAlloc::Unowned`]): the CPU flag
+    /// by compare-and-swap, an object popped from the sheaf. None, with
+    /// nothing changed, if the flag is taken or the sheaf empty.
+    #[inline(always)]
+    pub(crate) fn alloc_shared(&self, gfp: Gfp) -> Option<NonNull<u8>> {
+        let (c, g) = self.this_cpu_shared();
         let mut g = g?;
         let obj = self.sheaf_pop(&mut g, c)?;
         drop(g);
+        // SAFETY: a fresh object of this cache.
+        Some(unsafe { self.fresh(obj, gfp) })
+    }
+
+    /// `obj`, just popped from a sheaf, as the caller gets it: zeroed for
+    /// `__GFP_ZERO`.
+    ///
+    /// # Safety
+    /// `obj` is a fresh object of this cache, not yet handed out.
+    #[inline(always)]
+    unsafe fn fresh(&self, obj: usize, gfp: Gfp) -> NonNull<u8> {
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: a fresh object of object_size bytes.
             unsafe { core::ptr::write_bytes(obj as *mut u8, 0, self.object_size()) };
         }
         // SAFETY: object addresses are direct-map addresses, never 0.
-        Some(unsafe { NonNull::new_unchecked(obj as *mut u8) })
+        unsafe { NonNull::new_unchecked(obj as *mut u8) }
     }
 
     /// Linux's `kmem_cache_alloc_node`: prefer (with `__GFP_THISNODE`:

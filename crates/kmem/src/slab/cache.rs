@@ -665,9 +665,10 @@ impl<P: Platform> KmemCache<P> {
         Some((c, c.state.try_lock_this(p, owned, true)))
     }
 
-    /// [`Self::this_cpu`] for a caller that does not own its CPU. Out of
-    /// line: the owner's path stays short and keeps its registers.
-    #[inline(never)]
+    /// [`Self::this_cpu`] for a caller that does not own its CPU. Kept out
+    /// of the owner's paths (which call [`Self::this_cpu_owned`] only), and
+    /// inlined into the shared ones.
+    #[inline(always)]
     pub(crate) fn this_cpu_shared(&self) -> (&CpuSlab, Option<CpuGuard<'_>>) {
         let p = self.platform();
         let (cpu, exclusive) = p.this_cpu();

@@ -162,19 +162,37 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Frees `p`, an object of the slab at `pfn` (head frame `frame`) that
-    /// [`Self::free_fast`] checked, for a caller that does not own its CPU:
-    /// the CPU flag by compare-and-swap, or the paths that need none.
+    /// [`Self::free`] of `p`, an object of the slab at `pfn` (head frame
+    /// `frame`) that [`Self::free_fast`] checked, for a caller that does
+    /// not own its CPU: [`Self::free_shared`], else the full path.
     #[inline(never)]
-    pub(crate) fn free_unowned(
+    fn free_unowned(
         &self,
         pfn: u32,
         frame: &crate::page::Frame,
         p: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
+        if self.free_shared(pfn, frame, p) {
+            return Ok(());
+        }
+        self.free_at(p, caller)
+    }
+
+    /// The free fast path for a caller that does not own its CPU, after
+    /// [`Self::free_fast`] checked `p` (an object of the slab at `pfn`,
+    /// head frame `frame`) and said [`FastFree::Unowned`]: the CPU flag by
+    /// compare-and-swap, `p` onto the sheaf. False, with nothing changed,
+    /// if the flag is taken or the sheaf cannot take `p` (full, another
+    /// node, none: a cache descriptor's cache has none).
+    #[inline(always)]
+    pub(crate) fn free_shared(&self, pfn: u32, frame: &crate::page::Frame, p: usize) -> bool {
         let slab = SlabRef::at(self.pages(), pfn, frame);
-        self.free_to_cpu(slab, p, self.this_cpu_shared(), caller)
+        let (c, g) = self.this_cpu_shared();
+        let Some(mut g) = g else {
+            return false;
+        };
+        self.try_sheaf_push(&mut g, c, slab, p, self.free_mark(p))
     }
 
     /// Where a free of `p` writes on a cache with the allocated mark, and

@@ -18,6 +18,7 @@
 //! in their head frame, so `kfree` and `ksize` recognise them and refuse
 //! anything the page allocator handed to someone else.
 
+use super::alloc::FastAlloc;
 use super::free::FastFree;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
 use super::{
@@ -309,11 +310,32 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     #[inline(always)]
     pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         if size.wrapping_sub(1) < KMALLOC_MAX_CACHE_SIZE {
-            if let Some(p) = self.kmalloc_slab(size, gfp).alloc_fast_path(gfp) {
-                return Ok(p);
+            let s = self.kmalloc_slab(size, gfp);
+            match s.alloc_fast_path(gfp) {
+                FastAlloc::Done(p) => return Ok(p),
+                FastAlloc::Unowned => {
+                    return self.kmalloc_unowned(s, size, gfp, Location::caller())
+                }
+                FastAlloc::Declined => {}
             }
         }
         self.kmalloc_node_at(size, gfp, NUMA_NO_NODE, Location::caller())
+    }
+
+    /// [`Self::kmalloc`] for a caller that does not own its CPU: the
+    /// shared fast path of `s` (the cache of `size`), else the full path.
+    #[inline(never)]
+    fn kmalloc_unowned(
+        &self,
+        s: &KmemCache<P>,
+        size: usize,
+        gfp: Gfp,
+        caller: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match s.alloc_shared(gfp) {
+            Some(p) => Ok(p),
+            None => self.kmalloc_node_at(size, gfp, NUMA_NO_NODE, caller),
+        }
     }
 
     /// Linux's `kzalloc`.
@@ -457,8 +479,8 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     }
 
     /// [`Self::kfree`] of an object its fast path checked, for a caller
-    /// that does not own its CPU (refusing a cache descriptor, as
-    /// [`Self::kfree_at`] does).
+    /// that does not own its CPU: the shared fast path, else the full path
+    /// (a cache descriptor, which has no sheaf, is refused there).
     #[inline(never)]
     fn kfree_unowned(
         &self,
@@ -468,8 +490,10 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         addr: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        self.refuse_descriptor(cache, addr, caller)
-            .and_then(|()| cache.free_unowned(pfn, frame, addr, caller))
+        if cache.free_shared(pfn, frame, addr) {
+            return Ok(());
+        }
+        self.kfree_at(addr, caller)
     }
 
     /// [`Self::not_descriptor`], reporting the refusal as a free's error.
