@@ -10,6 +10,14 @@
 //!              4. a new slab, no lock held while the page allocator runs
 //! ```
 //!
+//! In front of it, inlined into `kmalloc` and `kmem_cache_alloc`,
+//! [`KmemCache::alloc_fast_path`]: the owner of its CPU pops the sheaf with
+//! plain stores; a thread that does not own its CPU is told
+//! [`FastAlloc::Unowned`] and makes one out-of-line call that takes the flag
+//! by compare-and-swap and pops ([`KmemCache::alloc_shared`]). Whatever
+//! either declines (empty sheaf, taken flag, debug cache, atomic context)
+//! goes to `slab_alloc`.
+//!
 //! A request for another node than the CPU's (`kmalloc_node`) bypasses the
 //! CPU list: one object from that node's partial lists.
 //!

@@ -12,6 +12,13 @@
 //!    full, now partial .......................... onto this CPU's partial list
 //!    on the node partial list, now empty ........ node lock: discard if the node has min_partial
 //! ```
+//!
+//! In front of it, inlined into `kfree` and `kmem_cache_free`,
+//! [`KmemCache::free_fast`] makes the same checks and pushes onto the owned
+//! CPU's sheaf with plain stores; a thread that does not own its CPU makes
+//! one out-of-line call that takes the flag by compare-and-swap and pushes
+//! ([`KmemCache::free_shared`]). Whatever either declines goes to the full
+//! path above, which checks again and reports.
 
 use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
 use super::node::Which;
