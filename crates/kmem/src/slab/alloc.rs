@@ -13,7 +13,7 @@
 //! In front of it, inlined into `kmalloc` and `kmem_cache_alloc`,
 //! [`KmemCache::alloc_fast_path`]: the owner of its CPU pops the sheaf with
 //! plain stores; a thread that does not own its CPU is told
-//! [`FastAlloc::Unowned`] and makes one out-of-line call that takes the flag
+//! [`Fast::Unowned`] and makes one out-of-line call that takes the flag
 //! by compare-and-swap and pops ([`KmemCache::alloc_shared`]). Whatever
 //! either declines (empty sheaf, taken flag, debug cache, atomic context)
 //! goes to `slab_alloc`.
@@ -26,7 +26,7 @@
 //! under the node lock ([`KmemCache::alloc_single`]), the path debug caches
 //! always use.
 
-use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
+use super::cpu::{CpuGuard, CpuInner, CpuSlab, Fast, Stat};
 use super::node::Which;
 use super::slab::{SlabRef, Word, DISABLED, FROZEN, MAX_OBJS_PER_SLAB, NIL, NO_FREE};
 use super::{KmemCache, OWNER_SLAB};
@@ -57,26 +57,15 @@ const SLAB_PAGE_GFP: Gfp = Gfp::RECLAIM
     .union(Gfp::HARDWALL)
     .union(Gfp::THISNODE);
 
-/// What [`KmemCache::alloc_fast_path`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FastAlloc {
-    /// An object from the owned CPU's sheaf.
-    Done(NonNull<u8>),
-    /// The caller does not own its CPU: try [`KmemCache::alloc_shared`].
-    Unowned,
-    /// Not handled; nothing changed.
-    Declined,
-}
-
 impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_alloc`.
     #[track_caller]
     #[inline]
     pub fn alloc(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         match self.alloc_fast_path(gfp) {
-            FastAlloc::Done(p) => Ok(p),
-            FastAlloc::Unowned => self.alloc_unowned(gfp, Location::caller()),
-            FastAlloc::Declined => {
+            Fast::Done(p) => Ok(p),
+            Fast::Unowned => self.alloc_unowned(gfp, Location::caller()),
+            Fast::Declined => {
                 self.slab_alloc(gfp, NUMA_NO_NODE, self.object_size(), Location::caller())
             }
         }
@@ -97,43 +86,39 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// The allocation fast path alone: an object popped from this CPU's
-    /// sheaf, for a caller that owns its CPU. [`FastAlloc::Unowned`] for a
+    /// sheaf, for a caller that owns its CPU. [`Fast::Unowned`] for a
     /// caller that does not (then [`Self::alloc_shared`]);
-    /// [`FastAlloc::Declined`], with nothing changed, for anything else it
+    /// [`Fast::Declined`], with nothing changed, for anything else it
     /// does not handle — a debug cache, an atomic context that needs the
     /// context check, a taken CPU flag, an empty sheaf — which `slab_alloc`
     /// then handles. Plain loads and stores only (the owner's way of taking
     /// the flag, known here, so the release needs no choosing).
     #[inline(always)]
-    pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> FastAlloc {
+    pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> Fast<NonNull<u8>> {
         let p = self.platform();
         if p.in_atomic() {
             let ctx = p.context();
             if ctx.in_nmi() || gfp.allows_blocking() {
-                return FastAlloc::Declined;
+                return Fast::Declined;
             }
         }
         // A debug cache has no sheaf (`sheaf_cap` 0): Declined below.
         let Some((c, g)) = self.this_cpu_owned() else {
-            return if self.debug {
-                FastAlloc::Declined
-            } else {
-                FastAlloc::Unowned
-            };
+            return self.unowned();
         };
         let Some(mut g) = g else {
-            return FastAlloc::Declined;
+            return Fast::Declined;
         };
         let Some(obj) = self.sheaf_pop(&mut g, c) else {
-            return FastAlloc::Declined;
+            return Fast::Declined;
         };
         drop(g);
         // SAFETY: a fresh object of this cache.
-        FastAlloc::Done(unsafe { self.fresh(obj, gfp) })
+        Fast::Done(unsafe { self.fresh(obj, gfp) })
     }
 
     /// The fast path for a caller that does not own its CPU (after
-    /// [`Self::alloc_fast_path`] said [`FastAlloc::Unowned`]): the CPU flag
+    /// [`Self::alloc_fast_path`] said [`Fast::Unowned`]): the CPU flag
     /// by compare-and-swap, an object popped from the sheaf. None, with
     /// nothing changed, if the flag is taken or the sheaf empty.
     #[inline(always)]

@@ -24,7 +24,7 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::Relaxed};
 
-use super::cpu::{CpuGuard, CpuSlab, Stat, NR_STATS};
+use super::cpu::{CpuGuard, CpuSlab, Fast, Stat, NR_STATS};
 use super::node::CacheNode;
 use super::slab::{SlabRef, MAX_OBJS_PER_SLAB};
 use super::{SlabConfig, SlabFlags, SlabGlobal, KMALLOC_MAX_SIZE};
@@ -663,6 +663,18 @@ impl<P: Platform> KmemCache<P> {
         }
         let c = self.cpu_slab_unchecked(owned);
         Some((c, c.state.try_lock_this(p, owned, true)))
+    }
+
+    /// What a fast path tells a caller that does not own its CPU: the
+    /// shared fast path next, unless the cache debugs (it has no sheaf: the
+    /// full path, without a compare-and-swap for nothing).
+    #[inline(always)]
+    pub(crate) fn unowned<T>(&self) -> Fast<T> {
+        if self.debug {
+            Fast::Declined
+        } else {
+            Fast::Unowned
+        }
     }
 
     /// [`Self::this_cpu`] for a caller that does not own its CPU. Kept out

@@ -220,6 +220,19 @@ unsafe impl Send for CpuInner {}
 /// A held CPU state.
 pub(crate) type CpuGuard<'a> = PerCpuGuard<'a, CpuInner>;
 
+/// What an inlined fast path did ([`super::KmemCache::alloc_fast_path`]
+/// with the object, [`super::KmemCache::free_fast`] with nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fast<T> {
+    /// Done on the owned CPU's sheaf.
+    Done(T),
+    /// The caller does not own its CPU: the shared fast path next
+    /// (`alloc_shared`, `free_shared`).
+    Unowned,
+    /// Not handled; nothing changed: the full path next.
+    Declined,
+}
+
 impl CpuSlab {
     /// Empty state on `node`: no active slab, no partial slabs, counters at
     /// zero.

@@ -20,7 +20,7 @@
 //! ([`KmemCache::free_shared`]). Whatever either declines goes to the full
 //! path above, which checks again and reports.
 
-use super::cpu::{CpuGuard, CpuInner, CpuSlab, Stat};
+use super::cpu::{CpuGuard, CpuInner, CpuSlab, Fast, Stat};
 use super::node::Which;
 use super::slab::{SlabRef, Word, DISABLED, FROZEN, NIL, ON_FULL, ON_PARTIAL};
 use super::{
@@ -38,17 +38,6 @@ use core::sync::atomic::Ordering::Relaxed;
 /// with up to this many free objects to the front of the partial list.
 pub const SHRINK_PROMOTE_MAX: usize = 32;
 
-/// What [`KmemCache::free_fast`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FastFree {
-    /// Freed onto the owned CPU's sheaf.
-    Done,
-    /// Checked and live, but the caller does not own its CPU.
-    Unowned,
-    /// Not handled; nothing changed.
-    Declined,
-}
-
 impl<P: Platform> KmemCache<P> {
     /// Linux's `kmem_cache_free`. An address that is not a live object of
     /// this cache is reported and refused; nothing changes.
@@ -59,11 +48,11 @@ impl<P: Platform> KmemCache<P> {
         if let Some((cache, slab)) = super::find_slab(self.pages(), addr) {
             if core::ptr::eq(cache, self) {
                 match self.free_fast(slab, addr) {
-                    FastFree::Done => return Ok(()),
-                    FastFree::Unowned => {
+                    Fast::Done(()) => return Ok(()),
+                    Fast::Unowned => {
                         return self.free_unowned(slab.pfn, slab.frame, addr, Location::caller())
                     }
-                    FastFree::Declined => {}
+                    Fast::Declined => {}
                 }
             }
         }
@@ -121,9 +110,9 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// The free fast path alone: `p` (in `slab` of this cache) onto this
-    /// CPU's sheaf, for a caller that owns its CPU. [`FastFree::Unowned`]
+    /// CPU's sheaf, for a caller that owns its CPU. [`Fast::Unowned`]
     /// once `p` passed every check but the caller does not own its CPU
-    /// (then [`Self::free_unowned`]); [`FastFree::Declined`], with nothing
+    /// (then [`Self::free_unowned`]); [`Fast::Declined`], with nothing
     /// changed, for anything else it does not handle (a debug cache, an
     /// address that is not an object's start, a slot that looks free, a
     /// taken CPU flag, another node, a full or missing sheaf), which
@@ -133,7 +122,7 @@ impl<P: Platform> KmemCache<P> {
     /// The owner's path makes no call, so the caller keeps nothing in
     /// saved registers for it; everything else returns to the caller.
     #[inline(always)]
-    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> FastFree {
+    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> Fast<()> {
         // A debug cache is refused below: it has no sheaf (`sheaf_cap` 0),
         // and an unowned caller is told Declined, not Unowned. Its slot read
         // here is harmless (inside the slab) and decides nothing.
@@ -141,7 +130,7 @@ impl<P: Platform> KmemCache<P> {
             .obj_index(slab.base, slab.word().objects(), p)
             .is_none()
         {
-            return FastFree::Declined;
+            return Fast::Declined;
         }
         // Computed once, before the CPU flag, and whether the cache has
         // the mark or not (fewer registers to keep than an Option): the
@@ -150,22 +139,18 @@ impl<P: Platform> KmemCache<P> {
         let (slot, key) = self.free_mark(p);
         // SAFETY: p is an object of a live slab of this cache.
         if self.marks && self.plausible_fp(unsafe { (slot as *const usize).read() } ^ key) {
-            return FastFree::Declined;
+            return Fast::Declined;
         }
         let Some((c, g)) = self.this_cpu_owned() else {
-            return if self.debug {
-                FastFree::Declined
-            } else {
-                FastFree::Unowned
-            };
+            return self.unowned();
         };
         let Some(mut g) = g else {
-            return FastFree::Declined;
+            return Fast::Declined;
         };
         if self.try_sheaf_push(&mut g, c, slab, p, (slot, key)) {
-            FastFree::Done
+            Fast::Done(())
         } else {
-            FastFree::Declined
+            Fast::Declined
         }
     }
 
@@ -188,7 +173,7 @@ impl<P: Platform> KmemCache<P> {
 
     /// The free fast path for a caller that does not own its CPU, after
     /// [`Self::free_fast`] checked `p` (an object of the slab at `pfn`,
-    /// head frame `frame`) and said [`FastFree::Unowned`]: the CPU flag by
+    /// head frame `frame`) and said [`Fast::Unowned`]: the CPU flag by
     /// compare-and-swap, `p` onto the sheaf. False, with nothing changed,
     /// if the flag is taken or the sheaf cannot take `p` (full, another
     /// node, none: a cache descriptor's cache has none).

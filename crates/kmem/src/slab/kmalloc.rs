@@ -18,8 +18,7 @@
 //! in their head frame, so `kfree` and `ksize` recognise them and refuse
 //! anything the page allocator handed to someone else.
 
-use super::alloc::FastAlloc;
-use super::free::FastFree;
+use super::cpu::Fast;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
 use super::{
     find, find_slab, CacheName, Found, KmemCache, SlabAllocator, SlabFlags, SlabFreeError,
@@ -312,11 +311,9 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if size.wrapping_sub(1) < KMALLOC_MAX_CACHE_SIZE {
             let s = self.kmalloc_slab(size, gfp);
             match s.alloc_fast_path(gfp) {
-                FastAlloc::Done(p) => return Ok(p),
-                FastAlloc::Unowned => {
-                    return self.kmalloc_unowned(s, size, gfp, Location::caller())
-                }
-                FastAlloc::Declined => {}
+                Fast::Done(p) => return Ok(p),
+                Fast::Unowned => return self.kmalloc_unowned(s, size, gfp, Location::caller()),
+                Fast::Declined => {}
             }
         }
         self.kmalloc_node_at(size, gfp, NUMA_NO_NODE, Location::caller())
@@ -462,8 +459,8 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         }
         if let Some((cache, slab)) = find_slab(self.pages, addr) {
             match cache.free_fast(slab, addr) {
-                FastFree::Done => return Ok(()),
-                FastFree::Unowned => {
+                Fast::Done(()) => return Ok(()),
+                Fast::Unowned => {
                     return self.kfree_unowned(
                         cache,
                         slab.pfn,
@@ -472,7 +469,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
                         Location::caller(),
                     )
                 }
-                FastFree::Declined => {}
+                Fast::Declined => {}
             }
         }
         self.kfree_at(addr, Location::caller())
