@@ -252,7 +252,7 @@ mod tests {
         for name in allocator_names().into_iter().chain([LOOP_ONLY]) {
             assert_eq!(
                 build_shared_name(name).is_some(),
-                build_shared(name).is_some(),
+                build_shared(name, false).is_some(),
                 "{name}"
             );
         }
