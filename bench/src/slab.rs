@@ -22,9 +22,10 @@
 //! thread-safe ones.
 //! Objects are not touched by the workload (the definition);
 //! allocators that keep metadata in free objects touch them themselves.
-//! `--touch` runs the same workloads on blocks that are used ([`touch`]). Before timing, each contender is
-//! checked: every object of a W2 and a W3 batch is aligned and disjoint from
-//! the others, and a byte pattern written over it survives the batch.
+//! `--touch` runs the same workloads on blocks that are used ([`touch`]).
+//! Before timing, each contender is checked: every object of a W2 and a W3
+//! batch is aligned and disjoint from the others, and a byte pattern written
+//! over it survives the batch.
 //!
 //! `--callgrind` reruns each (allocator, workload) under valgrind's callgrind
 //! and reports instructions per pair ([`callgrind`]); `--callgrind-one` is
