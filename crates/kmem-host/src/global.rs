@@ -53,6 +53,21 @@
 //! allocated by kmem, freed from inside kmem's platform code) is pushed on a
 //! lock-free list and freed by the next top-level free.
 //!
+//! # Claiming CPUs: a thread cache without atomics
+//! By default no thread owns a kmem CPU: threads share the machine's CPU
+//! numbers (`slot % nr_cpus`) and every operation takes the per-CPU flag with
+//! a compare-and-swap (kmem's shared paths). [`KmemGlobal::claiming_cpus`]
+//! makes each thread, at its first allocation or free through this
+//! allocator, claim the lowest free CPU number of the machine
+//! ([`crate::claim_cpu`]) and hold it until the thread exits; its
+//! operations then take the owner's paths, plain loads and stores, like a
+//! per-thread cache. Threads that find every CPU claimed stay unclaimed, and
+//! when their CPU number has an owner they take the locked slow paths, so
+//! give such a machine at least as many CPUs as threads that allocate at
+//! once. Claims are process-wide CPU numbers: code that claims CPUs itself
+//! (other machines, tests) competes with them. [`GlobalStats::claims`]
+//! counts them.
+//!
 //! Allocation failures are not papered over: a kmalloc error gives a null
 //! pointer, as `GlobalAlloc` requires. The mask is `GFP_KERNEL` in process
 //! context and `GFP_ATOMIC` when the calling thread is in atomic context by
@@ -75,7 +90,7 @@ use kmem::slab::kmalloc::kmalloc_size_roundup;
 use kmem::slab::{SlabAllocator, SlabConfig, KMALLOC_MAX_SIZE};
 use kmem::AllocError;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{
@@ -360,6 +375,23 @@ impl Drop for Outermost {
 
 // ------------------------------------------------------------------ KmemGlobal
 
+/// A thread's CPU claim under [`KmemGlobal::claiming_cpus`].
+struct ThreadClaim {
+    /// The thread tried to claim (once per thread).
+    tried: Cell<bool>,
+    /// The claim, dropped (the CPU given back) when the thread exits.
+    held: RefCell<Option<crate::CpuClaim>>,
+}
+
+thread_local! {
+    static CLAIM: ThreadClaim = const {
+        ThreadClaim {
+            tried: Cell::new(false),
+            held: RefCell::new(None),
+        }
+    };
+}
+
 /// Counters of the paths that did not end in kmalloc/kfree (all of them
 /// should stay small; see the module documentation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -382,9 +414,19 @@ pub struct GlobalStats {
     pub realloc_in_place: usize,
     /// Reallocs that moved the object.
     pub realloc_moved: usize,
+    /// Threads that claimed a CPU ([`KmemGlobal::claiming_cpus`]).
+    pub claims: usize,
+    /// Threads that tried to claim one and found none free.
+    pub claims_missed: usize,
 }
 
+/// The fallback and realloc counters behind [`GlobalStats`]. Every thread
+/// bumps them (`realloc_moved` on every moved realloc), so they sit on cache
+/// lines of their own, away from the allocator's `state`, which every
+/// operation reads (a layout in which they shared one made the
+/// `rust_workload` example about a tenth slower).
 #[derive(Default)]
+#[repr(align(128))]
 struct Counters {
     nested: AtomicUsize,
     oversize: AtomicUsize,
@@ -394,6 +436,8 @@ struct Counters {
     bad_frees: AtomicUsize,
     realloc_in_place: AtomicUsize,
     realloc_moved: AtomicUsize,
+    claims: AtomicUsize,
+    claims_missed: AtomicUsize,
 }
 
 impl Counters {
@@ -407,6 +451,8 @@ impl Counters {
             bad_frees: AtomicUsize::new(0),
             realloc_in_place: AtomicUsize::new(0),
             realloc_moved: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
+            claims_missed: AtomicUsize::new(0),
         }
     }
 }
@@ -452,6 +498,9 @@ pub struct KmemGlobal {
     ram_bytes: u64,
     nr_cpus: usize,
     echo_warnings: bool,
+    /// Threads claim a CPU at their first operation (see the module
+    /// documentation).
+    claim_cpus: bool,
     counters: Counters,
     /// kmem objects whose free was deferred, linked through their first word.
     deferred: AtomicPtr<u8>,
@@ -472,9 +521,63 @@ impl KmemGlobal {
             ram_bytes,
             nr_cpus,
             echo_warnings: true,
+            claim_cpus: false,
             counters: Counters::new(),
             deferred: AtomicPtr::new(ptr::null_mut()),
         }
+    }
+
+    /// The same, with every thread claiming a CPU of the machine of its own
+    /// at its first allocation or free, for as long as it lives: the owner's
+    /// paths, without atomic instructions (see "Claiming CPUs" in the module
+    /// documentation).
+    ///
+    /// ```no_run
+    /// use kmem_host::global::KmemGlobal;
+    ///
+    /// // Up to 16 threads get a CPU each.
+    /// #[global_allocator]
+    /// static KMEM: KmemGlobal = KmemGlobal::with_machine(1 << 30, 16).claiming_cpus();
+    /// # fn main() {}
+    /// ```
+    pub const fn claiming_cpus(mut self) -> Self {
+        self.claim_cpus = true;
+        self
+    }
+
+    /// Claims a CPU for the calling thread if this allocator claims CPUs and
+    /// the thread has not tried yet (nesting flag held). One thread-local
+    /// load once tried.
+    #[inline]
+    fn claim_once(&self) {
+        if !self.claim_cpus {
+            return;
+        }
+        // After the thread's claim was dropped at its exit, `try_with`
+        // fails: the thread stays unclaimed for its last frees.
+        let _ = CLAIM.try_with(|c| {
+            if !c.tried.get() {
+                c.tried.set(true);
+                self.claim_first_free(c);
+            }
+        });
+    }
+
+    #[cold]
+    fn claim_first_free(&self, c: &ThreadClaim) {
+        for cpu in 0..self.nr_cpus.min(crate::MAX_CLAIMABLE_CPUS) {
+            match crate::claim_cpu(cpu) {
+                Ok(claim) => {
+                    *c.held.borrow_mut() = Some(claim);
+                    bump(&self.counters.claims);
+                    return;
+                }
+                Err(crate::ClaimError::Taken { .. }) => continue,
+                // Already holding one (claimed by hand), or no membarrier.
+                Err(_) => return,
+            }
+        }
+        bump(&self.counters.claims_missed);
     }
 
     /// Builds the machine and slab allocator. Runs with the nesting flag
@@ -575,6 +678,8 @@ impl KmemGlobal {
             bad_frees: c.bad_frees.load(Relaxed),
             realloc_in_place: c.realloc_in_place.load(Relaxed),
             realloc_moved: c.realloc_moved.load(Relaxed),
+            claims: c.claims.load(Relaxed),
+            claims_missed: c.claims_missed.load(Relaxed),
         }
     }
 
@@ -598,6 +703,7 @@ impl KmemGlobal {
         let Some(st) = self.state() else {
             return system_alloc(layout, zero);
         };
+        self.claim_once();
         let gfp = if zero {
             Self::gfp() | Gfp::ZERO
         } else {
@@ -682,6 +788,7 @@ impl fmt::Debug for KmemGlobal {
             .field("built", &self.built().is_some())
             .field("ram_bytes", &self.ram_bytes)
             .field("nr_cpus", &self.nr_cpus)
+            .field("claim_cpus", &self.claim_cpus)
             .field("stats", &self.stats())
             .finish()
     }
@@ -720,6 +827,7 @@ unsafe impl GlobalAlloc for KmemGlobal {
         match self.built() {
             Some(st) if st.owns(p) => match Outermost::enter() {
                 Some(_outer) => {
+                    self.claim_once();
                     self.kfree(st, p);
                     if !self.deferred.load(Relaxed).is_null() {
                         self.drain_deferred(st);
