@@ -14,120 +14,28 @@
 //! the large (page-backed) kmallocs, the few allocations that went to the
 //! system allocator (the machine's own bookkeeping, made while it was being
 //! built), `/proc/slabinfo`, and the page allocator's consistency check
-//! (`pages().verify()`). `rust_workload_system` runs the same workload on
-//! the system allocator, for a baseline.
+//! (`pages().verify()`). `rust_workload_claimed` runs the same workload
+//! with every thread owning a kmem CPU (`KmemGlobal::claiming_cpus`),
+//! `rust_workload_system` on the system allocator, for a baseline.
 //!
 //! ```text
 //! cargo run --release -p kmem-host --example rust_workload
+//! cargo run --release -p kmem-host --example rust_workload_claimed
 //! cargo run --release -p kmem-host --example rust_workload_system
 //! ```
 
 #[path = "workload/mod.rs"]
 mod workload;
 
-use kmem::slab::{Stat, NR_STATS};
+#[path = "workload/report.rs"]
+mod report;
+
 use kmem_host::global::KmemGlobal;
 use std::process::ExitCode;
-use workload::{ROUNDS, THREADS};
 
 #[global_allocator]
 static KMEM: KmemGlobal = KmemGlobal::new();
 
-/// The counters printed, by Linux's `/sys/kernel/slab/<cache>/` names.
-const SHOWN: [Stat; 10] = [
-    Stat::AllocFastpath,
-    Stat::AllocSlowpath,
-    Stat::FreeFastpath,
-    Stat::FreeSlowpath,
-    Stat::AllocSlab,
-    Stat::FreeSlab,
-    Stat::SheafRefill,
-    Stat::SheafFlush,
-    Stat::AllocContended,
-    Stat::FreeContended,
-];
-
-/// Every counter, summed over every kmalloc cache and CPU.
-fn counters() -> [u64; NR_STATS] {
-    let mut sum = [0u64; NR_STATS];
-    KMEM.slab().expect("built").for_each_cache(|c| {
-        if c.name().contains("kmalloc-") {
-            for (total, n) in sum.iter_mut().zip(c.stats()) {
-                *total += n;
-            }
-        }
-    });
-    sum
-}
-
 fn main() -> ExitCode {
-    if !KMEM.init_now() {
-        eprintln!("kmem could not be set up; nothing ran on it");
-        return ExitCode::FAILURE;
-    }
-    let before = counters();
-    let workload::Outcome {
-        work,
-        strings,
-        elapsed,
-    } = workload::run();
-    let after = counters();
-    let slab = KMEM.slab().expect("built");
-    let machine = KMEM.machine().expect("built");
-    let (large_allocs, large_frees, large_pages) = slab.large_kmalloc_stats();
-    let g = KMEM.stats();
-
-    println!(
-        "rust_workload: {THREADS} worker threads + 1 collector on a kmem machine with {} CPUs, {ROUNDS} rounds each, {:.2?}",
-        machine.config().nr_cpus,
-        elapsed
-    );
-    println!("  work checksum {work}, {strings} strings collected across threads");
-    println!();
-    println!(
-        "kmalloc caches, this run (Linux's /sys/kernel/slab counters, summed over every kmalloc-* cache and CPU):"
-    );
-    let delta = |s: Stat| after[s as usize] - before[s as usize];
-    for s in SHOWN {
-        println!("  {:<16} {:>10}", s.name(), delta(s));
-    }
-    let allocs = delta(Stat::AllocFastpath) + delta(Stat::AllocSlowpath);
-    println!("  = {allocs} slab allocations");
-    println!(
-        "large kmalloc (above 8 KiB, whole pages), whole process: {large_allocs} allocations, {large_frees} frees, {large_pages} pages held now"
-    );
-    println!(
-        "system allocator instead of kmem, whole process: {} while kmem itself was allocating (machine bootstrap), {} above 4 MiB, {} misaligned",
-        g.nested, g.oversize, g.misaligned
-    );
-    println!(
-        "realloc: {} in place (same class), {} moved; kmalloc failures {}, refused frees {}, deferred frees {}",
-        g.realloc_in_place, g.realloc_moved, g.failed, g.bad_frees, g.deferred
-    );
-
-    let mut info = String::with_capacity(64 * 1024);
-    kmem::slab::slabinfo::slabinfo(slab, &mut info).expect("format slabinfo");
-    println!();
-    println!("/proc/slabinfo (the caches holding slabs):");
-    for line in info.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let in_use = cols.get(2).and_then(|n| n.parse::<u64>().ok()).unwrap_or(1) > 0;
-        if line.starts_with("slabinfo") || line.starts_with('#') || in_use {
-            println!("{line}");
-        }
-    }
-
-    let verify = machine.pages().verify();
-    println!();
-    match &verify {
-        Ok(report) => println!("pages().verify(): ok ({report:?})"),
-        Err(e) => println!("pages().verify(): FAILED: {e:?}"),
-    }
-    let through_kmem = allocs > 0 && g.failed == 0 && g.bad_frees == 0 && g.oversize == 0;
-    if verify.is_ok() && through_kmem {
-        println!("every allocation of the workload went through kmem");
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report::run_and_report(&KMEM, "rust_workload")
 }
