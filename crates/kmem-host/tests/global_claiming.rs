@@ -2,8 +2,8 @@
 //! every thread claims a CPU of the machine at its first allocation or free
 //! and gives it back when it exits; threads that find none free keep working
 //! unclaimed. One test, so that the harness runs no other thread meanwhile
-//! (the harness's main thread and the test's own thread hold two of the four
-//! CPUs throughout).
+//! (the harness's main thread, and the test's own thread when the harness
+//! runs it on a thread of its own, hold CPUs throughout).
 
 use kmem_host::cpu::current_owned_cpu;
 use kmem_host::cpu_claimed;
@@ -31,13 +31,12 @@ fn check(v: &[u64], tag: u64) {
 fn threads_claim_cpus_while_they_live_and_the_rest_share() {
     assert!(KMEM.init_now());
     drop(filled(10, 0));
-    // This thread allocated: it owns a CPU now (the harness's main thread,
-    // which allocated first, owns another).
+    // This thread allocated: it owns a CPU now.
     let mine = current_owned_cpu();
     assert!(mine < CPUS, "the test thread claimed no CPU");
     assert!(cpu_claimed(mine));
     let base = KMEM.stats();
-    assert!(base.claims >= 2, "{base:?}");
+    assert!(base.claims >= 1, "{base:?}");
 
     // A thread claims at its first allocation and gives the CPU back at its
     // exit.
@@ -56,8 +55,11 @@ fn threads_claim_cpus_while_they_live_and_the_rest_share() {
     );
     assert_eq!(KMEM.stats().claims, base.claims + 1);
 
-    // Six threads at once: two CPUs are free, so two claim and four share,
-    // and everyone's objects survive being freed by another thread.
+    // Six threads at once: as many claim as CPUs are free (two or three),
+    // the rest share, and everyone's objects survive being freed by another
+    // thread.
+    let free = (0..CPUS).filter(|&c| !cpu_claimed(c)).count();
+    assert!((2..=3).contains(&free), "{free} CPUs free");
     let before = KMEM.stats();
     let barrier = Barrier::new(6);
     let (tx, rx) = mpsc::channel::<(u64, Vec<u64>)>();
@@ -87,11 +89,15 @@ fn threads_claim_cpus_while_they_live_and_the_rest_share() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let claimed: Vec<usize> = owned.iter().copied().filter(|&c| c < CPUS).collect();
-    assert_eq!(claimed.len(), 2, "owned CPUs {owned:?}");
+    assert_eq!(claimed.len(), free, "owned CPUs {owned:?}");
     assert!(claimed.iter().all(|&c| c != mine));
     let after = KMEM.stats();
-    assert_eq!(after.claims, before.claims + 2, "{after:?}");
-    assert_eq!(after.claims_missed, before.claims_missed + 4, "{after:?}");
+    assert_eq!(after.claims, before.claims + free, "{after:?}");
+    assert_eq!(
+        after.claims_missed,
+        before.claims_missed + 6 - free,
+        "{after:?}"
+    );
     assert!(claimed.iter().all(|&c| !cpu_claimed(c)));
     assert_eq!(after.failed, 0);
     assert_eq!(after.bad_frees, 0);
