@@ -725,17 +725,22 @@ mod tests {
         );
     }
 
+    /// Options for a brief run (two batches, one run) of the rows `only`
+    /// names (all if empty).
+    fn brief(only: &[&str]) -> RunOpts {
+        RunOpts {
+            json: true,
+            iters: Some(2 * BATCH as u64),
+            runs: 1,
+            only: only.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     /// The whole suite, briefly: every contender passes its checks and runs
     /// every workload it takes part in.
     #[test]
     fn every_contender_runs_every_workload() {
-        let opts = RunOpts {
-            json: true,
-            iters: Some(2 * BATCH as u64),
-            runs: 1,
-            only: vec![],
-        };
-        let cells = measure(&opts, false).unwrap();
+        let cells = measure(&brief(&[]), false).unwrap();
         assert_eq!(cells.len(), 15 * 3 + 10);
         assert!(cells
             .iter()
@@ -748,13 +753,7 @@ mod tests {
     /// and no verdict on the goals.
     #[test]
     fn touched_blocks_run_every_workload_without_goals() {
-        let opts = RunOpts {
-            json: true,
-            iters: Some(2 * BATCH as u64),
-            runs: 1,
-            only: vec!["kmem".into(), "kmem-nomark".into(), "glibc".into()],
-        };
-        let cells = measure(&opts, true).unwrap();
+        let cells = measure(&brief(&["kmem", "kmem-nomark", "glibc"]), true).unwrap();
         assert_eq!(cells.len(), 3 * 3 + 3);
         let lines = summary(&cells, false);
         assert!(lines.iter().any(|l| l.contains("W4 scaling")));
