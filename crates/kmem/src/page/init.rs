@@ -75,8 +75,9 @@ impl<P: Platform> PageAllocator<P> {
             })
         };
         let section_bytes = PAGES_PER_SECTION as usize * size_of::<super::Frame>();
-        // (address of the first record, first section, sections)
-        let mut flat = (0usize, 0usize, 0usize);
+        // The direct run so far: address of its first record, its first
+        // section, its sections.
+        let (mut flat_base, mut flat_first, mut flat_sections) = (0usize, 0usize, 0usize);
         let mut s = 0;
         while s < nr_sections {
             if !has_ram(s) {
@@ -112,23 +113,23 @@ impl<P: Platform> PageAllocator<P> {
                 }
                 // The largest run; of equal ones the highest, where the
                 // Normal zone (kernel allocations' first choice) lies.
-                if last - first >= flat.2 {
-                    flat = (block, first, last - first);
+                if last - first >= flat_sections {
+                    (flat_base, flat_first, flat_sections) = (block, first, last - first);
                 }
                 first = last;
             }
             s = end;
         }
         // SAFETY: every table entry is 0 or an initialised frame array, and
-        // the `flat.2` sections from `flat.1` have theirs in one block from
-        // `flat.0`, in order.
+        // the `flat_sections` sections from `flat_first` have theirs in one
+        // block from `flat_base`, in order.
         let mm = unsafe {
             Memmap::new(
                 table,
                 nr_sections,
-                flat.0,
-                flat.1 as u64 * PAGES_PER_SECTION,
-                flat.2 as u64 * PAGES_PER_SECTION,
+                flat_base,
+                flat_first as u64 * PAGES_PER_SECTION,
+                flat_sections as u64 * PAGES_PER_SECTION,
             )
         };
 

@@ -632,13 +632,7 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     pub(crate) fn cpu_slab(&self, cpu: usize) -> &CpuSlab {
         debug_assert!(cpu < self.nr_cpus);
-        let cpu = if cpu < self.nr_cpus { cpu } else { 0 };
-        // SAFETY: init_at wrote nr_cpus CpuSlabs right behind the header,
-        // inside the same allocation.
-        unsafe {
-            let base = (self as *const Self as *const u8).add(size_of::<Self>()) as *const CpuSlab;
-            &*base.add(cpu)
-        }
+        self.cpu_slab_unchecked(if cpu < self.nr_cpus { cpu } else { 0 })
     }
 
     /// The running CPU's state, with its flag if it could be taken without
@@ -790,7 +784,7 @@ impl<P: Platform> KmemCache<P> {
     /// callers that know the cache is hardened.
     #[inline(always)]
     fn fp_encoded(&self, v: usize, slot: usize) -> usize {
-        v ^ self.random ^ slot.swap_bytes()
+        v ^ self.fp_key(slot)
     }
 
     /// Address of the free-pointer slot of the object at `obj`: `offset`

@@ -274,20 +274,7 @@ impl<P: Platform> KmemCache<P> {
                 return Err(self.refuse(self.not_live(p, v), caller));
             }
         }
-        self.free_to_cpu(slab, p, self.this_cpu(), caller)
-    }
-
-    /// The part of a free after the checks, given this CPU's state (as
-    /// [`Self::this_cpu`] returns it): the sheaf, or whatever path takes
-    /// `p` when the sheaf cannot.
-    #[inline(always)]
-    fn free_to_cpu<'c>(
-        &'c self,
-        slab: SlabRef<'_>,
-        p: usize,
-        (c, g): (&'c CpuSlab, Option<CpuGuard<'c>>),
-        caller: &'static Location<'static>,
-    ) -> Result<(), SlabFreeError> {
+        let (c, g) = self.this_cpu();
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };

@@ -493,17 +493,6 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         self.kfree_at(addr, caller)
     }
 
-    /// [`Self::not_descriptor`], reporting the refusal as a free's error.
-    fn refuse_descriptor(
-        &self,
-        cache: &KmemCache<P>,
-        addr: usize,
-        caller: &'static Location<'static>,
-    ) -> Result<(), SlabFreeError> {
-        self.not_descriptor(cache, addr)
-            .inspect_err(|e| self.report(e, caller))
-    }
-
     /// [`Self::kfree`] with an explicit call site (no NULL check, no fast
     /// path of its own).
     #[inline(never)]
@@ -514,7 +503,8 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     ) -> Result<(), SlabFreeError> {
         match find(self.pages, addr) {
             Ok(Found::Slab { cache, slab }) => self
-                .refuse_descriptor(cache, addr, caller)
+                .not_descriptor(cache, addr)
+                .inspect_err(|e| self.report(e, caller))
                 .and_then(|()| cache.free_checked(slab, addr, caller)),
             Ok(Found::Large { head, order, base }) => free_large(
                 self.pages,
