@@ -421,10 +421,10 @@ pub struct GlobalStats {
 }
 
 /// The fallback and realloc counters behind [`GlobalStats`]. Every thread
-/// bumps them (`realloc_moved` on every moved realloc), so they sit on cache
-/// lines of their own, away from the allocator's `state`, which every
-/// operation reads (a layout in which they shared one made the
-/// `rust_workload` example about a tenth slower).
+/// bumps them (`realloc_moved` on every moved realloc), so they sit on a
+/// 128-byte pair of cache lines of their own, away from the allocator's
+/// `state`, which every operation reads (unaligned, they shared a pair
+/// with it; see BENCHMARKS.md, slab, for what that measured).
 #[derive(Default)]
 #[repr(align(128))]
 struct Counters {
