@@ -104,30 +104,39 @@ fn assert_unique(s: &SlabAllocator<'_, HostPlatform>, size: usize, n: usize) {
     }
 }
 
-/// Sheaf flushes `cap`-slot sheaf takes over `frees` frees starting with
-/// `n0` objects in it (each free of a full sheaf first flushes `cap / 2`).
-fn expected_flushes(cap: usize, n0: usize, frees: usize) -> usize {
+/// Barn puts and sheaf flushes a `cap`-slot sheaf takes over `frees` frees
+/// on one CPU, starting with `n0` objects in it and an empty barn that
+/// takes `barn_max` full sheaves: a free finding the sheaf full trades it
+/// at the barn while the barn has room, else first flushes `cap / 2`.
+fn expected_puts_flushes(cap: usize, barn_max: usize, n0: usize, frees: usize) -> (usize, usize) {
     let half = cap / 2;
     let mut n = n0;
-    let mut flushes = 0;
+    let (mut puts, mut flushes) = (0, 0);
     for _ in 0..frees {
         if n == cap {
-            n -= half;
-            flushes += 1;
+            if puts < barn_max {
+                puts += 1;
+                n = 0;
+            } else {
+                n -= half;
+                flushes += 1;
+            }
         }
         n += 1;
     }
-    flushes
+    (puts, flushes)
 }
 
 /// Allocating and freeing more objects than a sheaf holds, on one CPU:
-/// the counters show refills and flushes in the numbers the capacity
-/// (`sheaf_bytes / size`) implies, every pointer is distinct, every object
-/// keeps its contents until freed, and everything goes back on shrink.
+/// the counters show refills, barn trades and flushes in the numbers the
+/// capacity (`sheaf_bytes / size`) and the barn's size (`barn_sheaves`,
+/// within `sheaf_bytes` of objects) imply, every pointer is distinct, every
+/// object keeps its contents until freed, and everything (the barn's
+/// sheaves included) goes back on shrink.
 #[test]
 fn sheaf_refill_and_flush_counters() {
     let m = machine(128 << 20);
-    for (sheaf_bytes, cap) in [(64 * 64, 64usize), (4 << 20, SHEAF_SLOTS)] {
+    for (sheaf_bytes, cap, barn_max) in [(64 * 64, 64usize, 1), (4 << 20, SHEAF_SLOTS, 10)] {
         let s = SlabAllocator::new(
             m.pages(),
             SlabConfig {
@@ -192,13 +201,16 @@ fn sheaf_refill_and_flush_counters() {
             }
             assert_eq!(c.stat(Stat::FreeFastpath), n as u64);
             let flushes = c.stat(Stat::SheafFlush) as usize;
+            let puts = c.stat(Stat::BarnPut) as usize;
             // The sheaf held between 0 and cap objects when the frees began.
-            let lo = expected_flushes(cap, 0, n);
-            let hi = expected_flushes(cap, cap, n);
             assert!(
-                (lo..=hi).contains(&flushes),
-                "{flushes} sheaf flushes for {n} frees, expected {lo}..={hi} for a {cap}-slot sheaf"
+                (0..=cap).any(|n0| expected_puts_flushes(cap, barn_max, n0, n) == (puts, flushes)),
+                "{puts} barn puts and {flushes} sheaf flushes for {n} frees: no start fits a \
+                 {cap}-slot sheaf and a barn of {barn_max}"
             );
+            assert!(puts >= 1, "no full sheaf went to the barn");
+            assert_eq!(c.stat(Stat::BarnPutFail) as usize, flushes);
+            assert_eq!(c.stat(Stat::BarnGet), 0, "nothing allocated from the barn");
         });
         assert_eq!(c.errors(), 0);
         c.shrink();

@@ -9,7 +9,7 @@ use kmem_host::global::KmemGlobal;
 use std::process::ExitCode;
 
 /// The counters printed, by Linux's `/sys/kernel/slab/<cache>/` names.
-const SHOWN: [Stat; 10] = [
+const SHOWN: [Stat; 12] = [
     Stat::AllocFastpath,
     Stat::AllocSlowpath,
     Stat::FreeFastpath,
@@ -18,6 +18,8 @@ const SHOWN: [Stat; 10] = [
     Stat::FreeSlab,
     Stat::SheafRefill,
     Stat::SheafFlush,
+    Stat::BarnGet,
+    Stat::BarnPut,
     Stat::AllocContended,
     Stat::FreeContended,
 ];

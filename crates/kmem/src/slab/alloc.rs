@@ -398,37 +398,40 @@ impl<P: Platform> KmemCache<P> {
                 g.sheaf_n = n + 1;
             }
         }
-        let n = g.sheaf_n.checked_sub(1)?;
+        if g.sheaf_n == 0 {
+            return None;
+        }
         c.stat(Stat::SheafRefill);
+        Some(self.sheaf_take(g))
+    }
+
+    /// Pops the top object of the CPU's sheaf (known non-empty) on the slow
+    /// path (counted as [`Stat::AllocSlowpath`] there), marking it
+    /// allocated.
+    fn sheaf_take(&self, g: &mut CpuInner) -> usize {
+        let n = g.sheaf_n - 1;
         g.sheaf_n = n;
-        // SAFETY: slot n was just filled with a free object, now ours.
+        // SAFETY: slot n holds a free object of this cache, now ours.
         unsafe {
             let obj = *g.sheaf.add(n as usize);
             if self.marks {
                 self.mark_allocated(obj);
             }
-            Some(obj)
+            obj
         }
     }
 
     /// Gives the CPU a sheaf block from the page allocator (quietly, without
     /// reclaim: a sheaf is an optimisation). False if none was free.
     #[cold]
-    fn get_sheaf(&self, g: &mut CpuInner) -> bool {
+    pub(crate) fn get_sheaf(&self, g: &mut CpuInner) -> bool {
         if self.sheaf_cap == 0 {
             return false;
         }
-        let pages = self.pages();
-        let gfp = crate::gfp::GFP_NOWAIT | Gfp::NOWARN;
-        let Ok(pfn) =
-            pages.alloc_pages_node_at(g.node as i32, gfp, super::SHEAF_ORDER, Location::caller())
-        else {
+        let Some(block) = self.new_sheaf_block(g.node as usize) else {
             return false;
         };
-        if let Some(f) = pages.frame(pfn) {
-            f.set_owner(super::OWNER_SHEAF);
-        }
-        g.sheaf = pages.page_address(pfn).0 as *mut usize;
+        g.sheaf = block;
         g.sheaf_n = 0;
         g.sheaf_cap = self.sheaf_cap;
         true
@@ -441,21 +444,10 @@ impl<P: Platform> KmemCache<P> {
             return;
         }
         self.flush_sheaf(g, c, g.sheaf_n);
-        let pages = self.pages();
-        let pfn = pages.virt_to_page(crate::addr::VirtAddr(g.sheaf as usize));
+        let block = g.sheaf;
         g.sheaf = core::ptr::null_mut();
         g.sheaf_cap = 0;
-        if let Some(pfn) = pfn {
-            if let Some(f) = pages.frame(pfn) {
-                f.set_owner(0);
-            }
-            if let Err(e) = pages.free_pages(pfn, super::SHEAF_ORDER) {
-                self.platform().warn(format_args!(
-                    "slab {}: freeing a sheaf failed: {e}",
-                    self.name()
-                ));
-            }
-        }
+        self.free_sheaf_block(block);
     }
 
     /// Pops the head of the CPU free list (known non-empty).
@@ -596,6 +588,9 @@ impl<P: Platform> KmemCache<P> {
         // sheaves, so that the free objects of the cache's slabs are used
         // before a new slab is asked for.
         if self.sheaf_cap != 0 && (!g.sheaf.is_null() || self.get_sheaf(&mut g)) {
+            if g.sheaf_n == 0 && self.barn_get_full(&mut g, c) {
+                return Ok(self.sheaf_take(&mut g));
+            }
             if let Some(obj) = self.refill_sheaf(&mut g, c, gfp, node) {
                 return Ok(obj);
             }

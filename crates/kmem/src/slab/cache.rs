@@ -380,6 +380,9 @@ pub struct KmemCache<P: Platform> {
     pub(crate) cpu_list_max: u32,
     /// Objects one CPU's sheaf holds at most (0: no sheaves).
     pub(crate) sheaf_cap: u32,
+    /// Full sheaves (and empty ones) a node's barn holds at most (0: no
+    /// barn).
+    pub(crate) barn_max: u32,
     // ---- read-only after creation (but for merges, as `object_size`) ----
     inuse: AtomicUsize,
     pub(crate) align: usize,
@@ -483,6 +486,14 @@ impl<P: Platform> KmemCache<P> {
                 n as u32
             }
         };
+        // Up to `barn_sheaves` full sheaves, within `sheaf_bytes` of
+        // objects, at least one.
+        let barn_max = if sheaf_cap == 0 || cfg.barn_sheaves == 0 {
+            0
+        } else {
+            let per_sheaf = sheaf_cap as usize * layout.size;
+            (cfg.sheaf_bytes / per_sheaf).clamp(1, cfg.barn_sheaves as usize) as u32
+        };
         // SAFETY: the page allocator is valid (contract).
         let (dm_start, dm_len, local) = unsafe {
             let pa = &*pages;
@@ -512,6 +523,7 @@ impl<P: Platform> KmemCache<P> {
                 dm_len,
                 cpu_list_max,
                 sheaf_cap,
+                barn_max,
                 inuse: AtomicUsize::new(layout.inuse),
                 align: layout.align,
                 oo: layout.oo,

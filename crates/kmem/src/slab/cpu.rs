@@ -94,10 +94,19 @@ pub enum Stat {
     SheafRefill,
     /// The full sheaf gave its older half back to the slabs.
     SheafFlush,
+    /// The empty sheaf was traded for a full one at the barn.
+    BarnGet,
+    /// The sheaf was empty and the barn had no full one.
+    BarnGetFail,
+    /// The full sheaf was traded for an empty one at the barn.
+    BarnPut,
+    /// The sheaf was full and the barn took no more (or no empty block
+    /// could be had).
+    BarnPutFail,
 }
 
 /// Number of [`Stat`] counters.
-pub const NR_STATS: usize = 29;
+pub const NR_STATS: usize = 33;
 
 impl Stat {
     /// Every counter, in declaration order.
@@ -131,6 +140,10 @@ impl Stat {
         Stat::CpuListFlush,
         Stat::SheafRefill,
         Stat::SheafFlush,
+        Stat::BarnGet,
+        Stat::BarnGetFail,
+        Stat::BarnPut,
+        Stat::BarnPutFail,
     ];
 
     /// The name Linux gives the counter in `/sys/kernel/slab/<cache>/`
@@ -167,6 +180,10 @@ impl Stat {
             Stat::CpuListFlush => "cpu_list_flush",
             Stat::SheafRefill => "sheaf_refill",
             Stat::SheafFlush => "sheaf_flush",
+            Stat::BarnGet => "barn_get",
+            Stat::BarnGetFail => "barn_get_fail",
+            Stat::BarnPut => "barn_put",
+            Stat::BarnPutFail => "barn_put_fail",
         }
     }
 }

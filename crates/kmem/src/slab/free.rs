@@ -284,10 +284,12 @@ impl<P: Platform> KmemCache<P> {
         self.free_cpu_slow(slab, p, g, c, caller)
     }
 
-    /// The CPU flag is held but the sheaf cannot take `p`: it is full (the
-    /// older half goes back to the slabs first), or there is none (the CPU
-    /// free list takes it), or `p` is of another node (straight to its
-    /// slab), or it is the sheaf's top object (a double free).
+    /// The CPU flag is held but the sheaf cannot take `p`: it is full
+    /// (traded at the barn for an empty one, else the older half goes back
+    /// to the slabs first), or there is none yet (one is made; failing
+    /// that, the CPU free list takes `p`), or `p` is of another node
+    /// (straight to its slab), or it is the sheaf's top object (a double
+    /// free).
     #[cold]
     #[inline(never)]
     fn free_cpu_slow(
@@ -299,6 +301,11 @@ impl<P: Platform> KmemCache<P> {
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
         let node = slab.node() as u32;
+        if g.sheaf.is_null() {
+            // A CPU that has only freed so far gets its sheaf now (if a
+            // block can be had; else its free list serves).
+            self.get_sheaf(&mut g);
+        }
         if g.sheaf_cap != 0 && node != g.sheaf_node && g.sheaf_n == 0 {
             // An empty sheaf takes the node of what comes.
             g.sheaf_node = node;
@@ -322,8 +329,9 @@ impl<P: Platform> KmemCache<P> {
                 drop(g);
                 return Err(self.refuse_double_free(p, caller));
             }
-            if n == g.sheaf_cap {
-                // Full: the older half goes back to the slabs.
+            if n == g.sheaf_cap && !self.barn_put_full(&mut g, c) {
+                // Full, and the barn takes no more: the older half goes
+                // back to the slabs.
                 let half = g.sheaf_cap / 2;
                 self.flush_sheaf(&mut g, c, half);
             }
@@ -393,18 +401,41 @@ impl<P: Platform> KmemCache<P> {
         }
         c.stat(Stat::SheafFlush);
         // SAFETY: the first sheaf_n slots hold free objects of this cache,
-        // ours under the flag; linking them through their free pointers
-        // makes the chain `flush_chain` takes.
+        // ours under the flag.
         unsafe {
             let s = core::slice::from_raw_parts_mut(g.sheaf, g.sheaf_n as usize);
-            for i in 0..n as usize {
-                let next = if i + 1 < n as usize { s[i + 1] } else { 0 };
-                self.set_fp(s[i], next);
-            }
+            self.link_objects(&s[..n as usize]);
             let head = s[0];
             s.copy_within(n as usize.., 0);
             g.sheaf_n -= n;
             self.flush_chain(head, c, g);
+        }
+    }
+
+    /// Gives the free objects `objs` (a detached sheaf's) back to their
+    /// slabs.
+    ///
+    /// # Safety
+    /// Every entry is a free object of this cache that nothing else holds.
+    pub(crate) unsafe fn flush_objects(&self, objs: &[usize], c: &CpuSlab, g: &mut CpuInner) {
+        if objs.is_empty() {
+            return;
+        }
+        // SAFETY: per the contract.
+        unsafe { self.link_objects(objs) };
+        self.flush_chain(objs[0], c, g);
+    }
+
+    /// Links `objs` into a chain through their free pointers (the last one
+    /// ends it), the chain `flush_chain` takes.
+    ///
+    /// # Safety
+    /// As [`Self::flush_objects`].
+    unsafe fn link_objects(&self, objs: &[usize]) {
+        for (i, &o) in objs.iter().enumerate() {
+            let next = objs.get(i + 1).copied().unwrap_or(0);
+            // SAFETY: per the contract.
+            unsafe { self.set_fp(o, next) };
         }
     }
 
@@ -831,6 +862,7 @@ impl<P: Platform> KmemCache<P> {
 
     /// Flushes every CPU (Linux's `flush_all`).
     pub fn flush_all(&self) {
+        self.drain_barns();
         for cpu in 0..self.nr_cpus {
             self.flush_cpu(cpu);
         }

@@ -14,12 +14,13 @@
 //!   kmem_cache_alloc(cache, gfp) ───────────────────────────────────┤
 //!                                                                   ▼
 //!     per-CPU sheaf ── pop (fast path: plain loads and stores on an owned CPU)
-//!        │ empty: refill half of it from
+//!        │ empty: trade it for a full one at the node's barn, or refill half of it from
 //!        ├─► the per-CPU free list ─► objects freed to the active slab by other CPUs
 //!        ├─► per-CPU partial list ─► node partial list ─► new slab (page allocator)
 //!
 //!   kfree(p) / kmem_cache_free ─► checks ─► push onto the per-CPU sheaf
-//!        │ sheaf full ─► its older half back to the slabs, one CAS per
+//!        │ sheaf full ─► trade it for an empty one at the node's barn, or
+//!        │               its older half back to the slabs, one CAS per
 //!        │               run of objects of the same slab
 //!        └ flag taken / other node ─► straight to the slab (`__slab_free`)
 //! ```
@@ -42,6 +43,13 @@
 //! pressure once the allocator is registered as a shrinker: see
 //! `SlabAllocator::register_shrinker`). With [`SlabConfig::sheaf_bytes`] 0
 //! the CPU free list alone is the fast path.
+//!
+//! Between CPUs, each node has a *barn* per cache (`barn.rs`, Linux 6.18's
+//! `node_barn`): a store of whole full and empty sheaves. A thread that
+//! frees what others allocated fills its sheaf and trades it there for an
+//! empty one; a thread that allocates what others free trades its empty
+//! sheaf for a full one. Objects move between CPUs a sheaf at a time, in
+//! O(1), instead of back to their slabs and out again one by one.
 //!
 //! ## Object layout
 //! Objects follow each other from the first byte of the slab, `size` bytes
@@ -136,6 +144,7 @@ pub mod slab;
 pub mod slabinfo;
 
 mod alloc;
+mod barn;
 mod free;
 mod shrinker;
 
@@ -233,6 +242,13 @@ pub struct SlabConfig {
     /// paths then use the CPU free list alone, as SLUB before Linux 6.18.
     /// Debug caches never use sheaves. Default 4 MiB.
     pub sheaf_bytes: usize,
+    /// Full sheaves each node's *barn* may hold per cache (Linux's
+    /// `MAX_FULL_SHEAVES`, default 10), and no more than
+    /// [`Self::sheaf_bytes`] of objects; as many empty ones. A CPU whose
+    /// sheaf fills trades it there for an empty one, a CPU whose sheaf runs
+    /// empty for a full one, instead of walking the objects back to their
+    /// slabs and out again. 0 turns the barn off.
+    pub barn_sheaves: u32,
 }
 
 impl Default for SlabConfig {
@@ -248,6 +264,7 @@ impl Default for SlabConfig {
             cpu_partial: true,
             merge: true,
             sheaf_bytes: 4 << 20,
+            barn_sheaves: 10,
         }
     }
 }
@@ -832,7 +849,10 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         // No sheaves: kfree's fast path then never takes a cache descriptor,
         // and its slow path refuses them (only kmem_cache_destroy frees one).
         // SAFETY: just initialised, not shared yet.
-        unsafe { (*at).sheaf_cap = 0 };
+        unsafe {
+            (*at).sheaf_cap = 0;
+            (*at).barn_max = 0;
+        }
         // SAFETY: just initialised.
         let kc = unsafe { &*at };
         kc.init_new_slab(pfn, layout.oo.order, true);

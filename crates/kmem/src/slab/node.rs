@@ -13,6 +13,7 @@
 //! page allocator is never called with it held, except to give an empty slab
 //! back, which never calls into the slab layer.
 
+use super::barn::Barn;
 use super::slab::{SlabRef, NIL, ON_FULL, ON_PARTIAL};
 use super::KmemCache;
 use crate::platform::Platform;
@@ -53,6 +54,8 @@ pub(crate) struct CacheNode<L: lock_api::RawMutex> {
     pub(crate) total_objects: AtomicUsize,
     /// Length of the partial list, readable without the lock.
     pub(crate) nr_partial: AtomicUsize,
+    /// Whole sheaves of this node's objects ([`super::barn`]).
+    pub(crate) barn: Barn<L>,
 }
 
 impl<L: lock_api::RawMutex> CacheNode<L> {
@@ -65,6 +68,7 @@ impl<L: lock_api::RawMutex> CacheNode<L> {
             nr_slabs: AtomicUsize::new(0),
             total_objects: AtomicUsize::new(0),
             nr_partial: AtomicUsize::new(0),
+            barn: Barn::new(),
         }
     }
 }

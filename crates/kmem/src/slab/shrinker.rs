@@ -2,7 +2,8 @@
 //!
 //! Free objects that a cache keeps for speed are memory the page allocator
 //! cannot see: the per-CPU sheaves (up to [`super::SlabConfig::sheaf_bytes`]
-//! per CPU and cache), the CPU free lists and per-CPU partial slabs, and
+//! per CPU and cache) and the barns' sheaves (as much again per node and
+//! cache), the CPU free lists and per-CPU partial slabs, and
 //! empty slabs kept on the node partial lists. Under memory pressure an
 //! allocation that may block runs direct reclaim ([`crate::page::reclaim`]);
 //! registered with [`SlabAllocator::register_shrinker`], the slab allocator
