@@ -420,11 +420,10 @@ pub struct GlobalStats {
     pub claims_missed: usize,
 }
 
-/// The fallback and realloc counters behind [`GlobalStats`]. Every thread
-/// bumps them (`realloc_moved` on every moved realloc), so they sit on a
-/// 128-byte pair of cache lines of their own, away from the allocator's
-/// `state`, which every operation reads (unaligned, they shared a pair
-/// with it; see BENCHMARKS.md, slab, for what that measured).
+/// The fallback and claim counters behind [`GlobalStats`]: rarely bumped
+/// (each should stay small), but they sit on a 128-byte pair of cache lines
+/// of their own, away from the allocator's `state`, which every operation
+/// reads.
 #[derive(Default)]
 #[repr(align(128))]
 struct Counters {
@@ -434,8 +433,6 @@ struct Counters {
     failed: AtomicUsize,
     deferred: AtomicUsize,
     bad_frees: AtomicUsize,
-    realloc_in_place: AtomicUsize,
-    realloc_moved: AtomicUsize,
     claims: AtomicUsize,
     claims_missed: AtomicUsize,
 }
@@ -449,10 +446,32 @@ impl Counters {
             failed: AtomicUsize::new(0),
             deferred: AtomicUsize::new(0),
             bad_frees: AtomicUsize::new(0),
-            realloc_in_place: AtomicUsize::new(0),
-            realloc_moved: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
             claims_missed: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Shards of the realloc counters.
+const REALLOC_SHARDS: usize = 16;
+
+/// One shard of the realloc counters, bumped by the threads whose CPU slot
+/// is its index modulo [`REALLOC_SHARDS`], on a 128-byte pair of cache lines
+/// of its own. Programs realloc on every thread all the time (a `Vec` or
+/// `String` growing); with one shared counter, its line moving between the
+/// threads' cores cost 7 % of a nine-thread program's time (BENCHMARKS.md,
+/// slab, whole program).
+#[repr(align(128))]
+struct ReallocShard {
+    in_place: AtomicUsize,
+    moved: AtomicUsize,
+}
+
+impl ReallocShard {
+    const fn new() -> Self {
+        ReallocShard {
+            in_place: AtomicUsize::new(0),
+            moved: AtomicUsize::new(0),
         }
     }
 }
@@ -502,6 +521,7 @@ pub struct KmemGlobal {
     /// documentation).
     claim_cpus: bool,
     counters: Counters,
+    realloc: [ReallocShard; REALLOC_SHARDS],
     /// kmem objects whose free was deferred, linked through their first word.
     deferred: AtomicPtr<u8>,
 }
@@ -523,6 +543,7 @@ impl KmemGlobal {
             echo_warnings: true,
             claim_cpus: false,
             counters: Counters::new(),
+            realloc: [const { ReallocShard::new() }; REALLOC_SHARDS],
             deferred: AtomicPtr::new(ptr::null_mut()),
         }
     }
@@ -676,11 +697,17 @@ impl KmemGlobal {
             failed: c.failed.load(Relaxed),
             deferred: c.deferred.load(Relaxed),
             bad_frees: c.bad_frees.load(Relaxed),
-            realloc_in_place: c.realloc_in_place.load(Relaxed),
-            realloc_moved: c.realloc_moved.load(Relaxed),
+            realloc_in_place: self.realloc.iter().map(|r| r.in_place.load(Relaxed)).sum(),
+            realloc_moved: self.realloc.iter().map(|r| r.moved.load(Relaxed)).sum(),
             claims: c.claims.load(Relaxed),
             claims_missed: c.claims_missed.load(Relaxed),
         }
+    }
+
+    /// The calling thread's shard of the realloc counters.
+    #[inline]
+    fn realloc_shard(&self) -> &ReallocShard {
+        &self.realloc[crate::cpu::cpu_slot() % REALLOC_SHARDS]
     }
 
     /// The GFP mask for the calling thread's context.
@@ -850,12 +877,12 @@ unsafe impl GlobalAlloc for KmemGlobal {
                 if same_class(layout, new) {
                     if let (Some(_outer), Some(p)) = (Outermost::enter(), NonNull::new(p)) {
                         if let Some(q) = resize_in_place(st.slab, p, new, Self::gfp()) {
-                            bump(&self.counters.realloc_in_place);
+                            bump(&self.realloc_shard().in_place);
                             return q.as_ptr();
                         }
                     }
                 }
-                bump(&self.counters.realloc_moved);
+                bump(&self.realloc_shard().moved);
                 // SAFETY: forwarded contract.
                 let q = unsafe { self.alloc(new) };
                 if !q.is_null() {
