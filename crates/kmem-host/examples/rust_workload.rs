@@ -6,8 +6,9 @@
 //! of 8 B .. 12 KiB, and a collector thread freeing strings the workers
 //! built), the standard library's own allocations (thread names, channels,
 //! formatting) included, is a kmalloc object of a hosted machine (1 GiB of
-//! memfd RAM, 2 CPUs: four or five threads per kmem CPU, none of them
-//! claiming it, so every operation takes the shared paths).
+//! memfd RAM, 16 CPUs: each thread has a kmem CPU number of its own but
+//! does not claim it, so every operation takes the shared paths, a
+//! compare-and-swap on the CPU's flag).
 //!
 //! At the end it prints what kmem saw: Linux's per-cache counters (fast and
 //! slow paths, slabs taken and given back; summed over every kmalloc cache),

@@ -30,7 +30,7 @@
 //! # KmemGlobal: a machine for the process
 //! `#[global_allocator]` needs a `'static` allocator available before
 //! `main`. [`KmemGlobal::new`] is `const`; the first allocation builds a
-//! hosted [`Machine`] (1 GiB, 2 CPUs by default) and a
+//! hosted [`Machine`] (1 GiB, [`DEFAULT_CPUS`] CPUs by default) and a
 //! `SlabAllocator<'static>` over its page allocator, leaks both (they live
 //! for the rest of the process) and keeps them in a [`OnceLock`]. The slab
 //! allocator is registered as the page allocator's shrinker
@@ -98,6 +98,16 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::OnceLock;
+
+/// CPUs of the machine [`KmemGlobal::new`] builds. A kmem CPU is a set of
+/// per-CPU slab state; an unclaimed thread uses CPU `slot % nr_cpus` (its
+/// slot is the order in which it first used kmem), so with this many up to
+/// 16 threads each have CPU state of their own and their compare-and-swaps
+/// never meet. With 2 CPUs, the nine threads of `rust_workload` took the
+/// locked slow paths on one operation in ten and the program ran 7-22 %
+/// longer (BENCHMARKS.md, slab, whole program). Each CPU costs 320 bytes per cache
+/// and, once it allocates or frees in a cache, a sheaf block of 8 KiB.
+pub const DEFAULT_CPUS: usize = 16;
 
 /// Alignment every kmalloc object has (Linux's ARCH_KMALLOC_MINALIGN).
 pub const KMALLOC_MIN_ALIGN: usize = 8;
@@ -458,9 +468,10 @@ const REALLOC_SHARDS: usize = 16;
 /// One shard of the realloc counters, bumped by the threads whose CPU slot
 /// is its index modulo [`REALLOC_SHARDS`], on a 128-byte pair of cache lines
 /// of its own. Programs realloc on every thread all the time (a `Vec` or
-/// `String` growing); with one shared counter, its line moving between the
-/// threads' cores cost 7 % of a nine-thread program's time (BENCHMARKS.md,
-/// slab, whole program).
+/// `String` growing); with one shared counter, `realloc` held 9 % of a
+/// nine-thread program's samples, three quarters of them on that counter's
+/// bump, its line moving between the threads' cores; sharded, 3 %
+/// (BENCHMARKS.md, slab, whole program).
 #[repr(align(128))]
 struct ReallocShard {
     in_place: AtomicUsize,
@@ -527,10 +538,11 @@ pub struct KmemGlobal {
 }
 
 impl KmemGlobal {
-    /// A global allocator that will build the default machine (1 GiB, 2
-    /// CPUs) on first use, echoing kmem's warnings to stderr.
+    /// A global allocator that will build a machine of 1 GiB and
+    /// [`DEFAULT_CPUS`] CPUs on first use, echoing kmem's warnings to
+    /// stderr.
     pub const fn new() -> Self {
-        Self::with_machine(1 << 30, 2)
+        Self::with_machine(1 << 30, DEFAULT_CPUS)
     }
 
     /// The same with a machine of `ram_bytes` of RAM (PC layout) and
