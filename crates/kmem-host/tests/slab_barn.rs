@@ -288,14 +288,12 @@ fn concurrent_producer_and_consumer() {
         });
         sc.spawn(|| {
             run_on_cpu(1, || {
-                let mut round = 0;
-                for v in rx {
+                for (round, v) in rx.into_iter().enumerate() {
                     for (i, &p) in v.iter().enumerate() {
                         check(p, 48, (round + i) as u8);
                         assert!(live.lock().unwrap().remove(&p));
                         c.free(NonNull::new(p as *mut u8).unwrap()).unwrap();
                     }
-                    round += 1;
                 }
             })
         });
