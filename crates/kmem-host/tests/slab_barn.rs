@@ -11,37 +11,19 @@
 //! producer/consumer sequences and with two threads at once, that no object
 //! is handed out twice and no content is disturbed.
 
-use kmem::addr::Pfn;
+mod slab_common;
+
 use kmem::gfp::GFP_KERNEL;
-use kmem::page::FrameState;
 use kmem::slab::{
-    KmemCacheRef, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, Stat, OWNER_SHEAF,
-    SHEAF_SLOTS,
+    KmemCacheRef, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, Stat, SHEAF_SLOTS,
 };
-use kmem_host::{run_on_cpu, HostPlatform, Machine, MachineConfig};
+use kmem_host::{run_on_cpu, HostPlatform};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+use slab_common::{machine_of, sheaf_blocks};
 use std::collections::{BTreeMap, HashSet};
 use std::ptr::NonNull;
 use std::sync::mpsc;
-
-fn machine(ram: u64) -> Machine {
-    Machine::new(MachineConfig {
-        ram_bytes: ram,
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-/// Sheaf blocks currently allocated (head frames tagged `OWNER_SHEAF`).
-fn sheaf_blocks(m: &Machine) -> usize {
-    let pages = m.pages();
-    (0..pages.max_pfn())
-        .filter_map(|pfn| pages.frame(Pfn(pfn)))
-        .filter(|f| f.state() == FrameState::Allocated && f.owner() == OWNER_SHEAF)
-        .count()
-}
 
 fn fill(p: usize, size: usize, tag: u8) {
     for i in 0..size {
@@ -80,7 +62,7 @@ fn free_all(c: &KmemCacheRef<'_, HostPlatform>, cpu: usize, v: &[usize]) {
 /// with contents checked and every live object distinct. Returns the
 /// refills and flushes (object-by-object work) and the barn trades.
 fn producer_consumer(cfg: SlabConfig, rounds: usize, per_round: usize) -> [u64; 4] {
-    let m = machine(256 << 20);
+    let m = machine_of(256 << 20);
     let s = SlabAllocator::new(m.pages(), cfg).unwrap();
     s.shrink_all();
     let baseline = m.pages().nr_free_pages_with_pcp();
@@ -155,7 +137,7 @@ fn producer_and_consumer_trade_whole_sheaves() {
 /// the takers' empty blocks behind, no block is made or lost.
 #[test]
 fn the_barn_is_bounded_and_trades_conserve_blocks() {
-    let m = machine(256 << 20);
+    let m = machine_of(256 << 20);
     for (size, cfg, barn_max) in [
         (64, SlabConfig::default(), 10u64),
         (
@@ -216,7 +198,7 @@ fn the_barn_is_bounded_and_trades_conserve_blocks() {
 /// gives every page back.
 #[test]
 fn objects_in_the_barn_are_free() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     s.shrink_all();
     let baseline = m.pages().nr_free_pages_with_pcp();
@@ -262,7 +244,7 @@ fn objects_in_the_barn_are_free() {
 /// validation finds the cache consistent afterwards.
 #[test]
 fn concurrent_producer_and_consumer() {
-    let m = machine(256 << 20);
+    let m = machine_of(256 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     let c = s
         .kmem_cache_create("barnmt", 48, 0, SlabFlags::NO_MERGE, None)
@@ -345,7 +327,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// of objects anywhere (sheaves, barn, slabs) are refused, and every page
 /// comes back.
 fn run_model(ops: Vec<Op>, barn_sheaves: u32) -> (u64, u64) {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(
         m.pages(),
         SlabConfig {

@@ -14,49 +14,19 @@
 //! No test here claims a CPU; each uses its own machine and allocator, so
 //! they may run in parallel.
 
-use kmem::addr::Pfn;
+mod slab_common;
+
 use kmem::gfp::GFP_KERNEL;
-use kmem::page::FrameState;
 use kmem::slab::kmalloc::kmalloc_size_roundup;
 use kmem::slab::{
-    KmemCache, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, Stat, OWNER_SHEAF, SHEAF_ORDER,
-    SHEAF_SLOTS,
+    KmemCache, SlabAllocator, SlabConfig, SlabFlags, SlabFreeError, Stat, SHEAF_SLOTS,
 };
-use kmem_host::{run_on_cpu, HostPlatform, Machine, MachineConfig};
+use kmem_host::{run_on_cpu, HostPlatform};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+use slab_common::{machine_of, sheaf_blocks};
 use std::collections::{BTreeMap, HashSet};
 use std::ptr::NonNull;
-
-fn machine(ram: u64) -> Machine {
-    Machine::new(MachineConfig {
-        ram_bytes: ram,
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-/// Sheaf blocks currently allocated (head frames tagged `OWNER_SHEAF`).
-fn sheaf_blocks(m: &Machine) -> usize {
-    let pages = m.pages();
-    let mut n = 0;
-    let mut pfn = 0;
-    while pfn < pages.max_pfn() {
-        let Some(f) = pages.frame(Pfn(pfn)) else {
-            pfn += 1;
-            continue;
-        };
-        if f.state() == FrameState::Allocated && f.owner() == OWNER_SHEAF {
-            assert_eq!(f.order(), SHEAF_ORDER, "a sheaf block has SHEAF_ORDER");
-            n += 1;
-            pfn += 1 << f.order();
-        } else {
-            pfn += 1;
-        }
-    }
-    n
-}
 
 /// A counter summed over every cache of the allocator.
 fn total_stat(s: &SlabAllocator<'_, HostPlatform>, st: Stat) -> u64 {
@@ -135,7 +105,7 @@ fn expected_puts_flushes(cap: usize, barn_max: usize, n0: usize, frees: usize) -
 /// sheaves included) goes back on shrink.
 #[test]
 fn sheaf_refill_and_flush_counters() {
-    let m = machine(128 << 20);
+    let m = machine_of(128 << 20);
     for (sheaf_bytes, cap, barn_max) in [(64 * 64, 64usize, 1), (4 << 20, SHEAF_SLOTS, 10)] {
         let s = SlabAllocator::new(
             m.pages(),
@@ -225,7 +195,7 @@ fn sheaf_refill_and_flush_counters() {
 /// same CPU returns it, and a run of frees comes back in reverse order.
 #[test]
 fn sheaf_is_lifo() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     for hardened in [true, false] {
         let s = SlabAllocator::new(
             m.pages(),
@@ -271,7 +241,7 @@ fn sheaf_is_lifo() {
 /// refused (its free pointer says it is free), not just of the top one.
 #[test]
 fn double_free_inside_the_sheaf_is_refused_hardened() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     run_on_cpu(0, || {
         let a = s.kmalloc(64, GFP_KERNEL).unwrap().as_ptr();
@@ -315,7 +285,7 @@ fn double_free_inside_the_sheaf_is_refused_hardened() {
 /// object is handed out twice.
 #[test]
 fn double_free_of_the_top_at_every_fill_level() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     // Plain, Linux's hardening (no allocated mark), kmem's default.
     for (hardened, mark) in [(false, false), (true, false), (true, true)] {
         // 64-slot sheaves: 300 frees fill and flush them several times.
@@ -368,7 +338,7 @@ fn double_free_of_the_top_at_every_fill_level() {
 /// (the default) both write its free-pointer slot.
 #[test]
 fn without_the_mark_the_fast_paths_leave_the_object_alone() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     for mark in [false, true] {
         let s = SlabAllocator::new(
             m.pages(),
@@ -422,7 +392,7 @@ fn without_the_mark_the_fast_paths_leave_the_object_alone() {
 /// sheaf's top object, and the sheaf is intact afterwards.
 #[test]
 fn unhardened_top_double_free_is_refused() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(
         m.pages(),
         SlabConfig {
@@ -457,7 +427,7 @@ fn unhardened_top_double_free_is_refused() {
 /// Linux's one offset.
 #[test]
 fn large_objects_stagger_their_free_pointers_over_cache_sets() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     run_on_cpu(0, || {
         for size in [64usize, 512, 1024, 2048, 4096, 8192] {
@@ -516,7 +486,7 @@ fn large_objects_stagger_their_free_pointers_over_cache_sets() {
 /// block is left; dropping the allocator returns the rest.
 #[test]
 fn shrink_and_drop_return_every_page_and_sheaf() {
-    let m = machine(128 << 20);
+    let m = machine_of(128 << 20);
     let before = m.pages().nr_free_pages_with_pcp();
     {
         let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
@@ -612,7 +582,7 @@ fn shrink_and_drop_return_every_page_and_sheaf() {
 /// page back.
 #[test]
 fn destroy_counts_live_objects_not_sheaf_objects() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
     s.shrink_all();
     let baseline = m.pages().nr_free_pages_with_pcp();
@@ -648,7 +618,7 @@ fn destroy_counts_live_objects_not_sheaf_objects() {
 /// and kmalloc still works (distinct objects, contents kept, pages back).
 #[test]
 fn sheaf_bytes_zero_disables_sheaves() {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let s = SlabAllocator::new(
         m.pages(),
         SlabConfig {
@@ -693,7 +663,7 @@ fn sheaf_bytes_zero_disables_sheaves() {
 /// huge objects and debug caches get none.
 #[test]
 fn sheaf_needs_eight_objects_and_no_debug() {
-    let m = machine(256 << 20);
+    let m = machine_of(256 << 20);
     let with = |c: &KmemCache<HostPlatform>, n: usize| {
         run_on_cpu(0, || {
             let v: Vec<_> = (0..n).map(|_| c.alloc(GFP_KERNEL).unwrap()).collect();
@@ -786,7 +756,7 @@ struct Live {
 /// (`double_free_mark`); double frees of buried objects are only tried
 /// with both, the one configuration that promises to catch them.
 fn run_model(ops: Vec<Op>, hardened: bool, mark: bool) {
-    let m = machine(64 << 20);
+    let m = machine_of(64 << 20);
     let before = m.pages().nr_free_pages_with_pcp();
     {
         let s = SlabAllocator::new(

@@ -1,13 +1,16 @@
-//! Shared by the `slab_*` tests: a random stream for threads, and the
-//! machine, allocator and consistency check of the bad-input tests. Each
+//! Shared by the `slab_*` tests: a random stream for threads, the machine,
+//! allocator and consistency check of the bad-input tests, and the sheaf
+//! block count of the sheaf and barn tests. Each
 //! test crate pulls this in with `mod slab_common;` and uses part of it,
 //! hence the `dead_code` allowance.
 
 #![allow(dead_code)]
 
+use kmem::addr::Pfn;
 use kmem::gfp::GFP_KERNEL;
 use kmem::page::memmap::Region;
-use kmem::slab::{SlabAllocator, SlabConfig};
+use kmem::page::FrameState;
+use kmem::slab::{SlabAllocator, SlabConfig, OWNER_SHEAF, SHEAF_ORDER};
 use kmem_host::{HostPlatform, Machine, MachineConfig};
 use std::collections::HashSet;
 
@@ -39,6 +42,37 @@ pub fn machine() -> Machine {
         ..Default::default()
     })
     .unwrap()
+}
+
+/// A machine of `ram` bytes (PC layout) and 2 CPUs.
+pub fn machine_of(ram: u64) -> Machine {
+    Machine::new(MachineConfig {
+        ram_bytes: ram,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Sheaf blocks currently allocated (head frames tagged `OWNER_SHEAF`).
+pub fn sheaf_blocks(m: &Machine) -> usize {
+    let pages = m.pages();
+    let mut n = 0;
+    let mut pfn = 0;
+    while pfn < pages.max_pfn() {
+        let Some(f) = pages.frame(Pfn(pfn)) else {
+            pfn += 1;
+            continue;
+        };
+        if f.state() == FrameState::Allocated && f.owner() == OWNER_SHEAF {
+            assert_eq!(f.order(), SHEAF_ORDER, "a sheaf block has SHEAF_ORDER");
+            n += 1;
+            pfn += 1 << f.order();
+        } else {
+            pfn += 1;
+        }
+    }
+    n
 }
 
 /// A slab allocator over `m` with `cfg`.
