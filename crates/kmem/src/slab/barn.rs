@@ -82,13 +82,21 @@ impl<P: Platform> KmemCache<P> {
         if self.barn_max == 0 {
             return false;
         }
+        let traded = self.trade_full(g);
+        c.stat(if traded {
+            Stat::BarnPut
+        } else {
+            Stat::BarnPutFail
+        });
+        traded
+    }
+
+    /// [`Self::barn_put_full`] less the counting.
+    fn trade_full(&self, g: &mut CpuInner) -> bool {
         let node = g.sheaf_node as usize;
         let barn = &self.nodes[node].barn;
-        let full = self.block_pfn(g.sheaf);
         let mut lists = barn.lists.lock();
         if barn.nr_full() >= self.barn_max {
-            drop(lists);
-            c.stat(Stat::BarnPutFail);
             return false;
         }
         let empty = match self.pop_block(&mut lists.empty) {
@@ -101,25 +109,22 @@ impl<P: Platform> KmemCache<P> {
                 // filled meanwhile.
                 drop(lists);
                 let Some(e) = self.new_sheaf_block(node) else {
-                    c.stat(Stat::BarnPutFail);
                     return false;
                 };
                 lists = barn.lists.lock();
                 if barn.nr_full() >= self.barn_max {
                     drop(lists);
                     self.free_sheaf_block(e);
-                    c.stat(Stat::BarnPutFail);
                     return false;
                 }
                 self.block_pfn(e)
             }
         };
-        self.push_block(&mut lists.full, full);
+        self.push_block(&mut lists.full, self.block_pfn(g.sheaf));
         barn.nr_full.store(barn.nr_full() + 1, Relaxed);
         drop(lists);
         g.sheaf = self.block_addr(empty);
         g.sheaf_n = 0;
-        c.stat(Stat::BarnPut);
         true
     }
 
@@ -130,22 +135,29 @@ impl<P: Platform> KmemCache<P> {
         if self.barn_max == 0 {
             return false;
         }
+        let traded = self.trade_empty(g);
+        c.stat(if traded {
+            Stat::BarnGet
+        } else {
+            Stat::BarnGetFail
+        });
+        traded
+    }
+
+    /// [`Self::barn_get_full`] less the counting.
+    fn trade_empty(&self, g: &mut CpuInner) -> bool {
         let node = g.node as usize;
         let barn = &self.nodes[node].barn;
         if barn.nr_full() == 0 {
-            c.stat(Stat::BarnGetFail);
             return false;
         }
         let mut lists = barn.lists.lock();
         let Some(full) = self.pop_block(&mut lists.full) else {
-            drop(lists);
-            c.stat(Stat::BarnGetFail);
             return false;
         };
         barn.nr_full.store(barn.nr_full() - 1, Relaxed);
-        let ours = self.block_pfn(g.sheaf);
         let spare = if lists.nr_empty < self.barn_max {
-            self.push_block(&mut lists.empty, ours);
+            self.push_block(&mut lists.empty, self.block_pfn(g.sheaf));
             lists.nr_empty += 1;
             None
         } else {
@@ -158,7 +170,6 @@ impl<P: Platform> KmemCache<P> {
         g.sheaf = self.block_addr(full);
         g.sheaf_n = self.sheaf_cap;
         g.sheaf_node = node as u32;
-        c.stat(Stat::BarnGet);
         true
     }
 

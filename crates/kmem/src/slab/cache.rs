@@ -487,12 +487,13 @@ impl<P: Platform> KmemCache<P> {
             }
         };
         // Up to `barn_sheaves` full sheaves, within `sheaf_bytes` of
-        // objects, at least one.
-        let barn_max = if sheaf_cap == 0 || cfg.barn_sheaves == 0 {
+        // objects (one sheaf always fits: `sheaf_cap` is at most
+        // `sheaf_bytes / size`).
+        let barn_max = if sheaf_cap == 0 {
             0
         } else {
             let per_sheaf = sheaf_cap as usize * layout.size;
-            (cfg.sheaf_bytes / per_sheaf).clamp(1, cfg.barn_sheaves as usize) as u32
+            (cfg.sheaf_bytes / per_sheaf).min(cfg.barn_sheaves as usize) as u32
         };
         // SAFETY: the page allocator is valid (contract).
         let (dm_start, dm_len, local) = unsafe {
