@@ -555,21 +555,43 @@ fn check_names(only: &[String]) -> Result<(), String> {
     }
 }
 
+/// The cross-CPU line round trip ([`threads::line_round_trip`]) right
+/// before and right after W4's timings: what the host made of W4's two
+/// CPUs while they ran.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoundTrip {
+    before: Option<f64>,
+    after: Option<f64>,
+}
+
+impl RoundTrip {
+    /// "43 ns before W4, 44 ns after", or None if not measured.
+    fn describe(&self) -> Option<String> {
+        Some(format!(
+            "{:.0} ns before W4, {:.0} ns after",
+            self.before?, self.after?
+        ))
+    }
+}
+
 /// Time every contender: W1-W3 on all of them, then W4 on the thread-safe
-/// ones; with `touch`, on blocks that are used ([`touch`]).
-fn measure(opts: &RunOpts, touch: bool) -> Result<Vec<Cell>, String> {
+/// ones, between two probes of the cross-CPU line round trip; with
+/// `touch`, on blocks that are used ([`touch`]).
+fn measure(opts: &RunOpts, touch: bool) -> Result<(Vec<Cell>, RoundTrip), String> {
     check_names(&opts.only)?;
     let mut cells = {
         let mut single = single_contenders(&opts.only, touch)?;
         harness::measure(&WORKLOADS[..W4], &mut single, opts)
     };
     let mut pair = shared_contenders(&opts.only, touch)?;
+    let before = threads::line_round_trip();
     let mut w4 = harness::measure(&WORKLOADS[W4..], &mut pair, opts);
+    let after = threads::line_round_trip();
     for c in &mut w4 {
         c.workload += W4;
     }
     cells.extend(w4);
-    Ok(cells)
+    Ok((cells, RoundTrip { before, after }))
 }
 
 fn median_of(cells: &[Cell], workload: usize, allocator: &str) -> Option<f64> {
@@ -579,8 +601,9 @@ fn median_of(cells: &[Cell], workload: usize, allocator: &str) -> Option<f64> {
         .map(Cell::median)
 }
 
-/// The W4 scaling table and (if `goals`) kmem's goals, for the text report.
-fn summary(cells: &[Cell], goals: bool) -> Vec<String> {
+/// The W4 scaling table, the line round trip around W4 and (if `goals`)
+/// kmem's goals, for the text report.
+fn summary(cells: &[Cell], rtt: &RoundTrip, goals: bool) -> Vec<String> {
     let mut out = vec![
         String::new(),
         "W4 scaling: throughput on 2 threads / throughput of the same allocator on W2, 1 thread"
@@ -601,6 +624,15 @@ fn summary(cells: &[Cell], goals: bool) -> Vec<String> {
             ));
         }
     }
+    if let Some(rtt) = rtt.describe() {
+        out.push(String::new());
+        out.push(format!(
+            "cross-CPU line round trip on W4's two CPUs: {rtt}. W4's frees of the other \
+             thread's objects pay it; a VM may place its vCPUs far apart for a while \
+             (BENCHMARKS.md's: ~45 ns, ~400 ns when apart), so compare W4 across runs \
+             only at similar figures."
+        ));
+    }
     if !goals {
         return out;
     }
@@ -614,8 +646,12 @@ fn summary(cells: &[Cell], goals: bool) -> Vec<String> {
             match median_of(cells, 1, "kmem") {
                 Some(w2) => {
                     let s = w2 / kmem;
+                    let rtt = rtt
+                        .describe()
+                        .map(|r| format!(" (line round trip {r})"))
+                        .unwrap_or_default();
                     format!(
-                        "  {name}: {s:.2}x one thread (goal >= {goal}x): {}",
+                        "  {name}: {s:.2}x one thread (goal >= {goal}x): {}{rtt}",
                         verdict(s >= *goal)
                     )
                 }
@@ -650,12 +686,16 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
     threads::remember_cpus();
     let pinned = harness::pin_thread();
-    let cells = measure(&args.run, args.touch)?;
+    let (cells, rtt) = measure(&args.run, args.touch)?;
     let suite = if args.touch { "slab-touched" } else { "slab" };
     if args.run.json {
         harness::print_json(suite, &WORKLOADS, &cells);
+        // stdout stays one row shape; the probe goes to the terminal.
+        if let Some(rtt) = rtt.describe() {
+            eprintln!("kmem-bench slab: cross-CPU line round trip on W4's two CPUs: {rtt}");
+        }
     } else {
-        let mut notes = summary(&cells, !args.touch);
+        let mut notes = summary(&cells, &rtt, !args.touch);
         if args.touch {
             notes.push(String::new());
             notes.push(
@@ -740,12 +780,14 @@ mod tests {
     /// every workload it takes part in.
     #[test]
     fn every_contender_runs_every_workload() {
-        let cells = measure(&brief(&[]), false).unwrap();
+        let (cells, rtt) = measure(&brief(&[]), false).unwrap();
         assert_eq!(cells.len(), 15 * 3 + 10);
         assert!(cells
             .iter()
             .all(|c| c.samples.len() == 1 && c.median() > 0.0));
-        assert!(summary(&cells, true).iter().any(|l| l.contains("W4:")));
+        assert!(summary(&cells, &rtt, true)
+            .iter()
+            .any(|l| l.contains("W4:")));
     }
 
     /// `--touch`: the same rows on used blocks (every free checks the word
@@ -753,11 +795,48 @@ mod tests {
     /// and no verdict on the goals.
     #[test]
     fn touched_blocks_run_every_workload_without_goals() {
-        let cells = measure(&brief(&["kmem", "kmem-nomark", "glibc"]), true).unwrap();
+        let (cells, rtt) = measure(&brief(&["kmem", "kmem-nomark", "glibc"]), true).unwrap();
         assert_eq!(cells.len(), 3 * 3 + 3);
-        let lines = summary(&cells, false);
+        let lines = summary(&cells, &rtt, false);
         assert!(lines.iter().any(|l| l.contains("W4 scaling")));
         assert!(!lines.iter().any(|l| l.contains("goal")));
+    }
+
+    /// The round trip probe's figures reach the report beside W4 and its
+    /// verdict, and nothing is printed when it did not run.
+    #[test]
+    fn round_trip_is_reported_beside_w4() {
+        let (cells, _) = measure(&brief(&["kmem"]), false).unwrap();
+        let rtt = RoundTrip {
+            before: Some(43.4),
+            after: Some(401.0),
+        };
+        let lines = summary(&cells, &rtt, true);
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("round trip on W4's two CPUs: 43 ns before W4, 401 ns after")));
+        assert!(lines.iter().any(|l| l.starts_with("  W4:")
+            && l.ends_with("(line round trip 43 ns before W4, 401 ns after)")));
+        let lines = summary(&cells, &RoundTrip::default(), true);
+        assert!(lines.iter().any(|l| l.starts_with("  W4:")));
+        assert!(!lines.iter().any(|l| l.contains("round trip")));
+    }
+
+    /// The probe itself: on two or more CPUs, a positive time well under a
+    /// millisecond per round trip; on one, no figure.
+    #[test]
+    fn line_round_trip_measures_on_two_cpus() {
+        threads::remember_cpus();
+        let cpus = rustix::thread::sched_getaffinity(None)
+            .map(|s| s.count())
+            .unwrap_or(1);
+        match threads::line_round_trip() {
+            Some(ns) => {
+                assert!(cpus >= 2);
+                assert!(ns > 0.0 && ns < 1e6, "{ns} ns");
+            }
+            None => assert!(cpus < 2),
+        }
     }
 
     #[test]

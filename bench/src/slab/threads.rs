@@ -67,6 +67,48 @@ fn pin(index: usize) {
     }
 }
 
+/// Rounds of [`line_round_trip`]: about 5 ms at 45 ns a round.
+const BOUNCES: u64 = 100_000;
+
+/// Mean nanoseconds for one cache line to go from W4's first worker CPU to
+/// its second and back: two threads pinned as W4's workers take turns
+/// writing one counter on its own line. W4's frees of the other thread's
+/// objects pay this transfer, so the figure says what the host made of
+/// the two CPUs during the run (on the VM of BENCHMARKS.md: ~45 ns, or
+/// ~400 ns while its vCPUs are placed far apart). None if the process
+/// may run on one CPU only.
+pub fn line_round_trip() -> Option<f64> {
+    if CPUS.get().is_none_or(|c| c.len() < THREADS) {
+        return None;
+    }
+    let line = Counter(AtomicU64::new(0));
+    let line = &line.0;
+    let start = std::sync::Barrier::new(THREADS);
+    let start = &start;
+    let elapsed = std::thread::scope(|s| {
+        s.spawn(move || {
+            pin(1);
+            start.wait();
+            for i in 0..BOUNCES {
+                wait_until(line, 2 * i + 1);
+                line.store(2 * i + 2, Ordering::Release);
+            }
+        });
+        let timer = s.spawn(move || {
+            pin(0);
+            start.wait();
+            let t = std::time::Instant::now();
+            for i in 0..BOUNCES {
+                line.store(2 * i + 1, Ordering::Release);
+                wait_until(line, 2 * i + 2);
+            }
+            t.elapsed()
+        });
+        timer.join().expect("the timing thread does not panic")
+    });
+    Some(elapsed.as_nanos() as f64 / BOUNCES as f64)
+}
+
 /// One direction of the hand-over: [`DEPTH`] round slots, and counters of
 /// rounds posted and taken.
 #[repr(align(128))]
