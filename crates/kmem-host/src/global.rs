@@ -44,14 +44,28 @@
 //! back into kmem from inside kmem. A thread-local *nesting flag* breaks the
 //! cycle: it is set while a thread runs kmem code for this allocator, and an
 //! allocation made while it is set goes to the **system allocator** (glibc)
-//! instead. The same happens to allocations above 4 MiB (kmalloc's limit;
-//! Linux would use vmalloc, which kmem does not have yet) and, should it
-//! happen, to a kmalloc result that misses the alignment. All three are
-//! counted in [`GlobalStats`]. Frees and reallocs route by address: a
-//! pointer inside the machine's direct map is kmem's, anything else the
-//! system's. A kmem pointer freed while the flag is set (rare: something
-//! allocated by kmem, freed from inside kmem's platform code) is pushed on a
-//! lock-free list and freed by the next top-level free.
+//! instead. The same happens, should it happen, to a kmalloc result that
+//! misses the alignment. Both are counted in [`GlobalStats`]. A kmem
+//! pointer freed while the flag is set (rare: something allocated by kmem,
+//! freed from inside kmem's platform code) is pushed on a lock-free list and
+//! freed by the next top-level free.
+//!
+//! # Above 4 MiB: vmalloc
+//! kmalloc stops at 4 MiB (KMALLOC_MAX_SIZE); Linux's `kvmalloc` serves
+//! larger requests with vmalloc, and so does this allocator: the first such
+//! request builds the machine's vmalloc ([`crate::vmap::vmalloc`]: a 64 GiB
+//! reservation of address space whose pages are mapped, through real x86-64
+//! tables, to the machine's frames) and every request above 4 MiB gets a
+//! virtually contiguous area of scattered pages, page aligned or aligned as
+//! the layout asks. A realloc of such a block is `vrealloc` (in place while
+//! the area's pages suffice); a free is `vfree`. Two cases go to the system
+//! allocator instead, counted as [`GlobalStats::oversize`]: atomic context
+//! (vmalloc may sleep: Linux refuses it there) and a vmalloc that fails (the
+//! machine's RAM is smaller than the process may want: 1 GiB by default).
+//!
+//! Frees and reallocs route by address: a pointer inside the machine's
+//! direct map is a kmalloc object, one inside the vmalloc range a vmalloc
+//! area, anything else the system's.
 //!
 //! # Claiming CPUs: a thread cache without atomics
 //! By default no thread owns a kmem CPU: threads share the machine's CPU
@@ -83,9 +97,11 @@
 //! an `AllocError`. Zero-sized allocations get a dangling, aligned pointer
 //! and never reach kmem.
 
+use crate::vmap::HostVmalloc;
 use crate::{HostPlatform, Machine, MachineConfig};
 use allocator_api2::alloc::{AllocError as ApiAllocError, Allocator};
 use kmem::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL};
+use kmem::page::NUMA_NO_NODE;
 use kmem::slab::kmalloc::kmalloc_size_roundup;
 use kmem::slab::{SlabAllocator, SlabConfig, KMALLOC_MAX_SIZE};
 use kmem::AllocError;
@@ -409,7 +425,10 @@ pub struct GlobalStats {
     /// Allocations made from inside kmem (machine creation, warnings,
     /// parking tables) and given to the system allocator.
     pub nested: usize,
-    /// Allocations above KMALLOC_MAX_SIZE given to the system allocator.
+    /// Allocations above KMALLOC_MAX_SIZE served by the machine's vmalloc.
+    pub vmalloc: usize,
+    /// Allocations above KMALLOC_MAX_SIZE given to the system allocator
+    /// (in atomic context, or when vmalloc could not serve them).
     pub oversize: usize,
     /// kmalloc results that missed the alignment (freed, system allocator
     /// used instead).
@@ -438,6 +457,7 @@ pub struct GlobalStats {
 #[repr(align(128))]
 struct Counters {
     nested: AtomicUsize,
+    vmalloc: AtomicUsize,
     oversize: AtomicUsize,
     misaligned: AtomicUsize,
     failed: AtomicUsize,
@@ -451,6 +471,7 @@ impl Counters {
     const fn new() -> Self {
         Counters {
             nested: AtomicUsize::new(0),
+            vmalloc: AtomicUsize::new(0),
             oversize: AtomicUsize::new(0),
             misaligned: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -496,15 +517,47 @@ fn bump(c: &AtomicUsize) {
 struct State {
     slab: &'static SlabAllocator<'static, HostPlatform>,
     machine: &'static Machine,
-    /// The direct map, `[lo, hi)`: every kmem pointer lies inside it.
+    /// The direct map, `[lo, hi)`: every kmalloc object lies inside it.
     lo: usize,
     hi: usize,
+    /// The machine's vmalloc, built by the first request above
+    /// KMALLOC_MAX_SIZE (None inside if it could not be).
+    vm: OnceLock<Option<&'static HostVmalloc<'static>>>,
 }
 
 impl State {
+    /// Whether `p` is a kmalloc object's address (the direct map).
     #[inline]
     fn owns(&self, p: *mut u8) -> bool {
         (self.lo..self.hi).contains(&(p as usize))
+    }
+
+    /// The vmalloc if `p` lies in its range (never builds it).
+    #[inline]
+    fn vmalloc_of(&self, p: *mut u8) -> Option<&'static HostVmalloc<'static>> {
+        self.vm
+            .get()
+            .copied()
+            .flatten()
+            .filter(|vm| vm.is_vmalloc_addr(p))
+    }
+
+    /// The vmalloc, building it if needed (nesting flag held by the caller:
+    /// what building allocates comes from the system allocator).
+    #[cold]
+    fn vmalloc(&self) -> Option<&'static HostVmalloc<'static>> {
+        *self
+            .vm
+            .get_or_init(|| match crate::vmap::vmalloc(self.machine) {
+                Ok(vm) => Some(&*Box::leak(Box::new(vm))),
+                Err(e) => {
+                    eprintln!(
+                        "kmem global allocator: cannot build vmalloc: {e}; requests above 4 MiB \
+                     go to the system allocator"
+                    );
+                    None
+                }
+            })
     }
 }
 
@@ -650,6 +703,7 @@ impl KmemGlobal {
             machine,
             lo,
             hi,
+            vm: OnceLock::new(),
         })
     }
 
@@ -693,10 +747,17 @@ impl KmemGlobal {
         self.slab().map(KmemHeap::new)
     }
 
-    /// Whether `p` lies in the machine's direct map, i.e. is (or was) a kmem
-    /// object rather than a system allocation.
+    /// The machine's vmalloc, once a request above 4 MiB built it.
+    pub fn vmalloc(&self) -> Option<&'static HostVmalloc<'static>> {
+        self.built().and_then(|s| s.vm.get().copied().flatten())
+    }
+
+    /// Whether `p` is (or was) kmem's rather than a system allocation: it
+    /// lies in the machine's direct map (a kmalloc object) or in its
+    /// vmalloc range.
     pub fn owns(&self, p: *const u8) -> bool {
-        self.built().is_some_and(|s| s.owns(p.cast_mut()))
+        self.built()
+            .is_some_and(|s| s.owns(p.cast_mut()) || s.vmalloc_of(p.cast_mut()).is_some())
     }
 
     /// The fallback and realloc counters.
@@ -704,6 +765,7 @@ impl KmemGlobal {
         let c = &self.counters;
         GlobalStats {
             nested: c.nested.load(Relaxed),
+            vmalloc: c.vmalloc.load(Relaxed),
             oversize: c.oversize.load(Relaxed),
             misaligned: c.misaligned.load(Relaxed),
             failed: c.failed.load(Relaxed),
@@ -750,17 +812,22 @@ impl KmemGlobal {
         };
         match kmalloc_layout(st.slab, layout, gfp) {
             Ok(p) => p.as_ptr(),
-            Err(e) => self.alloc_failed(layout, zero, e),
+            Err(e) => self.alloc_failed(st, layout, gfp, e),
         }
     }
 
+    /// What kmalloc did not serve (nesting flag held by the caller).
     #[cold]
-    fn alloc_failed(&self, layout: Layout, zero: bool, e: KmallocLayoutError) -> *mut u8 {
+    fn alloc_failed(&self, st: &State, layout: Layout, gfp: Gfp, e: KmallocLayoutError) -> *mut u8 {
+        let zero = gfp.contains(Gfp::ZERO);
         match e {
-            KmallocLayoutError::TooLarge => {
-                bump(&self.counters.oversize);
-                system_alloc(layout, zero)
-            }
+            KmallocLayoutError::TooLarge => match self.vmalloc_layout(st, layout, gfp) {
+                Some(p) => p.as_ptr(),
+                None => {
+                    bump(&self.counters.oversize);
+                    system_alloc(layout, zero)
+                }
+            },
             KmallocLayoutError::Misaligned => {
                 bump(&self.counters.misaligned);
                 system_alloc(layout, zero)
@@ -772,11 +839,54 @@ impl KmemGlobal {
         }
     }
 
+    /// A vmalloc area for `layout` (above KMALLOC_MAX_SIZE), or None in
+    /// atomic context or if vmalloc cannot serve it (nesting flag held).
+    fn vmalloc_layout(&self, st: &State, layout: Layout, gfp: Gfp) -> Option<NonNull<u8>> {
+        if crate::in_atomic() {
+            return None;
+        }
+        let p = st
+            .vmalloc()?
+            .vmalloc_node_align(
+                layout.size(),
+                layout.align(),
+                gfp | Gfp::NOWARN,
+                NUMA_NO_NODE,
+            )
+            .ok()?;
+        bump(&self.counters.vmalloc);
+        Some(p)
+    }
+
     /// kfree with the nesting flag held by the caller.
     #[inline]
     fn kfree(&self, st: &State, p: *mut u8) {
         if st.slab.kfree(p).is_err() {
             bump(&self.counters.bad_frees);
+        }
+    }
+
+    /// vfree of an area of `vm` (nesting flag held): deferred to vmalloc's
+    /// next call in atomic context, where Linux's vfree may not sleep.
+    #[cold]
+    fn vfree(&self, vm: &HostVmalloc<'static>, p: *mut u8) {
+        let r = if crate::in_atomic() {
+            vm.vfree_atomic(p)
+        } else {
+            vm.vfree(p)
+        };
+        if r.is_err() {
+            bump(&self.counters.bad_frees);
+        }
+    }
+
+    /// Frees a kmem pointer (a kmalloc object or a vmalloc area) with the
+    /// nesting flag held.
+    #[inline]
+    fn free_owned(&self, st: &State, p: *mut u8) {
+        match st.vmalloc_of(p) {
+            Some(vm) => self.vfree(vm, p),
+            None => self.kfree(st, p),
         }
     }
 
@@ -790,7 +900,7 @@ impl KmemGlobal {
             // SAFETY: deferred objects are dead kmem objects of at least 8
             // bytes, 8-aligned, whose first word links the list.
             let next = unsafe { p.cast::<*mut u8>().read() };
-            self.kfree(st, p);
+            self.free_owned(st, p);
             p = next;
         }
     }
@@ -801,8 +911,8 @@ impl KmemGlobal {
         bump(&self.counters.deferred);
         let mut head = self.deferred.load(Relaxed);
         loop {
-            // SAFETY: p is a dead kmem object (at least 8 bytes, 8-aligned),
-            // ours to reuse until it is freed.
+            // SAFETY: p is a dead kmem object or vmalloc area (at least 8
+            // bytes, 8-aligned), ours to reuse until it is freed.
             unsafe { p.cast::<*mut u8>().write(head) };
             match self
                 .deferred
@@ -874,9 +984,10 @@ unsafe impl GlobalAlloc for KmemGlobal {
                 }
                 None => self.defer(p),
             },
-            // SAFETY: not a kmem pointer, so a system allocation with this
-            // layout.
-            _ => unsafe { System.dealloc(p, layout) },
+            // SAFETY: forwarded contract.
+            Some(st) => unsafe { self.dealloc_other(st, p, layout) },
+            // SAFETY: no machine, so a system allocation with this layout.
+            None => unsafe { System.dealloc(p, layout) },
         }
     }
 
@@ -906,8 +1017,115 @@ unsafe impl GlobalAlloc for KmemGlobal {
                 }
                 q
             }
+            Some(st) if st.vmalloc_of(p).is_some() => {
+                // SAFETY: forwarded contract; p is a vmalloc area.
+                unsafe { self.realloc_vmalloc(st, p, layout, new) }
+            }
             // SAFETY: a system allocation with this layout.
             _ => unsafe { System.realloc(p, layout, new_size) },
         }
+    }
+}
+
+impl KmemGlobal {
+    /// `dealloc` of a pointer outside the direct map: a vmalloc area, else
+    /// a system allocation.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc`.
+    #[cold]
+    unsafe fn dealloc_other(&self, st: &State, p: *mut u8, layout: Layout) {
+        let Some(vm) = st.vmalloc_of(p) else {
+            // SAFETY: not kmem's, so a system allocation with this layout.
+            return unsafe { System.dealloc(p, layout) };
+        };
+        match Outermost::enter() {
+            Some(_outer) => {
+                self.vfree(vm, p);
+                if !self.deferred.load(Relaxed).is_null() {
+                    self.drain_deferred(st);
+                }
+            }
+            None => self.defer(p),
+        }
+    }
+
+    /// `realloc` of a vmalloc area: `vrealloc` (in place while the area's
+    /// pages suffice, else a new area with the contents moved), or, in
+    /// atomic context or should vrealloc fail, a move through `alloc`.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`, with `new` the new layout; `p` lies in
+    /// the vmalloc range.
+    #[cold]
+    unsafe fn realloc_vmalloc(&self, st: &State, p: *mut u8, old: Layout, new: Layout) -> *mut u8 {
+        if !crate::in_atomic() {
+            if let (Some(_outer), Some(vm)) = (Outermost::enter(), st.vmalloc_of(p)) {
+                let gfp = GFP_KERNEL | Gfp::NOWARN;
+                if let Ok(Some(q)) =
+                    vm.vrealloc_node_align(p, new.size(), new.align(), gfp, NUMA_NO_NODE)
+                {
+                    let shard = self.realloc_shard();
+                    bump(if q.as_ptr() == p {
+                        &shard.in_place
+                    } else {
+                        &shard.moved
+                    });
+                    return q.as_ptr();
+                }
+            }
+        }
+        bump(&self.realloc_shard().moved);
+        // SAFETY: forwarded contract.
+        let q = unsafe { self.alloc(new) };
+        if !q.is_null() {
+            // SAFETY: both live and distinct; the copy fits both.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, old.size().min(new.size()));
+                self.dealloc(p, old);
+            }
+        }
+        q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A free made from inside kmem (nesting flag set) waits on the
+    /// deferred list, kmalloc object and vmalloc area alike, and the next
+    /// top-level free does it.
+    #[test]
+    fn frees_from_inside_kmem_are_deferred_then_done() {
+        static K: KmemGlobal = KmemGlobal::with_machine(256 << 20, 2);
+        assert!(K.init_now());
+        let small = Layout::from_size_align(100, 8).unwrap();
+        let big = Layout::from_size_align(5 << 20, 8).unwrap();
+        // SAFETY: non-zero sizes.
+        let (a, b) = unsafe { (K.alloc(small), K.alloc(big)) };
+        let vm = K.vmalloc().unwrap();
+        assert!(K.owns(a) && vm.is_vmalloc_addr(b));
+        {
+            let _inside = Outermost::enter().unwrap();
+            // SAFETY: live for their layouts.
+            unsafe {
+                K.dealloc(a, small);
+                K.dealloc(b, big);
+            }
+        }
+        assert_eq!(K.stats().deferred, 2);
+        assert!(vm.find_vm_area(b).is_some(), "not freed yet");
+        // SAFETY: non-zero size; then freed at once, which drains the list.
+        unsafe {
+            let c = K.alloc(small);
+            K.dealloc(c, small);
+        }
+        assert!(vm.find_vm_area(b).is_none(), "vfree'd by the drain");
+        assert_eq!(K.stats().bad_frees, 0);
+        // a was kfree'd by the drain too: freeing it again is refused.
+        // SAFETY: breaks the contract on purpose; kmem refuses it.
+        unsafe { K.dealloc(a, small) };
+        assert_eq!(K.stats().bad_frees, 1);
     }
 }

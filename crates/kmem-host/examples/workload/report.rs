@@ -77,7 +77,11 @@ pub fn run_and_report(kmem: &KmemGlobal, name: &str) -> ExitCode {
         "large kmalloc (above 8 KiB, whole pages), whole process: {large_allocs} allocations, {large_frees} frees, {large_pages} pages held now"
     );
     println!(
-        "system allocator instead of kmem, whole process: {} while kmem itself was allocating (machine bootstrap), {} above 4 MiB, {} misaligned",
+        "vmalloc (above 4 MiB, kmalloc's limit), whole process: {} allocations",
+        g.vmalloc
+    );
+    println!(
+        "system allocator instead of kmem, whole process: {} while kmem itself was allocating (machine bootstrap), {} above 4 MiB that vmalloc could not serve, {} misaligned",
         g.nested, g.oversize, g.misaligned
     );
     println!(
