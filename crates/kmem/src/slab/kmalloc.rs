@@ -17,6 +17,11 @@
 //! Large blocks are compound page allocations tagged `OWNER_KMALLOC_LARGE`
 //! in their head frame, so `kfree` and `ksize` recognise them and refuse
 //! anything the page allocator handed to someone else.
+//!
+//! Above 4 MiB kmalloc fails and warns (unless `__GFP_NOWARN`) on every
+//! call, naming the caller; Linux's warning comes from the page allocator's
+//! `WARN_ON_ONCE_GFP` and fires once per boot, so a kernel log shows only
+//! the first such caller.
 
 use super::cpu::Fast;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
