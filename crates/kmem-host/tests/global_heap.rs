@@ -13,31 +13,14 @@ use kmem_host::global::{kmalloc_request, KmemGlobal, KmemHeap};
 use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::NonNull;
 
+mod global_common;
+use global_common::{check, fill};
+
 /// One machine for the whole test binary (tests run in parallel on it).
 static KMEM: KmemGlobal = KmemGlobal::new();
 
 fn heap() -> KmemHeap<'static> {
     KMEM.heap().expect("the machine builds")
-}
-
-/// A byte pattern that differs per block and per offset.
-fn pattern(seed: usize, i: usize) -> u8 {
-    (seed.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8
-}
-
-fn fill(p: *mut u8, len: usize, seed: usize) {
-    for i in 0..len {
-        // SAFETY: callers pass live blocks of at least len bytes.
-        unsafe { p.add(i).write(pattern(seed, i)) };
-    }
-}
-
-fn check(p: *const u8, len: usize, seed: usize) {
-    for i in 0..len {
-        // SAFETY: as fill.
-        let b = unsafe { p.add(i).read() };
-        assert_eq!(b, pattern(seed, i), "byte {i} of block {seed} at {p:p}");
-    }
 }
 
 #[test]

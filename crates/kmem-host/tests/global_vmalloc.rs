@@ -11,27 +11,10 @@ use kmem_host::global::KmemGlobal;
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashSet;
 
+mod global_common;
+use global_common::{check, fill, pattern};
+
 const MIB: usize = 1 << 20;
-
-/// A byte pattern that differs per block and per offset.
-fn pattern(seed: usize, i: usize) -> u8 {
-    (seed.wrapping_mul(31) ^ i.wrapping_mul(7) ^ (i >> 12)) as u8
-}
-
-fn fill(p: *mut u8, len: usize, seed: usize) {
-    for i in 0..len {
-        // SAFETY: callers pass live blocks of at least len bytes.
-        unsafe { p.add(i).write(pattern(seed, i)) };
-    }
-}
-
-fn check(p: *const u8, len: usize, seed: usize) {
-    for i in 0..len {
-        // SAFETY: as fill.
-        let b = unsafe { p.add(i).read() };
-        assert_eq!(b, pattern(seed, i), "byte {i} of block {seed} at {p:p}");
-    }
-}
 
 fn layout(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
