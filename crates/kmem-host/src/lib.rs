@@ -33,6 +33,7 @@ pub mod cpu;
 pub mod global;
 pub mod platform;
 pub mod ram;
+pub mod vheap;
 pub mod vmap;
 
 pub use context::{
@@ -49,6 +50,7 @@ pub use global::{KmemGlobal, KmemHeap};
 pub use kmem;
 pub use platform::HostPlatform;
 pub use ram::Ram;
+pub use vheap::{KvmallocHeap, VmallocHeap};
 pub use vmap::{HostVmalloc, HostVmap};
 
 use kmem::context::ContextPolicy;

@@ -153,6 +153,16 @@ pub struct KvAlloc<'r, 'a, P: Platform, B: PageTables> {
     rules: KvRules,
 }
 
+// A pair of references and the rules: copied freely (derive would ask P
+// and B to be Clone).
+impl<P: Platform, B: PageTables> Clone for KvAlloc<'_, '_, P, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Platform, B: PageTables> Copy for KvAlloc<'_, '_, P, B> {}
+
 impl<'r, 'a, P: Platform, B: PageTables> KvAlloc<'r, 'a, P, B> {
     /// Both allocators must sit on the same page allocator.
     ///
