@@ -104,6 +104,7 @@ use kmem::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL};
 use kmem::page::NUMA_NO_NODE;
 use kmem::slab::kmalloc::kmalloc_size_roundup;
 use kmem::slab::{SlabAllocator, SlabConfig, KMALLOC_MAX_SIZE};
+use kmem::vmalloc::VmallocError;
 use kmem::AllocError;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -1052,26 +1053,45 @@ impl KmemGlobal {
 
     /// `realloc` of a vmalloc area: `vrealloc` (in place while the area's
     /// pages suffice, else a new area with the contents moved), or, in
-    /// atomic context or should vrealloc fail, a move through `alloc`.
+    /// atomic context, nested, or should vrealloc fail for want of memory or
+    /// alignment, a move through `alloc`. A pointer that is not a live area
+    /// (a contract breach) is refused and counted as a bad free: null, and
+    /// nothing read or freed.
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc`, with `new` the new layout; `p` lies in
     /// the vmalloc range.
     #[cold]
     unsafe fn realloc_vmalloc(&self, st: &State, p: *mut u8, old: Layout, new: Layout) -> *mut u8 {
-        if !crate::in_atomic() {
-            if let (Some(_outer), Some(vm)) = (Outermost::enter(), st.vmalloc_of(p)) {
+        let Some(vm) = st.vmalloc_of(p) else {
+            return ptr::null_mut();
+        };
+        match Outermost::enter() {
+            Some(_outer) if !crate::in_atomic() => {
                 let gfp = GFP_KERNEL | Gfp::NOWARN;
-                if let Ok(Some(q)) =
-                    vm.vrealloc_node_align(p, new.size(), new.align(), gfp, NUMA_NO_NODE)
-                {
-                    let shard = self.realloc_shard();
-                    bump(if q.as_ptr() == p {
-                        &shard.in_place
-                    } else {
-                        &shard.moved
-                    });
-                    return q.as_ptr();
+                match vm.vrealloc_node_align(p, new.size(), new.align(), gfp, NUMA_NO_NODE) {
+                    Ok(Some(q)) => {
+                        let shard = self.realloc_shard();
+                        bump(if q.as_ptr() == p {
+                            &shard.in_place
+                        } else {
+                            &shard.moved
+                        });
+                        return q.as_ptr();
+                    }
+                    // Not a live vmalloc area: vrealloc reported it.
+                    Err(VmallocError::Realloc(_)) => {
+                        bump(&self.counters.bad_frees);
+                        return ptr::null_mut();
+                    }
+                    _ => {}
+                }
+            }
+            // Atomic context or nested: check the area before reading it.
+            _ => {
+                if vm.find_vm_area(p).is_none() {
+                    bump(&self.counters.bad_frees);
+                    return ptr::null_mut();
                 }
             }
         }

@@ -211,7 +211,7 @@ fn the_system_takes_what_vmalloc_cannot() {
 }
 
 #[test]
-fn a_double_vfree_is_refused_and_counted() {
+fn a_double_vfree_and_a_realloc_after_free_are_refused_and_counted() {
     static K: KmemGlobal = KmemGlobal::with_machine(256 << 20, 2);
     assert!(K.init_now());
     let l = layout(5 * MIB, 8);
@@ -225,6 +225,17 @@ fn a_double_vfree_is_refused_and_counted() {
         K.dealloc(p, l);
     }
     assert_eq!(K.stats().bad_frees, 1);
+    // A realloc of the dead area is refused too (null, nothing read), in
+    // process and in atomic context.
+    // SAFETY: contract broken on purpose, as above.
+    assert!(unsafe { K.realloc(p, l, 6 * MIB) }.is_null());
+    assert_eq!(K.stats().bad_frees, 2);
+    {
+        let _atomic = kmem_host::spin_lock();
+        // SAFETY: as above.
+        assert!(unsafe { K.realloc(p, l, 100) }.is_null());
+    }
+    assert_eq!(K.stats().bad_frees, 3);
     // Still usable afterwards.
     // SAFETY: non-zero size.
     let q = unsafe { K.alloc(l) };
@@ -232,7 +243,7 @@ fn a_double_vfree_is_refused_and_counted() {
     check(q, l.size(), 5);
     // SAFETY: live for l.
     unsafe { K.dealloc(q, l) };
-    assert_eq!(K.stats().bad_frees, 1);
+    assert_eq!(K.stats().bad_frees, 3);
     assert!(K.machine().unwrap().pages().verify().is_ok());
 }
 
