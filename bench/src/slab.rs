@@ -467,11 +467,10 @@ fn shared<S: SharedHeap + 'static>(s: S, touch: bool) -> Result<Box<dyn Contende
 
 /// The W1-W3 contender named `name`, checked and ready to time.
 fn build_single(name: &str, touch: bool) -> Result<Box<dyn Contender>, String> {
+    if let Some(v) = kmem::Variant::named(name) {
+        return heap(Single(kmem::Kmem::new(v)?), touch);
+    }
     match name {
-        kmem::NAME => heap(Single(kmem::Kmem::new(kmem::Variant::Default)?), touch),
-        kmem::NOMARK => heap(Single(kmem::Kmem::new(kmem::Variant::NoMark)?), touch),
-        kmem::UNHARDENED => heap(Single(kmem::Kmem::new(kmem::Variant::Unhardened)?), touch),
-        kmem::UNCLAIMED => heap(Single(kmem::Kmem::new(kmem::Variant::Unclaimed)?), touch),
         "talc" => heap(peers::Talc::new()?, touch),
         "talc+lock" => heap(Single(peers::TalcLock::new()?), touch),
         "buddy_system_allocator" => heap(peers::Buddy::new()?, touch),
@@ -490,13 +489,10 @@ fn build_single(name: &str, touch: bool) -> Result<Box<dyn Contender>, String> {
 
 /// The W4 contender named `name`, if that allocator is thread-safe.
 fn build_shared(name: &str, touch: bool) -> Option<Result<Box<dyn Contender>, String>> {
+    if let Some(v) = kmem::Variant::named(name) {
+        return Some(kmem::Kmem::new(v).and_then(|s| shared(s, touch)));
+    }
     Some(match name {
-        kmem::NAME => kmem::Kmem::new(kmem::Variant::Default).and_then(|s| shared(s, touch)),
-        kmem::NOMARK => kmem::Kmem::new(kmem::Variant::NoMark).and_then(|s| shared(s, touch)),
-        kmem::UNHARDENED => {
-            kmem::Kmem::new(kmem::Variant::Unhardened).and_then(|s| shared(s, touch))
-        }
-        kmem::UNCLAIMED => kmem::Kmem::new(kmem::Variant::Unclaimed).and_then(|s| shared(s, touch)),
         "talc+lock" => peers::TalcLock::new().and_then(|s| shared(s, touch)),
         "buddy_system_allocator+lock" => peers::LockedBuddy::new().and_then(|s| shared(s, touch)),
         "linked_list_allocator+lock" => {

@@ -62,6 +62,19 @@ pub enum Variant {
     Unclaimed,
 }
 
+impl Variant {
+    /// The variant of the row named `name` (one of [`NAMES`]).
+    pub fn named(name: &str) -> Option<Variant> {
+        Some(match name {
+            NAME => Variant::Default,
+            NOMARK => Variant::NoMark,
+            UNHARDENED => Variant::Unhardened,
+            UNCLAIMED => Variant::Unclaimed,
+            _ => return None,
+        })
+    }
+}
+
 thread_local! {
     /// The calling thread's claim on its kmem CPU, held during a run.
     static CLAIM: RefCell<Option<CpuClaim>> = const { RefCell::new(None) };
