@@ -9,7 +9,8 @@
 //!   KvmallocHeap    kvmalloc             kvrealloc                kvfree
 //! ```
 //!
-//! Like Rust for Linux's, each handle carries a fixed GFP mask and never
+//! Each handle carries a fixed GFP mask (Rust for Linux passes the mask
+//! with every call; allocator_api2's trait has no room for it) and never
 //! falls back to another allocator: a request it cannot serve is an
 //! `AllocError`, and a refused free is reported by kmem and changes
 //! nothing. Zero-sized allocations get a dangling, aligned pointer and never
