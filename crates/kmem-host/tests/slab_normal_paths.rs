@@ -17,6 +17,7 @@ use kmem::slab::{Layout, SlabConfig, SlabFlags};
 use kmem_host::{run_on_cpu, Machine, MachineConfig};
 use slab_common::{machine, slab, two_nodes, Rng};
 use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
 
 // ------------------------------------------------------------ Linux reference
 
@@ -442,6 +443,131 @@ fn pages_all_back_after_destroy_and_shrink() {
     s.shrink_all();
     let now = m.pages().nr_free_pages_with_pcp();
     assert_eq!(now, base, "pages leaked: {}", base as isize - now as isize);
+    assert_eq!(s.errors(), 0);
+}
+
+/// Every tail record of a multi-page slab names the slab's cache in
+/// `private[1]` (what kfree's fast path reads), and none does once the slab
+/// went back to the page allocator.
+#[test]
+fn multi_page_slabs_name_their_cache_in_every_tail_record() {
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    let c = s
+        .kmem_cache_create("tails", 1000, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let pages = m.pages();
+    let mut objs = Vec::new();
+    for i in 0..300 {
+        let p = if i % 2 == 0 {
+            s.kmalloc(4096, GFP_KERNEL).unwrap().as_ptr()
+        } else {
+            c.alloc(GFP_KERNEL).unwrap().as_ptr()
+        };
+        objs.push(p);
+    }
+    let mut tails = HashSet::new();
+    for &p in &objs {
+        let pfn = pages.virt_to_page(VirtAddr(p as usize)).unwrap();
+        let head = pages.compound_head(pfn);
+        let hf = pages.frame(head).unwrap();
+        assert_eq!(hf.owner(), kmem::slab::OWNER_SLAB);
+        let cache = hf.private[0].load(Relaxed);
+        assert_ne!(cache, 0);
+        let order = hf.order();
+        assert!(
+            order > 0,
+            "kmalloc-4k and a 1000-byte cache use multi-page slabs"
+        );
+        for i in 1..(1u64 << order) {
+            let t = kmem::addr::Pfn(head.0 + i);
+            assert_eq!(
+                pages.frame(t).unwrap().private[1].load(Relaxed),
+                cache,
+                "tail {t:?}"
+            );
+            tails.insert(t);
+        }
+    }
+    for (i, &p) in objs.iter().enumerate() {
+        if i % 2 == 0 {
+            s.kfree(p).unwrap();
+        } else {
+            c.free(std::ptr::NonNull::new(p).unwrap()).unwrap();
+        }
+    }
+    c.destroy().unwrap();
+    s.shrink_all();
+    let mut gone = 0;
+    for t in tails {
+        let head = pages.compound_head(t);
+        let still_slab = head != t && pages.frame(head).unwrap().owner() == kmem::slab::OWNER_SLAB;
+        if !still_slab {
+            gone += 1;
+            assert_eq!(pages.frame(t).unwrap().private[1].load(Relaxed), 0, "{t:?}");
+        }
+    }
+    assert!(gone > 0, "some slabs went back");
+    assert_eq!(s.errors(), 0);
+}
+
+/// A tail record naming another cache than its head (corruption: kmem never
+/// writes one) does not send a kfree to that cache: the fast path sees the
+/// disagreement and the full path frees through the head's cache.
+#[test]
+fn a_tail_record_naming_another_cache_is_not_believed() {
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    let c = s
+        // kmalloc-4k's geometry, unmerged: a kmalloc-4k object passes
+        // every check of this cache but the disagreement of the records.
+        .kmem_cache_create("other", 4096, 0, SlabFlags::NO_MERGE, None)
+        .unwrap();
+    let pages = m.pages();
+    let other = c.alloc(GFP_KERNEL).unwrap();
+    let other_cache = {
+        let pfn = pages
+            .virt_to_page(VirtAddr(other.as_ptr() as usize))
+            .unwrap();
+        let head = pages.compound_head(pfn);
+        pages.frame(head).unwrap().private[0].load(Relaxed)
+    };
+    // A kmalloc-4k object in a tail page of its slab.
+    let mut held = Vec::new();
+    let (p, t) = loop {
+        let p = s.kmalloc(4096, GFP_KERNEL).unwrap().as_ptr();
+        let pfn = pages.virt_to_page(VirtAddr(p as usize)).unwrap();
+        if pages.compound_head(pfn) != pfn {
+            break (p, pfn);
+        }
+        held.push(p);
+    };
+    let rec = &pages.frame(t).unwrap().private[1];
+    let cache = rec.load(Relaxed);
+    rec.store(other_cache, Relaxed);
+    s.kfree(p).unwrap();
+    rec.store(cache, Relaxed);
+    // The object went back to kmalloc-4k, not to "other".
+    let mut got = Vec::new();
+    for _ in 0..64 {
+        let q = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+        assert_ne!(q, p, "a kmalloc-4k object came out of another cache");
+        got.push(q);
+    }
+    assert_eq!(
+        s.kmalloc(4096, GFP_KERNEL).unwrap().as_ptr(),
+        p,
+        "reused by its own cache"
+    );
+    held.push(p);
+    for q in got {
+        c.free(std::ptr::NonNull::new(q).unwrap()).unwrap();
+    }
+    c.free(other).unwrap();
+    for p in held {
+        s.kfree(p).unwrap();
+    }
+    c.destroy().unwrap();
     assert_eq!(s.errors(), 0);
 }
 

@@ -935,6 +935,19 @@ impl<P: Platform> KmemCache<P> {
         Ok(self.slab_at(pfn.0 as u32))
     }
 
+    /// Writes `cache` (this cache's address, or 0 when the slab goes)
+    /// into `private[1]` of every tail record of the slab at `pfn` of
+    /// `order`: `find_slab` reads a tail's cache there (see
+    /// [`super::find_slab`]).
+    pub(crate) fn set_tail_caches(&self, pfn: Pfn, order: u32, cache: usize) {
+        let pages = self.pages();
+        for i in 1..(1u64 << order) {
+            if let Some(t) = pages.frame(Pfn(pfn.0 + i)) {
+                t.private[1].store(cache, Relaxed);
+            }
+        }
+    }
+
     /// Turns a fresh block into a slab of this cache: debug patterns,
     /// constructor, free list through every object (but object 0 if
     /// `reserve_first`, which is then counted in use), frame metadata, node
@@ -972,6 +985,7 @@ impl<P: Platform> KmemCache<P> {
         frame.next.store(NIL, Relaxed);
         frame.prev.store(NIL, Relaxed);
         frame.private[0].store(self as *const Self as usize, Relaxed);
+        self.set_tail_caches(pfn, order, self as *const Self as usize);
         frame.private[1].store(Word::new(free, start, objects).0 as usize, Release);
         frame.set_owner(OWNER_SLAB);
         if !self.debug {

@@ -973,6 +973,7 @@ impl<P: Platform> KmemCache<P> {
         }
         let order = slab.order();
         let f = slab.frame;
+        self.set_tail_caches(Pfn(slab.pfn as u64), order, 0);
         f.set_owner(0);
         f.private[0].store(0, Relaxed);
         f.private[1].store(0, Relaxed);
@@ -1168,6 +1169,7 @@ impl<P: Platform> KmemCache<P> {
         let order = slab.order();
         let f = slab.frame;
         let pages = self.pages();
+        self.set_tail_caches(Pfn(slab.pfn as u64), order, 0);
         f.set_owner(0);
         f.private[0].store(0, Relaxed);
         f.private[1].store(0, Relaxed);

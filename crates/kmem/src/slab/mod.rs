@@ -74,7 +74,11 @@
 //! In the head frame record (see [`slab`]): owner tag [`OWNER_SLAB`],
 //! `private[0]` = the cache, `private[1]` = one atomic word packing the free
 //! list head (an object index), `inuse`, `objects` and state bits, and the
-//! frame's `next`/`prev` links for the partial and full lists. Large kmalloc
+//! frame's `next`/`prev` links for the partial and full lists. A multi-page
+//! slab's tail records keep, beside their head's pfn (`private[0]`, the
+//! page allocator's compound convention), the cache in `private[1]`, so that
+//! `kfree` has the cache one load after the page's record whether the
+//! address lies in the head page or a tail page. Large kmalloc
 //! blocks carry [`OWNER_KMALLOC_LARGE`]; anything else is not kmalloc's, so a
 //! `kfree` of it is refused.
 //!
@@ -496,7 +500,11 @@ pub(crate) enum Found<'a, P: Platform> {
 /// predictor can learn (with W2's random sizes a branch there mispredicted
 /// about 0.3 times per free in callgrind's model), so the head's pfn is
 /// selected (`select_unpredictable`: a tail record's, or the page's own)
-/// and always looked up again.
+/// and always looked up again. The cache pointer, which everything after
+/// the lookup waits for, does not wait for that: it comes from the page's
+/// own record (a head's `private[0]`, a slab tail's `private[1]`), and the
+/// head's is only compared with it, on the side (BENCHMARKS.md: kfree's
+/// time is the latency of this chain).
 #[inline(always)]
 pub(crate) fn find_slab<P: Platform>(
     pages: &PageAllocator<P>,
@@ -514,18 +522,19 @@ pub(crate) fn find_slab<P: Platform>(
     // aligned and smaller than a section, so the head lies in the direct
     // run too; the second lookup keeps even a corrupt record's pfn inside
     // the run's records.
-    let pfn = Pfn(core::hint::select_unpredictable(
-        f.info() & frame_flags::COMPOUND_TAIL != 0,
-        f.private[0].load(Relaxed) as u64,
-        pfn.0,
-    ));
+    let tail = f.info() & frame_flags::COMPOUND_TAIL != 0;
+    let (own0, own1) = (f.private[0].load(Relaxed), f.private[1].load(Relaxed));
+    let c = core::hint::select_unpredictable(tail, own1, own0) as *const KmemCache<P>;
+    let pfn = Pfn(core::hint::select_unpredictable(tail, own0 as u64, pfn.0));
     let f = pages.frame_direct(pfn)?;
     let info = f.info();
     if !crate::page::frame::Frame::info_is_allocated_by(info, OWNER_SLAB) {
         return None;
     }
-    let c = f.private[0].load(Relaxed) as *const KmemCache<P>;
-    if c.is_null() {
+    // A slab's tail records name its cache (init_new_slab, cleared when the
+    // slab goes), so the head agrees; a record that does not leaves the
+    // address to the full path, which reads the head's.
+    if c.is_null() || f.private[0].load(Relaxed) != c as usize {
         return None;
     }
     // SAFETY: as in `find`: a slab head's private[0] is its live cache.
