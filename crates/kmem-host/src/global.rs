@@ -270,6 +270,16 @@ impl<'a> KmemHeap<'a> {
         }
     }
 
+    /// `deallocate` of a block that is not zero-sized.
+    ///
+    /// # Safety
+    /// As `Allocator::deallocate`.
+    #[inline]
+    unsafe fn free(&self, p: NonNull<u8>) {
+        // A refused free was reported by kmem and changed nothing.
+        let _ = self.slab.kfree(p.as_ptr());
+    }
+
     /// Shared body of grow, grow_zeroed and shrink.
     ///
     /// # Safety
@@ -312,55 +322,7 @@ impl<'a> KmemHeap<'a> {
 // SAFETY: blocks come from kmalloc and stay valid until kfree'd through
 // `deallocate` (or moved by grow/shrink); a copied handle refers to the same
 // slab allocator, so any copy may free what another allocated.
-unsafe impl Allocator for KmemHeap<'_> {
-    #[inline]
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, ApiAllocError> {
-        self.alloc_impl(layout, false)
-    }
-
-    #[inline]
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, ApiAllocError> {
-        self.alloc_impl(layout, true)
-    }
-
-    #[inline]
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // A refused free was reported by kmem and changed nothing.
-            let _ = self.slab.kfree(ptr.as_ptr());
-        }
-    }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, ApiAllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, ApiAllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, true) }
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, ApiAllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-}
+heap_allocator_impl!(KmemHeap<'_>);
 
 impl fmt::Debug for KmemHeap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -28,6 +28,76 @@
 
 #![warn(missing_docs)]
 
+/// Implements allocator_api2's `Allocator` for a heap handle (`KmemHeap`,
+/// `VmallocHeap`, `KvmallocHeap`) from three methods of its own:
+/// `alloc_impl(&self, layout, zero)`, `unsafe resize(&self, ptr, old, new,
+/// zero)` (grow, grow_zeroed and shrink) and `unsafe free(&self, ptr)` (a
+/// block that is not zero-sized). The safety argument of the impl is stated
+/// where the macro is invoked.
+macro_rules! heap_allocator_impl {
+    ($t:ty) => {
+        unsafe impl ::allocator_api2::alloc::Allocator for $t {
+            #[inline]
+            fn allocate(
+                &self,
+                layout: ::core::alloc::Layout,
+            ) -> Result<::core::ptr::NonNull<[u8]>, ::allocator_api2::alloc::AllocError> {
+                self.alloc_impl(layout, false)
+            }
+
+            #[inline]
+            fn allocate_zeroed(
+                &self,
+                layout: ::core::alloc::Layout,
+            ) -> Result<::core::ptr::NonNull<[u8]>, ::allocator_api2::alloc::AllocError> {
+                self.alloc_impl(layout, true)
+            }
+
+            #[inline]
+            unsafe fn deallocate(
+                &self,
+                ptr: ::core::ptr::NonNull<u8>,
+                layout: ::core::alloc::Layout,
+            ) {
+                if layout.size() != 0 {
+                    // SAFETY: forwarded contract (a live, non-zero-sized block).
+                    unsafe { self.free(ptr) }
+                }
+            }
+
+            unsafe fn grow(
+                &self,
+                ptr: ::core::ptr::NonNull<u8>,
+                old: ::core::alloc::Layout,
+                new: ::core::alloc::Layout,
+            ) -> Result<::core::ptr::NonNull<[u8]>, ::allocator_api2::alloc::AllocError> {
+                // SAFETY: forwarded contract.
+                unsafe { self.resize(ptr, old, new, false) }
+            }
+
+            unsafe fn grow_zeroed(
+                &self,
+                ptr: ::core::ptr::NonNull<u8>,
+                old: ::core::alloc::Layout,
+                new: ::core::alloc::Layout,
+            ) -> Result<::core::ptr::NonNull<[u8]>, ::allocator_api2::alloc::AllocError> {
+                // SAFETY: forwarded contract.
+                unsafe { self.resize(ptr, old, new, true) }
+            }
+
+            unsafe fn shrink(
+                &self,
+                ptr: ::core::ptr::NonNull<u8>,
+                old: ::core::alloc::Layout,
+                new: ::core::alloc::Layout,
+            ) -> Result<::core::ptr::NonNull<[u8]>, ::allocator_api2::alloc::AllocError> {
+                // SAFETY: forwarded contract.
+                unsafe { self.resize(ptr, old, new, false) }
+            }
+        }
+    };
+}
+
 pub mod context;
 pub mod cpu;
 pub mod global;

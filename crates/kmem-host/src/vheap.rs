@@ -71,6 +71,33 @@ unsafe fn zero_tail(p: NonNull<u8>, from: usize, to: usize) {
     }
 }
 
+/// What every resize does alike: from a zero-sized block it allocates, to
+/// one it frees. None for everything else.
+///
+/// # Safety
+/// As `Allocator::grow`/`shrink` on `a`.
+unsafe fn resize_edges<A: Allocator>(
+    a: &A,
+    p: NonNull<u8>,
+    old: Layout,
+    new: Layout,
+    zero: bool,
+) -> Option<Result<NonNull<[u8]>, AllocError>> {
+    if old.size() == 0 {
+        return Some(if zero {
+            a.allocate_zeroed(new)
+        } else {
+            a.allocate(new)
+        });
+    }
+    if new.size() == 0 {
+        // SAFETY: live for old (forwarded contract).
+        unsafe { a.deallocate(p, old) };
+        return Some(Ok(NonNull::slice_from_raw_parts(dangling(new.align()), 0)));
+    }
+    None
+}
+
 // ------------------------------------------------------------------ vmalloc
 
 /// An `allocator_api2` allocator over the machine's vmalloc, with a fixed
@@ -118,6 +145,15 @@ impl<'a> VmallocHeap<'a> {
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
+    /// `deallocate` of a block that is not zero-sized: `vfree`.
+    ///
+    /// # Safety
+    /// As `Allocator::deallocate`.
+    unsafe fn free(&self, p: NonNull<u8>) {
+        // A refused free was reported by kmem and changed nothing.
+        let _ = self.vm.vfree(p.as_ptr());
+    }
+
     /// Shared body of grow, grow_zeroed and shrink: `vrealloc`, or (a
     /// larger alignment the area does not have) a move.
     ///
@@ -130,13 +166,9 @@ impl<'a> VmallocHeap<'a> {
         new: Layout,
         zero: bool,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        if old.size() == 0 {
-            return self.alloc_impl(new, zero);
-        }
-        if new.size() == 0 {
-            // SAFETY: live for old.
-            unsafe { self.deallocate(p, old) };
-            return Ok(NonNull::slice_from_raw_parts(dangling(new.align()), 0));
+        // SAFETY: forwarded contract.
+        if let Some(r) = unsafe { resize_edges(self, p, old, new, zero) } {
+            return r;
         }
         if !(p.as_ptr() as usize).is_multiple_of(new.align()) {
             // vrealloc keeps the area's address: move to one aligned anew.
@@ -168,52 +200,7 @@ impl<'a> VmallocHeap<'a> {
 // SAFETY: blocks are vmalloc areas, valid until vfree'd through
 // `deallocate` (or moved by grow/shrink); copies of a handle refer to the
 // same vmalloc, so any copy may free what another allocated.
-unsafe impl Allocator for VmallocHeap<'_> {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.alloc_impl(layout, false)
-    }
-
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.alloc_impl(layout, true)
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // A refused free was reported by kmem and changed nothing.
-            let _ = self.vm.vfree(ptr.as_ptr());
-        }
-    }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, true) }
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-}
+heap_allocator_impl!(VmallocHeap<'_>);
 
 impl fmt::Debug for VmallocHeap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -295,6 +282,15 @@ impl<'a> KvmallocHeap<'a> {
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
+    /// `deallocate` of a block that is not zero-sized: `kvfree`.
+    ///
+    /// # Safety
+    /// As `Allocator::deallocate`.
+    unsafe fn free(&self, p: NonNull<u8>) {
+        // A refused free was reported by kmem and changed nothing.
+        let _ = self.kv.kvfree(p.as_ptr());
+    }
+
     /// Shared body of grow, grow_zeroed and shrink: `kvrealloc`.
     ///
     /// # Safety
@@ -306,13 +302,9 @@ impl<'a> KvmallocHeap<'a> {
         new: Layout,
         zero: bool,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        if old.size() == 0 {
-            return self.alloc_impl(new, zero);
-        }
-        if new.size() == 0 {
-            // SAFETY: live for old.
-            unsafe { self.deallocate(p, old) };
-            return Ok(NonNull::slice_from_raw_parts(dangling(new.align()), 0));
+        // SAFETY: forwarded contract.
+        if let Some(r) = unsafe { resize_edges(self, p, old, new, zero) } {
+            return r;
         }
         let req = Self::request(new).ok_or(AllocError)?;
         let q = self
@@ -335,52 +327,7 @@ impl<'a> KvmallocHeap<'a> {
 // kvfree'd through `deallocate` (or moved by grow/shrink); copies of a
 // handle refer to the same allocators, so any copy may free what another
 // allocated.
-unsafe impl Allocator for KvmallocHeap<'_> {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.alloc_impl(layout, false)
-    }
-
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.alloc_impl(layout, true)
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if layout.size() != 0 {
-            // A refused free was reported by kmem and changed nothing.
-            let _ = self.kv.kvfree(ptr.as_ptr());
-        }
-    }
-
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, true) }
-    }
-
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: forwarded contract.
-        unsafe { self.resize(ptr, old, new, false) }
-    }
-}
+heap_allocator_impl!(KvmallocHeap<'_>);
 
 impl fmt::Debug for KvmallocHeap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
