@@ -446,11 +446,13 @@ fn pages_all_back_after_destroy_and_shrink() {
     assert_eq!(s.errors(), 0);
 }
 
-/// Every tail record of a multi-page slab names the slab's cache in
-/// `private[1]` (what kfree's fast path reads), and none does once the slab
-/// went back to the page allocator.
+/// Every tail record of a multi-page slab answers for the slab as its head
+/// does (owner tag, the cache in `private[0]`, the object count in bits
+/// 32..48 of `private[1]`) and names the head in bits 0..32, which
+/// `compound_head` follows; once the slab went back to the page allocator
+/// the records carry no owner tag.
 #[test]
-fn multi_page_slabs_name_their_cache_in_every_tail_record() {
+fn multi_page_slabs_relabel_their_tail_records() {
     let m = machine();
     let s = slab(&m, SlabConfig::default());
     let c = s
@@ -474,6 +476,8 @@ fn multi_page_slabs_name_their_cache_in_every_tail_record() {
         assert_eq!(hf.owner(), kmem::slab::OWNER_SLAB);
         let cache = hf.private[0].load(Relaxed);
         assert_ne!(cache, 0);
+        let objects = (hf.private[1].load(Relaxed) >> 32) & 0xffff;
+        assert!(objects > 0);
         let order = hf.order();
         assert!(
             order > 0,
@@ -481,11 +485,13 @@ fn multi_page_slabs_name_their_cache_in_every_tail_record() {
         );
         for i in 1..(1u64 << order) {
             let t = kmem::addr::Pfn(head.0 + i);
-            assert_eq!(
-                pages.frame(t).unwrap().private[1].load(Relaxed),
-                cache,
-                "tail {t:?}"
-            );
+            let tf = pages.frame(t).unwrap();
+            assert_eq!(tf.owner(), kmem::slab::OWNER_SLAB, "{t:?}");
+            assert_eq!(tf.private[0].load(Relaxed), cache, "{t:?}");
+            let w = tf.private[1].load(Relaxed) as u64;
+            assert_eq!((w >> 32) & 0xffff, objects as u64, "{t:?}");
+            assert_eq!(w & 0xffff_ffff, head.0, "{t:?}");
+            assert_eq!(pages.compound_head(t), head);
             tails.insert(t);
         }
     }
@@ -500,75 +506,54 @@ fn multi_page_slabs_name_their_cache_in_every_tail_record() {
     s.shrink_all();
     let mut gone = 0;
     for t in tails {
+        let tf = pages.frame(t).unwrap();
         let head = pages.compound_head(t);
         let still_slab = head != t && pages.frame(head).unwrap().owner() == kmem::slab::OWNER_SLAB;
         if !still_slab {
             gone += 1;
-            assert_eq!(pages.frame(t).unwrap().private[1].load(Relaxed), 0, "{t:?}");
+            assert_eq!(tf.owner(), 0, "{t:?}");
         }
     }
     assert!(gone > 0, "some slabs went back");
+    assert!(pages.verify().is_ok());
     assert_eq!(s.errors(), 0);
 }
 
-/// A tail record naming another cache than its head (corruption: kmem never
-/// writes one) does not send a kfree to that cache: the fast path sees the
-/// disagreement and the full path frees through the head's cache.
+/// A TYPESAFE_BY_RCU slab waiting for its grace period no longer answers
+/// through its tail records: a kfree into it meanwhile is refused by the
+/// full path (the head's owner says RCU), and once the grace period ends
+/// the pages go back.
 #[test]
-fn a_tail_record_naming_another_cache_is_not_believed() {
+fn an_rcu_pending_slab_does_not_answer_through_its_tails() {
     let m = machine();
     let s = slab(&m, SlabConfig::default());
     let c = s
-        // kmalloc-4k's geometry, unmerged: a kmalloc-4k object passes
-        // every check of this cache but the disagreement of the records.
-        .kmem_cache_create("other", 4096, 0, SlabFlags::NO_MERGE, None)
+        .kmem_cache_create("rcu-tails", 2000, 0, SlabFlags::TYPESAFE_BY_RCU, None)
         .unwrap();
     let pages = m.pages();
-    let other = c.alloc(GFP_KERNEL).unwrap();
-    let other_cache = {
-        let pfn = pages
-            .virt_to_page(VirtAddr(other.as_ptr() as usize))
-            .unwrap();
-        let head = pages.compound_head(pfn);
-        pages.frame(head).unwrap().private[0].load(Relaxed)
-    };
-    // A kmalloc-4k object in a tail page of its slab.
+    // Objects until one lies in a tail page.
     let mut held = Vec::new();
     let (p, t) = loop {
-        let p = s.kmalloc(4096, GFP_KERNEL).unwrap().as_ptr();
+        let p = c.alloc(GFP_KERNEL).unwrap().as_ptr();
         let pfn = pages.virt_to_page(VirtAddr(p as usize)).unwrap();
+        held.push(p);
         if pages.compound_head(pfn) != pfn {
             break (p, pfn);
         }
-        held.push(p);
     };
-    let rec = &pages.frame(t).unwrap().private[1];
-    let cache = rec.load(Relaxed);
-    rec.store(other_cache, Relaxed);
-    s.kfree(p).unwrap();
-    rec.store(cache, Relaxed);
-    // The object went back to kmalloc-4k, not to "other".
-    let mut got = Vec::new();
-    for _ in 0..64 {
-        let q = c.alloc(GFP_KERNEL).unwrap().as_ptr();
-        assert_ne!(q, p, "a kmalloc-4k object came out of another cache");
-        got.push(q);
-    }
-    assert_eq!(
-        s.kmalloc(4096, GFP_KERNEL).unwrap().as_ptr(),
-        p,
-        "reused by its own cache"
-    );
-    held.push(p);
-    for q in got {
+    for &q in &held {
         c.free(std::ptr::NonNull::new(q).unwrap()).unwrap();
     }
-    c.free(other).unwrap();
-    for p in held {
-        s.kfree(p).unwrap();
-    }
+    c.shrink();
+    // The slab waits for RCU: its tail records carry no owner tag.
+    assert_eq!(pages.frame(t).unwrap().owner(), 0);
+    assert!(
+        s.kfree(p).is_err(),
+        "a free into an RCU-pending slab is refused"
+    );
+    s.rcu_barrier();
     c.destroy().unwrap();
-    assert_eq!(s.errors(), 0);
+    assert!(pages.verify().is_ok());
 }
 
 // ------------------------------------------------------------ nodes

@@ -62,7 +62,10 @@ impl FrameState {
 pub mod flags {
     /// Head of a compound allocation (`__GFP_COMP`).
     pub const COMPOUND_HEAD: u32 = 1 << 8;
-    /// Tail of a compound allocation; `private[0]` holds the head pfn.
+    /// Tail of a compound allocation; `private[0]` holds the head pfn,
+    /// unless the block's owner relabelled the tail (its owner tag set, as
+    /// the slab layer does): then the low 32 bits of `private[1]` do
+    /// ([`super::Frame::compound_head_pfn`]).
     pub const COMPOUND_TAIL: u32 = 1 << 9;
 }
 
@@ -103,12 +106,16 @@ impl Frame {
     pub(crate) fn info(&self) -> u32 {
         self.info.load(Relaxed)
     }
-    /// True if an info word is that of an allocated block head whose owner
-    /// tag is `owner` (one mask and compare; the slab free fast path).
-    #[inline(always)]
-    pub(crate) const fn info_is_allocated_by(info: u32, owner: u8) -> bool {
-        info & (0xff << OWNER_SHIFT | 0xf)
-            == (owner as u32) << OWNER_SHIFT | FrameState::Allocated as u32
+    /// The head pfn a compound tail record names (see
+    /// [`flags::COMPOUND_TAIL`]): `private[0]`, or for a tail its block's
+    /// owner relabelled (owner tag set), the low 32 bits of `private[1]`.
+    #[inline]
+    pub fn compound_head_pfn(&self) -> u64 {
+        if self.owner() != 0 {
+            self.private[1].load(Relaxed) as u64 & 0xffff_ffff
+        } else {
+            self.private[0].load(Relaxed) as u64
+        }
     }
     /// The info word an allocated head of `order` without flags would have,
     /// ignoring the migrate type and owner bits.

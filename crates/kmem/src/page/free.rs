@@ -128,9 +128,7 @@ impl<P: Platform> PageAllocator<P> {
     /// The head of the compound page containing `page` (itself if not a tail).
     pub fn compound_head(&self, page: Pfn) -> Pfn {
         match self.mm.frame(page.0) {
-            Some(f) if f.flags() & flags::COMPOUND_TAIL != 0 => {
-                Pfn(f.private[0].load(Relaxed) as u64)
-            }
+            Some(f) if f.flags() & flags::COMPOUND_TAIL != 0 => Pfn(f.compound_head_pfn()),
             _ => page,
         }
     }

@@ -935,15 +935,28 @@ impl<P: Platform> KmemCache<P> {
         Ok(self.slab_at(pfn.0 as u32))
     }
 
-    /// Writes `cache` (this cache's address, or 0 when the slab goes)
-    /// into `private[1]` of every tail record of the slab at `pfn` of
-    /// `order`: `find_slab` reads a tail's cache there (see
-    /// [`super::find_slab`]).
-    pub(crate) fn set_tail_caches(&self, pfn: Pfn, order: u32, cache: usize) {
+    /// Relabels every tail record of the slab at `pfn` of `order` as this
+    /// cache's (`Some(objects)`: owner tag [`OWNER_SLAB`], the cache in
+    /// `private[0]`, `objects << 32 | pfn` in `private[1]`), or gives them
+    /// their compound labels back (`None`: owner 0, the head's pfn in
+    /// `private[0]`), when the slab goes or waits for RCU. What
+    /// [`super::find_slab`] reads; see "Slab metadata" in [`super`].
+    pub(crate) fn set_tail_records(&self, pfn: Pfn, order: u32, objects: Option<u32>) {
         let pages = self.pages();
         for i in 1..(1u64 << order) {
             if let Some(t) = pages.frame(Pfn(pfn.0 + i)) {
-                t.private[1].store(cache, Relaxed);
+                match objects {
+                    Some(n) => {
+                        t.private[1].store(((n as u64) << 32 | pfn.0) as usize, Relaxed);
+                        t.private[0].store(self as *const Self as usize, Relaxed);
+                        t.set_owner(OWNER_SLAB);
+                    }
+                    None => {
+                        t.set_owner(0);
+                        t.private[0].store(pfn.0 as usize, Relaxed);
+                        t.private[1].store(0, Relaxed);
+                    }
+                }
             }
         }
     }
@@ -985,7 +998,7 @@ impl<P: Platform> KmemCache<P> {
         frame.next.store(NIL, Relaxed);
         frame.prev.store(NIL, Relaxed);
         frame.private[0].store(self as *const Self as usize, Relaxed);
-        self.set_tail_caches(pfn, order, self as *const Self as usize);
+        self.set_tail_records(pfn, order, Some(objects));
         frame.private[1].store(Word::new(free, start, objects).0 as usize, Release);
         frame.set_owner(OWNER_SLAB);
         if !self.debug {

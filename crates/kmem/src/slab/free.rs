@@ -22,7 +22,7 @@
 
 use super::cpu::{CpuGuard, CpuInner, CpuSlab, Fast, Stat};
 use super::node::Which;
-use super::slab::{SlabRef, Word, DISABLED, FROZEN, NIL, ON_FULL, ON_PARTIAL};
+use super::slab::{SlabHit, SlabRef, Word, DISABLED, FROZEN, NIL, ON_FULL, ON_PARTIAL};
 use super::{
     find, report_free_error, CacheLeak, CacheName, Found, KmemCache, SlabAllocator, SlabFreeError,
     OWNER_SLAB, OWNER_SLAB_RCU,
@@ -45,12 +45,13 @@ impl<P: Platform> KmemCache<P> {
     #[inline]
     pub fn free(&self, p: NonNull<u8>) -> Result<(), SlabFreeError> {
         let addr = p.as_ptr() as usize;
-        if let Some((cache, slab)) = super::find_slab(self.pages(), addr) {
+        if let Some((cache, hit)) = super::find_slab(self.pages(), addr) {
             if core::ptr::eq(cache, self) {
-                match self.free_fast(slab, addr) {
+                match self.free_fast(hit, addr) {
                     Fast::Done(()) => return Ok(()),
                     Fast::Unowned => {
-                        return self.free_unowned(slab.pfn, slab.frame, addr, Location::caller())
+                        let slab = hit.slab;
+                        return self.free_unowned(slab.pfn, slab.frame, addr, Location::caller());
                     }
                     Fast::Declined => {}
                 }
@@ -122,14 +123,11 @@ impl<P: Platform> KmemCache<P> {
     /// The owner's path makes no call, so the caller keeps nothing in
     /// saved registers for it; everything else returns to the caller.
     #[inline(always)]
-    pub(crate) fn free_fast(&self, slab: SlabRef<'_>, p: usize) -> Fast<()> {
+    pub(crate) fn free_fast(&self, hit: SlabHit<'_>, p: usize) -> Fast<()> {
         // A debug cache is refused below: it has no sheaf (`sheaf_cap` 0),
         // and an unowned caller is told Declined, not Unowned. Its slot read
         // here is harmless (inside the slab) and decides nothing.
-        if self
-            .obj_index(slab.base, slab.word().objects(), p)
-            .is_none()
-        {
+        if self.obj_index(hit.slab.base, hit.objects, p).is_none() {
             return Fast::Declined;
         }
         // Computed once, before the CPU flag, and whether the cache has
@@ -147,7 +145,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return Fast::Declined;
         };
-        if self.try_sheaf_push(&mut g, c, slab, p, (slot, key)) {
+        if self.try_sheaf_push(&mut g, c, hit.node, p, (slot, key)) {
             Fast::Done(())
         } else {
             Fast::Declined
@@ -184,7 +182,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return false;
         };
-        self.try_sheaf_push(&mut g, c, slab, p, self.free_mark(p))
+        self.try_sheaf_push(&mut g, c, slab.node() as u32, p, self.free_mark(p))
     }
 
     /// Where a free of `p` writes on a cache with the allocated mark, and
@@ -207,14 +205,14 @@ impl<P: Platform> KmemCache<P> {
         &self,
         g: &mut CpuInner,
         c: &CpuSlab,
-        slab: SlabRef<'_>,
+        node: u32,
         p: usize,
         mark: (usize, usize),
     ) -> bool {
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
-            || slab.node() as u32 != g.sheaf_node
+            || node != g.sheaf_node
             || (!self.marks && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
         {
             return false;
@@ -278,7 +276,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };
-        if self.try_sheaf_push(&mut g, c, slab, p, self.free_mark(p)) {
+        if self.try_sheaf_push(&mut g, c, slab.node() as u32, p, self.free_mark(p)) {
             return Ok(());
         }
         self.free_cpu_slow(slab, p, g, c, caller)
@@ -958,6 +956,7 @@ impl<P: Platform> KmemCache<P> {
     /// allocator (after a grace period for `SLAB_TYPESAFE_BY_RCU`).
     pub(crate) fn release_slab(&self, slab: SlabRef<'_>) {
         if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
+            self.set_tail_records(Pfn(slab.pfn as u64), slab.order(), None);
             slab.frame.set_owner(OWNER_SLAB_RCU);
             self.global().rcu.defer_slab(slab);
             return;
@@ -973,7 +972,7 @@ impl<P: Platform> KmemCache<P> {
         }
         let order = slab.order();
         let f = slab.frame;
-        self.set_tail_caches(Pfn(slab.pfn as u64), order, 0);
+        self.set_tail_records(Pfn(slab.pfn as u64), order, None);
         f.set_owner(0);
         f.private[0].store(0, Relaxed);
         f.private[1].store(0, Relaxed);
@@ -1169,7 +1168,7 @@ impl<P: Platform> KmemCache<P> {
         let order = slab.order();
         let f = slab.frame;
         let pages = self.pages();
-        self.set_tail_caches(Pfn(slab.pfn as u64), order, 0);
+        self.set_tail_records(Pfn(slab.pfn as u64), order, None);
         f.set_owner(0);
         f.private[0].store(0, Relaxed);
         f.private[1].store(0, Relaxed);

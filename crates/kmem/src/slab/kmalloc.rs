@@ -462,14 +462,14 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if addr <= ZERO_SIZE_PTR {
             return Ok(());
         }
-        if let Some((cache, slab)) = find_slab(self.pages, addr) {
-            match cache.free_fast(slab, addr) {
+        if let Some((cache, hit)) = find_slab(self.pages, addr) {
+            match cache.free_fast(hit, addr) {
                 Fast::Done(()) => return Ok(()),
                 Fast::Unowned => {
                     return self.kfree_unowned(
                         cache,
-                        slab.pfn,
-                        slab.frame,
+                        hit.slab.pfn,
+                        hit.slab.frame,
                         addr,
                         Location::caller(),
                     )

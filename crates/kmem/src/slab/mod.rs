@@ -75,10 +75,14 @@
 //! `private[0]` = the cache, `private[1]` = one atomic word packing the free
 //! list head (an object index), `inuse`, `objects` and state bits, and the
 //! frame's `next`/`prev` links for the partial and full lists. A multi-page
-//! slab's tail records keep, beside their head's pfn (`private[0]`, the
-//! page allocator's compound convention), the cache in `private[1]`, so that
-//! `kfree` has the cache one load after the page's record whether the
-//! address lies in the head page or a tail page. Large kmalloc
+//! slab relabels its tail records (owner tag [`OWNER_SLAB`] in state Tail):
+//! `private[0]` = the cache, as in the head, and `private[1]` = the object
+//! count where the head's word has it (bits 32..48) above the head's pfn
+//! (bits 0..32, where [`crate::page::Frame::compound_head_pfn`] looks for
+//! it), so that the record of the page an address lies in, head or tail,
+//! answers everything `kfree`'s fast path checks (see [`find_slab`]). They
+//! get their compound labels back when the slab goes or waits for RCU.
+//! Large kmalloc
 //! blocks carry [`OWNER_KMALLOC_LARGE`]; anything else is not kmalloc's, so a
 //! `kfree` of it is refused.
 //!
@@ -490,26 +494,24 @@ pub(crate) enum Found<'a, P: Platform> {
     Large { head: Pfn, order: u32, base: usize },
 }
 
-/// The fast half of [`find`]: the slab holding `addr` and its cache, or
-/// None for anything else (which the full path then classifies and
-/// reports). Reads the frame record of `addr`'s page, then the slab's head
-/// record (the same record again when the page is the head).
-///
-/// The step from a tail frame to its head takes no branch: objects of a
-/// multi-page slab lie in its head page or a tail page in no order a
+/// The fast half of [`find`]: the slab holding `addr`, its cache and what
+/// the free fast path checks, or None for anything else (which the full
+/// path then classifies and reports). Reads only the frame record of
+/// `addr`'s page: every record of a live slab, head or tail, carries the
+/// owner tag [`OWNER_SLAB`], the cache in `private[0]` and the object count
+/// in bits 32..48 of `private[1]` (see "Slab metadata" above); the node is
+/// the page's own. Only the head's pfn differs (a tail's bits 0..32 of
+/// `private[1]`, else the page's own), selected without a branch: objects
+/// of a multi-page slab lie in its head page or a tail page in no order a
 /// predictor can learn (with W2's random sizes a branch there mispredicted
-/// about 0.3 times per free in callgrind's model), so the head's pfn is
-/// selected (`select_unpredictable`: a tail record's, or the page's own)
-/// and always looked up again. The cache pointer, which everything after
-/// the lookup waits for, does not wait for that: it comes from the page's
-/// own record (a head's `private[0]`, a slab tail's `private[1]`), and the
-/// head's is only compared with it, on the side (BENCHMARKS.md: kfree's
-/// time is the latency of this chain).
+/// about 0.3 times per free in callgrind's model). kfree's time is the
+/// latency of this chain (BENCHMARKS.md): before a932829 the head's record
+/// was read after the page's, and everything waited for both.
 #[inline(always)]
 pub(crate) fn find_slab<P: Platform>(
     pages: &PageAllocator<P>,
     addr: usize,
-) -> Option<(&KmemCache<P>, SlabRef<'_>)> {
+) -> Option<(&KmemCache<P>, slab::SlabHit<'_>)> {
     // No direct-map bounds check of its own: an address below the direct
     // map wraps to a huge pfn, one above it lands past the direct run or on
     // a hole record inside it (records cover whole sections), and
@@ -522,24 +524,34 @@ pub(crate) fn find_slab<P: Platform>(
     // aligned and smaller than a section, so the head lies in the direct
     // run too; the second lookup keeps even a corrupt record's pfn inside
     // the run's records.
-    let tail = f.info() & frame_flags::COMPOUND_TAIL != 0;
-    let (own0, own1) = (f.private[0].load(Relaxed), f.private[1].load(Relaxed));
-    let c = core::hint::select_unpredictable(tail, own1, own0) as *const KmemCache<P>;
-    let pfn = Pfn(core::hint::select_unpredictable(tail, own0 as u64, pfn.0));
-    let f = pages.frame_direct(pfn)?;
     let info = f.info();
-    if !crate::page::frame::Frame::info_is_allocated_by(info, OWNER_SLAB) {
+    // Only a live slab's records carry the owner tag (its head's is
+    // cleared, or changed for RCU, before it goes; its tails get their
+    // compound labels back).
+    if f.owner() != OWNER_SLAB {
         return None;
     }
-    // A slab's tail records name its cache (init_new_slab, cleared when the
-    // slab goes), so the head agrees; a record that does not leaves the
-    // address to the full path, which reads the head's.
-    if c.is_null() || f.private[0].load(Relaxed) != c as usize {
+    let c = f.private[0].load(Relaxed) as *const KmemCache<P>;
+    if c.is_null() {
         return None;
     }
-    // SAFETY: as in `find`: a slab head's private[0] is its live cache.
+    let w = slab::Word(f.private[1].load(Relaxed) as u64);
+    let tail = info & frame_flags::COMPOUND_TAIL != 0;
+    let head = core::hint::select_unpredictable(tail, w.0 & 0xffff_ffff, pfn.0);
+    // A compound block is naturally aligned and smaller than a section, so
+    // the head lies in the direct run too; the lookup (an address, no load)
+    // keeps even a corrupt record's pfn inside the run's records.
+    let hf = pages.frame_direct(Pfn(head))?;
+    // SAFETY: as in `find`: a live slab's record names its live cache.
     let cache = unsafe { &*c };
-    Some((cache, SlabRef::at(pages, pfn.0 as u32, f)))
+    Some((
+        cache,
+        slab::SlabHit {
+            slab: SlabRef::at(pages, head as u32, hf),
+            objects: w.objects(),
+            node: f.node() as u32,
+        },
+    ))
 }
 
 /// Linux's `might_sleep` for the cache-list operations (create, destroy):
@@ -578,7 +590,7 @@ pub(crate) fn find<P: Platform>(
         return Err(SlabFreeError::NotDirectMapped { addr });
     };
     let (head, hf) = if f.flags() & frame_flags::COMPOUND_TAIL != 0 {
-        let h = Pfn(f.private[0].load(Relaxed) as u64);
+        let h = Pfn(f.compound_head_pfn());
         match pages.frame(h) {
             Some(hf) => (h, hf),
             None => return Err(not_slab(pages, addr, pfn)),

@@ -133,6 +133,18 @@ pub(crate) struct SlabRef<'f> {
     pub(crate) base: usize,
 }
 
+/// What kfree's fast path learns from the frame record of the page an
+/// address lies in ([`super::find_slab`]).
+#[derive(Clone, Copy)]
+pub(crate) struct SlabHit<'f> {
+    /// The slab.
+    pub(crate) slab: SlabRef<'f>,
+    /// Objects in the slab.
+    pub(crate) objects: u32,
+    /// Node of the slab's memory.
+    pub(crate) node: u32,
+}
+
 impl<'f> SlabRef<'f> {
     /// The slab whose head frame is `frame`, at `pfn` (the out-of-line
     /// free paths take these two in registers instead of a `SlabRef` in
