@@ -135,7 +135,13 @@ impl Frame {
     /// Owner tag set by higher layers (0 = page allocator only).
     #[inline]
     pub fn owner(&self) -> u8 {
-        (self.info.load(Relaxed) >> OWNER_SHIFT) as u8
+        Self::info_owner(self.info.load(Relaxed))
+    }
+    /// The owner tag of an info word ([`Self::info`], read once for
+    /// several fields).
+    #[inline(always)]
+    pub(crate) const fn info_owner(info: u32) -> u8 {
+        (info >> OWNER_SHIFT) as u8
     }
     /// Migrate type the block was allocated with, or the free list it is on.
     #[inline]

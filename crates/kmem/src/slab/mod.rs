@@ -528,7 +528,7 @@ pub(crate) fn find_slab<P: Platform>(
     // Only a live slab's records carry the owner tag (its head's is
     // cleared, or changed for RCU, before it goes; its tails get their
     // compound labels back).
-    if f.owner() != OWNER_SLAB {
+    if crate::page::frame::Frame::info_owner(info) != OWNER_SLAB {
         return None;
     }
     let c = f.private[0].load(Relaxed) as *const KmemCache<P>;
