@@ -195,11 +195,11 @@ impl<P: Platform> KmemCache<P> {
         (slot, self.fp_key(slot))
     }
 
-    /// Pushes `p` (a checked, live object of `slab`, whose
+    /// Pushes `p` (a checked, live object of a slab on `node`, whose
     /// [`Self::free_mark`] is `mark`) onto the CPU's sheaf if the sheaf has
-    /// room and holds `slab`'s node, and `p` is not its top object (without
-    /// the allocated mark, the one double free caught there). False, with
-    /// nothing changed, otherwise.
+    /// room and holds `node`'s objects, and `p` is not its top object
+    /// (without the allocated mark, the one double free caught there).
+    /// False, with nothing changed, otherwise.
     #[inline(always)]
     fn try_sheaf_push(
         &self,
@@ -956,6 +956,8 @@ impl<P: Platform> KmemCache<P> {
     /// allocator (after a grace period for `SLAB_TYPESAFE_BY_RCU`).
     pub(crate) fn release_slab(&self, slab: SlabRef<'_>) {
         if self.flags.contains(super::SlabFlags::TYPESAFE_BY_RCU) {
+            // Its tail records stop answering for it now: a free into it
+            // meanwhile takes the full path, which reads the head's owner.
             self.set_tail_records(Pfn(slab.pfn as u64), slab.order(), None);
             slab.frame.set_owner(OWNER_SLAB_RCU);
             self.global().rcu.defer_slab(slab);
