@@ -49,10 +49,7 @@ impl<P: Platform> KmemCache<P> {
             if core::ptr::eq(cache, self) {
                 match self.free_fast(hit, addr) {
                     Fast::Done(()) => return Ok(()),
-                    Fast::Unowned => {
-                        let slab = hit.slab;
-                        return self.free_unowned(slab.pfn, slab.frame, addr, Location::caller());
-                    }
+                    Fast::Unowned => return self.free_unowned(hit.node, addr, Location::caller()),
                     Fast::Declined => {}
                 }
             }
@@ -123,11 +120,11 @@ impl<P: Platform> KmemCache<P> {
     /// The owner's path makes no call, so the caller keeps nothing in
     /// saved registers for it; everything else returns to the caller.
     #[inline(always)]
-    pub(crate) fn free_fast(&self, hit: SlabHit<'_>, p: usize) -> Fast<()> {
+    pub(crate) fn free_fast(&self, hit: SlabHit, p: usize) -> Fast<()> {
         // A debug cache is refused below: it has no sheaf (`sheaf_cap` 0),
         // and an unowned caller is told Declined, not Unowned. Its slot read
         // here is harmless (inside the slab) and decides nothing.
-        if self.obj_index(hit.slab.base, hit.objects, p).is_none() {
+        if self.obj_index(hit.base, hit.objects, p).is_none() {
             return Fast::Declined;
         }
         // Computed once, before the CPU flag, and whether the cache has
@@ -152,37 +149,35 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// [`Self::free`] of `p`, an object of the slab at `pfn` (head frame
-    /// `frame`) that [`Self::free_fast`] checked, for a caller that does
-    /// not own its CPU: [`Self::free_shared`], else the full path.
+    /// [`Self::free`] of `p`, an object of a slab on `node` that
+    /// [`Self::free_fast`] checked, for a caller that does not own its CPU:
+    /// [`Self::free_shared`], else the full path.
     #[inline(never)]
     fn free_unowned(
         &self,
-        pfn: u32,
-        frame: &crate::page::Frame,
+        node: u32,
         p: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        if self.free_shared(pfn, frame, p) {
+        if self.free_shared(node, p) {
             return Ok(());
         }
         self.free_at(p, caller)
     }
 
     /// The free fast path for a caller that does not own its CPU, after
-    /// [`Self::free_fast`] checked `p` (an object of the slab at `pfn`,
-    /// head frame `frame`) and said [`Fast::Unowned`]: the CPU flag by
-    /// compare-and-swap, `p` onto the sheaf. False, with nothing changed,
-    /// if the flag is taken or the sheaf cannot take `p` (full, another
-    /// node, none: a cache descriptor's cache has none).
+    /// [`Self::free_fast`] checked `p` (an object of a slab on `node`) and
+    /// said [`Fast::Unowned`]: the CPU flag by compare-and-swap, `p` onto
+    /// the sheaf. False, with nothing changed, if the flag is taken or the
+    /// sheaf cannot take `p` (full, another node, none: a cache
+    /// descriptor's cache has none).
     #[inline(always)]
-    pub(crate) fn free_shared(&self, pfn: u32, frame: &crate::page::Frame, p: usize) -> bool {
-        let slab = SlabRef::at(self.pages(), pfn, frame);
+    pub(crate) fn free_shared(&self, node: u32, p: usize) -> bool {
         let (c, g) = self.this_cpu_shared();
         let Some(mut g) = g else {
             return false;
         };
-        self.try_sheaf_push(&mut g, c, slab.node() as u32, p, self.free_mark(p))
+        self.try_sheaf_push(&mut g, c, node, p, self.free_mark(p))
     }
 
     /// Where a free of `p` writes on a cache with the allocated mark, and

@@ -33,7 +33,7 @@ use super::{
 use crate::addr::{get_order, Pfn, PAGE_SIZE};
 use crate::error::AllocError;
 use crate::gfp::Gfp;
-use crate::page::{Frame, PageAllocator, NUMA_NO_NODE};
+use crate::page::{PageAllocator, NUMA_NO_NODE};
 use crate::platform::Platform;
 use core::fmt;
 use core::panic::Location;
@@ -466,13 +466,7 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
             match cache.free_fast(hit, addr) {
                 Fast::Done(()) => return Ok(()),
                 Fast::Unowned => {
-                    return self.kfree_unowned(
-                        cache,
-                        hit.slab.pfn,
-                        hit.slab.frame,
-                        addr,
-                        Location::caller(),
-                    )
+                    return self.kfree_unowned(cache, hit.node, addr, Location::caller())
                 }
                 Fast::Declined => {}
             }
@@ -487,12 +481,11 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
     fn kfree_unowned(
         &self,
         cache: &KmemCache<P>,
-        pfn: u32,
-        frame: &Frame,
+        node: u32,
         addr: usize,
         caller: &'static Location<'static>,
     ) -> Result<(), SlabFreeError> {
-        if cache.free_shared(pfn, frame, addr) {
+        if cache.free_shared(node, addr) {
             return Ok(());
         }
         self.kfree_at(addr, caller)

@@ -511,7 +511,7 @@ pub(crate) enum Found<'a, P: Platform> {
 pub(crate) fn find_slab<P: Platform>(
     pages: &PageAllocator<P>,
     addr: usize,
-) -> Option<(&KmemCache<P>, slab::SlabHit<'_>)> {
+) -> Option<(&KmemCache<P>, slab::SlabHit)> {
     // No direct-map bounds check of its own: an address below the direct
     // map wraps to a huge pfn, one above it lands past the direct run or on
     // a hole record inside it (records cover whole sections), and
@@ -520,10 +520,6 @@ pub(crate) fn find_slab<P: Platform>(
     // The direct run only: a pfn elsewhere (a sparse layout's other runs)
     // takes the full path, which finds its record through the table.
     let f = pages.frame_direct(pfn)?;
-    // A tail record holds its head's pfn. A compound block is naturally
-    // aligned and smaller than a section, so the head lies in the direct
-    // run too; the second lookup keeps even a corrupt record's pfn inside
-    // the run's records.
     let info = f.info();
     // Only a live slab's records carry the owner tag (its head's is
     // cleared, or changed for RCU, before it goes; its tails get their
@@ -538,16 +534,12 @@ pub(crate) fn find_slab<P: Platform>(
     let w = slab::Word(f.private[1].load(Relaxed) as u64);
     let tail = info & frame_flags::COMPOUND_TAIL != 0;
     let head = core::hint::select_unpredictable(tail, w.0 & 0xffff_ffff, pfn.0);
-    // A compound block is naturally aligned and smaller than a section, so
-    // the head lies in the direct run too; the lookup (an address, no load)
-    // keeps even a corrupt record's pfn inside the run's records.
-    let hf = pages.frame_direct(Pfn(head))?;
     // SAFETY: as in `find`: a live slab's record names its live cache.
     let cache = unsafe { &*c };
     Some((
         cache,
         slab::SlabHit {
-            slab: SlabRef::at(pages, head as u32, hf),
+            base: pages.page_address(Pfn(head)).0,
             objects: w.objects(),
             node: f.node() as u32,
         },

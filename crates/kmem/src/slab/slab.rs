@@ -134,11 +134,12 @@ pub(crate) struct SlabRef<'f> {
 }
 
 /// What kfree's fast path learns from the frame record of the page an
-/// address lies in ([`super::find_slab`]).
+/// address lies in ([`super::find_slab`]): all it checks, and nothing the
+/// slow paths need (they look the slab up again).
 #[derive(Clone, Copy)]
-pub(crate) struct SlabHit<'f> {
-    /// The slab.
-    pub(crate) slab: SlabRef<'f>,
+pub(crate) struct SlabHit {
+    /// Direct-map address of the slab's first byte.
+    pub(crate) base: usize,
     /// Objects in the slab.
     pub(crate) objects: u32,
     /// Node of the slab's memory.
