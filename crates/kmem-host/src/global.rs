@@ -135,12 +135,21 @@ pub const KMALLOC_MIN_ALIGN: usize = 8;
 /// handle them before.
 #[inline]
 pub fn kmalloc_request(layout: Layout) -> Option<usize> {
-    let req = if layout.align() <= KMALLOC_MIN_ALIGN {
-        layout.size()
+    aligned_request(layout).filter(|&req| req <= KMALLOC_MAX_SIZE)
+}
+
+/// `layout`'s size, rounded up to a multiple of its alignment when that is
+/// above [`KMALLOC_MIN_ALIGN`] (see the module documentation: such a
+/// request lands in a kmalloc class, or a page block, aligned enough), or
+/// `None` if the rounding overflows. No size limit: kvmalloc's handle uses
+/// it too.
+#[inline]
+pub fn aligned_request(layout: Layout) -> Option<usize> {
+    if layout.align() <= KMALLOC_MIN_ALIGN {
+        Some(layout.size())
     } else {
-        layout.size().checked_next_multiple_of(layout.align())?
-    };
-    (req <= KMALLOC_MAX_SIZE).then_some(req)
+        layout.size().checked_next_multiple_of(layout.align())
+    }
 }
 
 /// Whether an object allocated for `old` can serve `new` in place: both
@@ -207,9 +216,22 @@ enum KmallocLayoutError {
 
 /// A dangling pointer aligned to `align`, for zero-sized allocations.
 #[inline]
-fn dangling(align: usize) -> NonNull<u8> {
+pub(crate) fn dangling(align: usize) -> NonNull<u8> {
     // SAFETY: an alignment is never 0.
     unsafe { NonNull::new_unchecked(ptr::without_provenance_mut(align)) }
+}
+
+/// Zeroes bytes `from..to` of the block at `p` (nothing if `to <= from`):
+/// what `grow_zeroed` adds, since an object's class or an area's last page
+/// may hold old data past the old size.
+///
+/// # Safety
+/// `p` is live for at least `to` bytes.
+pub(crate) unsafe fn zero_tail(p: NonNull<u8>, from: usize, to: usize) {
+    if to > from {
+        // SAFETY: per the contract.
+        unsafe { p.as_ptr().add(from).write_bytes(0, to - from) };
+    }
 }
 
 // ------------------------------------------------------------------ KmemHeap
@@ -295,15 +317,11 @@ impl<'a> KmemHeap<'a> {
         if old.size() != 0 && new.size() != 0 && old.align() == new.align() && same_class(old, new)
         {
             if let Some(q) = resize_in_place(self.slab, p, new, self.gfp) {
-                if zero && new.size() > old.size() {
+                if zero {
                     // krealloc only knows the old size of tracking caches;
                     // we know it always.
                     // SAFETY: the object has room for new.size() bytes.
-                    unsafe {
-                        q.as_ptr()
-                            .add(old.size())
-                            .write_bytes(0, new.size() - old.size())
-                    };
+                    unsafe { zero_tail(q, old.size(), new.size()) };
                 }
                 return Ok(NonNull::slice_from_raw_parts(q, new.size()));
             }
@@ -968,24 +986,17 @@ unsafe impl GlobalAlloc for KmemGlobal {
                         }
                     }
                 }
-                bump(&self.realloc_shard().moved);
                 // SAFETY: forwarded contract.
-                let q = unsafe { self.alloc(new) };
-                if !q.is_null() {
-                    // SAFETY: both live and distinct; the copy fits both.
-                    unsafe {
-                        ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                        self.dealloc(p, layout);
-                    }
-                }
-                q
+                unsafe { self.realloc_move(p, layout, new) }
             }
-            Some(st) if st.vmalloc_of(p).is_some() => {
-                // SAFETY: forwarded contract; p is a vmalloc area.
-                unsafe { self.realloc_vmalloc(st, p, layout, new) }
-            }
-            // SAFETY: a system allocation with this layout.
-            _ => unsafe { System.realloc(p, layout, new_size) },
+            Some(st) => match st.vmalloc_of(p) {
+                // SAFETY: forwarded contract; p is an area of vm.
+                Some(vm) => unsafe { self.realloc_vmalloc(vm, p, layout, new) },
+                // SAFETY: not kmem's, so a system allocation with this layout.
+                None => unsafe { System.realloc(p, layout, new_size) },
+            },
+            // SAFETY: no machine, so a system allocation with this layout.
+            None => unsafe { System.realloc(p, layout, new_size) },
         }
     }
 }
@@ -1022,12 +1033,15 @@ impl KmemGlobal {
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc`, with `new` the new layout; `p` lies in
-    /// the vmalloc range.
+    /// `vm`'s range.
     #[cold]
-    unsafe fn realloc_vmalloc(&self, st: &State, p: *mut u8, old: Layout, new: Layout) -> *mut u8 {
-        let Some(vm) = st.vmalloc_of(p) else {
-            return ptr::null_mut();
-        };
+    unsafe fn realloc_vmalloc(
+        &self,
+        vm: &HostVmalloc<'static>,
+        p: *mut u8,
+        old: Layout,
+        new: Layout,
+    ) -> *mut u8 {
         match Outermost::enter() {
             Some(_outer) if !crate::in_atomic() => {
                 let gfp = GFP_KERNEL | Gfp::NOWARN;
@@ -1057,6 +1071,17 @@ impl KmemGlobal {
                 }
             }
         }
+        // SAFETY: forwarded contract.
+        unsafe { self.realloc_move(p, old, new) }
+    }
+
+    /// The moving `realloc`: a new block from `alloc`, the contents copied,
+    /// the old block freed (counted as moved). Null, with `p` untouched, if
+    /// `alloc` fails.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`, with `new` the new layout.
+    unsafe fn realloc_move(&self, p: *mut u8, old: Layout, new: Layout) -> *mut u8 {
         bump(&self.realloc_shard().moved);
         // SAFETY: forwarded contract.
         let q = unsafe { self.alloc(new) };

@@ -43,6 +43,7 @@
 //! kv.extend(0..100u32);                             // a kmalloc object, for now
 //! ```
 
+use crate::global::{dangling, zero_tail};
 use crate::vmap::{HostVmalloc, HostVmap};
 use crate::HostPlatform;
 use allocator_api2::alloc::{AllocError, Allocator, Layout};
@@ -53,23 +54,6 @@ use kmem::page::NUMA_NO_NODE;
 use kmem::slab::SlabAllocator;
 use std::fmt;
 use std::ptr::{self, NonNull};
-
-/// A dangling pointer aligned to `align`, for zero-sized allocations.
-fn dangling(align: usize) -> NonNull<u8> {
-    // SAFETY: an alignment is never 0.
-    unsafe { NonNull::new_unchecked(ptr::without_provenance_mut(align)) }
-}
-
-/// Zeroes bytes `from..to` of the block at `p` (nothing if `to <= from`).
-///
-/// # Safety
-/// `p` is live for at least `to` bytes.
-unsafe fn zero_tail(p: NonNull<u8>, from: usize, to: usize) {
-    if to > from {
-        // SAFETY: per the contract.
-        unsafe { p.as_ptr().add(from).write_bytes(0, to - from) };
-    }
-}
 
 /// What every resize does alike: from a zero-sized block it allocates, to
 /// one it frees. None for everything else.
@@ -265,10 +249,7 @@ impl<'a> KvmallocHeap<'a> {
         if layout.align() > PAGE_SIZE {
             return None;
         }
-        if layout.align() <= crate::global::KMALLOC_MIN_ALIGN {
-            return Some(layout.size());
-        }
-        layout.size().checked_next_multiple_of(layout.align())
+        crate::global::aligned_request(layout)
     }
 
     fn alloc_impl(&self, layout: Layout, zero: bool) -> Result<NonNull<[u8]>, AllocError> {
