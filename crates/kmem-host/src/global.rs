@@ -664,9 +664,16 @@ impl KmemGlobal {
                 return None;
             }
         };
+        // Seeded from the host kernel's pool: the default seed is a
+        // constant of the source, so the free-pointer encoding would hide
+        // nothing.
+        let slab_config = SlabConfig {
+            seed: crate::boot_seed(),
+            ..SlabConfig::default()
+        };
         let slab: &'static SlabAllocator<'static, HostPlatform> = match SlabAllocator::new(
             machine.pages(),
-            SlabConfig::default(),
+            slab_config,
         ) {
             Ok(s) => Box::leak(Box::new(s)),
             Err(e) => {
@@ -1134,5 +1141,29 @@ mod tests {
         // SAFETY: breaks the contract on purpose; kmem refuses it.
         unsafe { K.dealloc(a, small) };
         assert_eq!(K.stats().bad_frees, 1);
+    }
+
+    /// Each `KmemGlobal` seeds its caches from the host's pool, not from
+    /// the default constant: the key a freed kmalloc-64 object's slot is
+    /// encoded with (NULL encoded: the key itself) differs between two
+    /// allocators built the same way.
+    #[test]
+    fn each_global_allocator_has_its_own_secrets() {
+        static A: KmemGlobal = KmemGlobal::with_machine(64 << 20, 2);
+        static B: KmemGlobal = KmemGlobal::with_machine(64 << 20, 2);
+        let layout = Layout::from_size_align(64, 8).unwrap();
+        let key = |k: &KmemGlobal| {
+            assert!(k.init_now());
+            // SAFETY: non-zero size; freed at once; the slot is then read
+            // in the slab page, which stays mapped.
+            unsafe {
+                let p = k.alloc(layout);
+                k.dealloc(p, layout);
+                let c = k.slab().unwrap().kmalloc_slab(64, GFP_KERNEL);
+                let slot = p as usize + c.freeptr_offset_of(p);
+                (slot as *const usize).read() ^ slot.swap_bytes()
+            }
+        };
+        assert_ne!(key(&A), key(&B));
     }
 }

@@ -100,6 +100,7 @@ macro_rules! heap_allocator_impl {
 
 pub mod context;
 pub mod cpu;
+pub mod entropy;
 pub mod global;
 pub mod platform;
 pub mod ram;
@@ -116,6 +117,7 @@ pub use cpu::{
     claim_cpu, cpu_claimed, cpu_slot, current_cpu, run_on_cpu, set_cpu, ClaimError, CpuClaim,
     MAX_CLAIMABLE_CPUS,
 };
+pub use entropy::boot_seed;
 pub use global::{KmemGlobal, KmemHeap};
 pub use kmem;
 pub use platform::HostPlatform;

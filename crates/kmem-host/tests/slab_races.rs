@@ -40,9 +40,10 @@ fn ctor(p: NonNull<u8>) {
 
 /// `validate()` on a non-debug cache whose free pointer lies outside the
 /// object (constructor / SLAB_TYPESAFE_BY_RCU) checks the free pointer of
-/// *allocated* objects, which under hardening hold FP_ALLOCATED: it reports
-/// "Freepointer corrupt" and rewrites the slot to NULL, after which the live
-/// object's legitimate free is refused as a double free.
+/// *allocated* objects too, whose slot holds the allocated mark there: it
+/// must not take the mark for a corrupt free pointer (reporting "Freepointer
+/// corrupt" and rewriting the slot to NULL, after which the live object's
+/// legitimate free would be refused as a double free).
 #[test]
 fn validate_of_ctor_cache_with_live_objects() {
     for flags in [SlabFlags::NO_MERGE, SlabFlags::TYPESAFE_BY_RCU] {

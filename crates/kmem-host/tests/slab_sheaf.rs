@@ -480,6 +480,58 @@ fn large_objects_stagger_their_free_pointers_over_cache_sets() {
     d.free(q).unwrap();
 }
 
+/// The allocated mark keeps the free-pointer secret. The slot of a fresh
+/// object (readable by its owner before it writes anything) holds the
+/// cache's mark encoded with the slot's key; the slot of an object in a
+/// sheaf holds NULL encoded, so reading one of each (a use after free)
+/// gives the mark in clear. It must be a secret of each cache, not one
+/// constant: with a published constant, the fresh object's slot alone
+/// would give the key every free pointer of the cache is encoded with.
+/// And it has the fixed bits its plausibility test relies on.
+#[test]
+fn the_allocated_mark_is_a_secret_of_each_cache() {
+    let m = machine_of(64 << 20);
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let user = s
+        .kmem_cache_create("marked", 200, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let marks: Vec<usize> = run_on_cpu(0, || {
+        let mut marks = Vec::new();
+        let read_slot = |c: &KmemCache<HostPlatform>, p: *mut u8| {
+            let slot = p as usize + c.freeptr_offset_of(p);
+            // SAFETY: the slot is a word inside the object's slab page.
+            unsafe { (slot as *const usize).read() ^ slot.swap_bytes() }
+        };
+        for size in [64usize, 128, 512, 4096] {
+            let c = s.kmalloc_slab(size, GFP_KERNEL);
+            let fresh = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+            let freed = s.kmalloc(size, GFP_KERNEL).unwrap().as_ptr();
+            s.kfree(freed).unwrap();
+            let mark = read_slot(c, fresh) ^ read_slot(c, freed);
+            s.kfree(fresh).unwrap();
+            marks.push(mark);
+        }
+        let fresh = user.alloc(GFP_KERNEL).unwrap().as_ptr();
+        let freed = user.alloc(GFP_KERNEL).unwrap().as_ptr();
+        user.free(NonNull::new(freed).unwrap()).unwrap();
+        marks.push(read_slot(&user, fresh) ^ read_slot(&user, freed));
+        user.free(NonNull::new(fresh).unwrap()).unwrap();
+        marks
+    });
+    for &mark in &marks {
+        assert!(
+            mark & 1 == 1 && mark >> 62 == 0b10,
+            "mark {mark:#x}: not misaligned and non-canonical"
+        );
+    }
+    let distinct: HashSet<_> = marks.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        marks.len(),
+        "the caches share an allocated mark: {marks:#x?}"
+    );
+}
+
 /// Every page comes back: objects of every kmalloc class (and large ones)
 /// allocated and freed on both CPUs, a user cache created and destroyed,
 /// then `shrink_all`: free pages are back at the baseline and no sheaf

@@ -42,7 +42,33 @@ pub const CACHE_LINE_SIZE: usize = 64;
 /// Smallest alignment of any object (Linux's `ARCH_SLAB_MINALIGN` on x86-64).
 pub const ARCH_SLAB_MINALIGN: usize = 8;
 const WORD: usize = size_of::<usize>();
-const RECIP_SHIFT: u32 = 44;
+
+/// Lemire's divisibility constant for objects of `size` bytes,
+/// `1 + floor((2^64 - 1) / size)`: see [`object_index`].
+pub(crate) const fn div_magic(size: usize) -> u64 {
+    1 + u64::MAX / size as u64
+}
+
+/// The object index of byte offset `off` into a slab's objects, of stride
+/// `size` with `magic = div_magic(size)`, or None unless `off` is the start
+/// of one of the `objects` objects. One widening multiply: for `off <
+/// 2^32` the high half of `off * magic` is `off / size` and the low half is
+/// below `magic` exactly when `size` divides `off` (Lemire, Kaser and Kurz,
+/// "Faster Remainder by Direct Computation", 2019). A larger offset (one
+/// that wrapped below the slab, or past it) has a quotient of at least
+/// `2^32 / size - 1`, more than the objects of any slab (at most
+/// `2^MAX_PAGE_ORDER` pages), so the count test refuses it whatever the
+/// low half says.
+#[inline(always)]
+pub(crate) fn object_index(off: usize, magic: u64, objects: u32) -> Option<u32> {
+    const _: () = assert!(
+        (crate::addr::PAGE_SIZE << crate::addr::MAX_PAGE_ORDER) <= 1 << 31,
+        "object_index's argument needs slabs of at most 2 GiB"
+    );
+    let wide = off as u128 * magic as u128;
+    let idx = (wide >> 64) as u64;
+    ((wide as u64) < magic && idx < objects as u64).then_some(idx as u32)
+}
 
 /// A slab order and the number of objects a slab of that order holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,10 +384,12 @@ pub struct KmemCache<P: Platform> {
     pub(crate) fp_stagger: usize,
     pub(crate) red_left_pad: usize,
     pub(crate) random: usize,
-    /// `random ^ FP_ALLOCATED`: the allocated mark's encoding less the
-    /// slot's part, so that marking an object is one XOR and a store.
+    /// `random ^` the cache's [`super::allocated_mark`]: the mark's
+    /// encoding less the slot's part, so that marking an object is one XOR
+    /// and a store. Reveals nothing of `random` but its fixed bits.
     allocated_key: usize,
-    pub(crate) recip: u64,
+    /// [`div_magic`] of `size`, for [`object_index`].
+    pub(crate) magic: u64,
     pub(crate) flags: SlabFlags,
     pub(crate) debug: bool,
     /// Free pointers are encoded (`fp_code`).
@@ -495,6 +523,14 @@ impl<P: Platform> KmemCache<P> {
             let per_sheaf = sheaf_cap as usize * layout.size;
             (cfg.sheaf_bytes / per_sheaf).min(cfg.barn_sheaves as usize) as u32
         };
+        // A secret of its own for the allocated mark (see allocated_mark);
+        // none without hardening, which has no mark.
+        let allocated = if random == 0 {
+            0
+        } else {
+            // SAFETY: the globals are valid (contract).
+            super::allocated_mark(unsafe { (*global).next_random() })
+        };
         // SAFETY: the page allocator is valid (contract).
         let (dm_start, dm_len, local) = unsafe {
             let pa = &*pages;
@@ -513,8 +549,8 @@ impl<P: Platform> KmemCache<P> {
                 fp_stagger: layout.fp_stagger,
                 red_left_pad: layout.red_left_pad,
                 random,
-                allocated_key: random ^ super::FP_ALLOCATED,
-                recip: (1u64 << RECIP_SHIFT) / layout.size as u64 + 1,
+                allocated_key: random ^ allocated,
+                magic: div_magic(layout.size),
                 flags,
                 debug,
                 hardened,
@@ -758,23 +794,19 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     pub(crate) fn obj_index(&self, base: usize, objects: u32, obj: usize) -> Option<u32> {
         let off = obj.wrapping_sub(base).wrapping_sub(self.red_left_pad);
-        if off >= objects as usize * self.size {
-            return None;
-        }
-        let idx = ((off as u64 * self.recip) >> RECIP_SHIFT) as usize;
-        (idx * self.size == off).then_some(idx as u32)
+        object_index(off, self.magic, objects)
     }
 
     /// Object index of an address known to be an object of the slab.
     #[inline(always)]
     pub(crate) fn idx_of(&self, base: usize, obj: usize) -> u32 {
         let off = obj - base - self.red_left_pad;
-        ((off as u64 * self.recip) >> RECIP_SHIFT) as u32
+        ((off as u128 * self.magic as u128) >> 64) as u32
     }
 
     /// True if `p` could be an object of this cache: NULL, or a word-aligned
     /// direct-map address. What a free object's free pointer decodes to; an
-    /// allocated object's (the `FP_ALLOCATED` marker, or user data under
+    /// allocated object's (the allocated mark, or user data under
     /// hardening) does not, but for a chance of about 2^-37.
     #[inline(always)]
     pub(crate) fn plausible_fp(&self, v: usize) -> bool {
@@ -850,9 +882,9 @@ impl<P: Platform> KmemCache<P> {
         self.random ^ slot.swap_bytes()
     }
 
-    /// Marks the object at `obj` allocated: its slot then holds
-    /// `FP_ALLOCATED` encoded, which never decodes to a plausible free
-    /// pointer.
+    /// Marks the object at `obj` allocated: its slot then holds the
+    /// cache's allocated mark ([`Self::allocated_mark`]) encoded, which
+    /// never decodes to a plausible free pointer.
     ///
     /// # Safety
     /// As [`Self::set_fp_marked`].
@@ -862,6 +894,12 @@ impl<P: Platform> KmemCache<P> {
         let slot = self.fp_slot(obj);
         // SAFETY: as set_fp.
         unsafe { (slot as *mut usize).write(self.allocated_key ^ slot.swap_bytes()) };
+    }
+
+    /// What the slot of an object marked allocated decodes to (see
+    /// [`super::allocated_mark`]).
+    pub(crate) fn allocated_mark(&self) -> usize {
+        self.allocated_key ^ self.random
     }
 
     /// [`Self::set_fp`] on a cache with the allocated mark (see
@@ -988,6 +1026,55 @@ impl<P: Platform> Drop for KmemCacheRef<'_, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `object_index` against plain division, for every stride from 8 to
+    /// 8 KiB (and some large ones) over every offset of a slab of
+    /// `2^MAX_PAGE_ORDER` pages holding as many objects as fit, and at
+    /// offsets that wrapped below the slab or lie far past it.
+    #[test]
+    fn object_index_agrees_with_division() {
+        let slab = crate::addr::PAGE_SIZE << crate::addr::MAX_PAGE_ORDER;
+        let sizes = (8..=8192).step_by(8).chain([24_576, 65_544, 1 << 20, slab]);
+        for size in sizes {
+            let magic = div_magic(size);
+            let objects = (slab / size) as u32;
+            let expect = |off: usize| {
+                (off.is_multiple_of(size) && off / size < objects as usize)
+                    .then_some((off / size) as u32)
+            };
+            let check = |off: usize| {
+                assert_eq!(
+                    object_index(off, magic, objects),
+                    expect(off),
+                    "size {size}, offset {off:#x}, {objects} objects"
+                );
+            };
+            // Every offset for the small strides, the interesting ones
+            // (object starts and their neighbours) for the others.
+            if size <= 64 {
+                (0..slab + 2 * size).for_each(check);
+            } else {
+                for i in 0..=objects as usize + 1 {
+                    let start = i * size;
+                    [start, start.wrapping_sub(1), start + 1, start + 8]
+                        .into_iter()
+                        .for_each(check);
+                }
+            }
+            [
+                usize::MAX,
+                usize::MAX - 7,
+                usize::MAX - size + 1,
+                0usize.wrapping_sub(size),
+                1 << 32,
+                (1 << 32) + size,
+                size << 32,
+                (size << 32).wrapping_sub(size),
+            ]
+            .into_iter()
+            .for_each(check);
+        }
+    }
 
     /// Over every object size up to 8 KiB and the layouts that matter, the
     /// staggered slot stays a word inside the object, in whole cache lines,

@@ -744,7 +744,7 @@ impl<P: Platform> KmemCache<P> {
             let marked_allocated = val == SLUB_RED_ACTIVE
                 && self.marks
                 && !self.debug
-                && (fp == super::FP_ALLOCATED || fp == obj);
+                && (fp == self.allocated_mark() || fp == obj);
             if !marked_allocated && !self.check_valid_pointer(slab, fp) {
                 self.object_err(slab, obj, format_args!("Freepointer corrupt"));
                 // SAFETY: as above.

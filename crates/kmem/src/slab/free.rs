@@ -127,13 +127,24 @@ impl<P: Platform> KmemCache<P> {
         if self.obj_index(hit.base, hit.objects, p).is_none() {
             return Fast::Declined;
         }
-        // Computed once, before the CPU flag, and whether the cache has
-        // the mark or not (fewer registers to keep than an Option): the
-        // loads of the cache's fields would be repeated after the flag's
-        // compiler fence.
-        let (slot, key) = self.free_mark(p);
+        // One test of the mark for the whole path (the stores in between
+        // would have the compiler load the flag again at each use).
+        if self.marks {
+            self.free_fast_as::<true>(hit, p)
+        } else {
+            self.free_fast_as::<false>(hit, p)
+        }
+    }
+
+    /// [`Self::free_fast`] after the object test, `MARKS` being the
+    /// cache's `marks`.
+    #[inline(always)]
+    fn free_fast_as<const MARKS: bool>(&self, hit: SlabHit, p: usize) -> Fast<()> {
+        // Computed once, before the CPU flag: the loads of the cache's
+        // fields would be repeated after the flag's compiler fence.
+        let mark = self.free_mark(p);
         // SAFETY: p is an object of a live slab of this cache.
-        if self.marks && self.plausible_fp(unsafe { (slot as *const usize).read() } ^ key) {
+        if MARKS && self.plausible_fp(unsafe { (mark.0 as *const usize).read() } ^ mark.1) {
             return Fast::Declined;
         }
         let Some((c, g)) = self.this_cpu_owned() else {
@@ -142,7 +153,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return Fast::Declined;
         };
-        if self.try_sheaf_push(&mut g, c, hit.node, p, (slot, key)) {
+        if self.try_sheaf_push(&mut g, c, hit.node, p, mark, MARKS) {
             Fast::Done(())
         } else {
             Fast::Declined
@@ -177,7 +188,7 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return false;
         };
-        self.try_sheaf_push(&mut g, c, node, p, self.free_mark(p))
+        self.try_sheaf_push(&mut g, c, node, p, self.free_mark(p), self.marks)
     }
 
     /// Where a free of `p` writes on a cache with the allocated mark, and
@@ -194,7 +205,8 @@ impl<P: Platform> KmemCache<P> {
     /// [`Self::free_mark`] is `mark`) onto the CPU's sheaf if the sheaf has
     /// room and holds `node`'s objects, and `p` is not its top object
     /// (without the allocated mark, the one double free caught there).
-    /// False, with nothing changed, otherwise.
+    /// False, with nothing changed, otherwise. `marks` is the cache's
+    /// (a constant where the caller knows it).
     #[inline(always)]
     fn try_sheaf_push(
         &self,
@@ -203,36 +215,47 @@ impl<P: Platform> KmemCache<P> {
         node: u32,
         p: usize,
         mark: (usize, usize),
+        marks: bool,
     ) -> bool {
+        debug_assert_eq!(marks, self.marks);
         let n = g.sheaf_n;
         // SAFETY: slot n - 1 is the sheaf's top object.
         if n >= g.sheaf_cap
             || node != g.sheaf_node
-            || (!self.marks && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
+            || (!marks && n != 0 && unsafe { *g.sheaf.add(n as usize - 1) } == p)
         {
             return false;
         }
         // SAFETY: n < sheaf_cap slots of our sheaf; p is a live object of
         // this cache, now free.
-        unsafe { self.sheaf_push(g, n, p, mark) };
+        unsafe { self.sheaf_push(g, n, p, mark, marks) };
         c.stat(Stat::FreeFastpath);
         true
     }
 
     /// Puts `p`, whose [`Self::free_mark`] is `mark`, in slot `n` (the
-    /// first free one) of the CPU's sheaf.
+    /// first free one) of the CPU's sheaf; writes the mark if `marks` (the
+    /// cache's).
     ///
     /// # Safety
     /// The CPU flag is held, `n == sheaf_n < sheaf_cap`, and `p` is an
     /// object of this cache being freed.
     #[inline(always)]
-    unsafe fn sheaf_push(&self, g: &mut CpuInner, n: u32, p: usize, mark: (usize, usize)) {
+    unsafe fn sheaf_push(
+        &self,
+        g: &mut CpuInner,
+        n: u32,
+        p: usize,
+        mark: (usize, usize),
+        marks: bool,
+    ) {
         debug_assert_eq!(mark, self.free_mark(p));
+        debug_assert_eq!(marks, self.marks);
         debug_assert!(!self.debug, "a debug cache has no sheaf");
         // SAFETY: per the contract.
         unsafe {
             *g.sheaf.add(n as usize) = p;
-            if self.marks {
+            if marks {
                 // A free object's slot decodes to NULL: a second free of it
                 // is refused.
                 debug_assert!(self.hardened);
@@ -271,7 +294,14 @@ impl<P: Platform> KmemCache<P> {
         let Some(mut g) = g else {
             return self.free_contended(slab, p, c, caller);
         };
-        if self.try_sheaf_push(&mut g, c, slab.node() as u32, p, self.free_mark(p)) {
+        if self.try_sheaf_push(
+            &mut g,
+            c,
+            slab.node() as u32,
+            p,
+            self.free_mark(p),
+            self.marks,
+        ) {
             return Ok(());
         }
         self.free_cpu_slow(slab, p, g, c, caller)
@@ -330,7 +360,7 @@ impl<P: Platform> KmemCache<P> {
             }
             let n = g.sheaf_n;
             // SAFETY: n < sheaf_cap slots of our sheaf (after the flush).
-            unsafe { self.sheaf_push(&mut g, n, p, self.free_mark(p)) };
+            unsafe { self.sheaf_push(&mut g, n, p, self.free_mark(p), self.marks) };
             c.stat(Stat::FreeFastpath);
             return Ok(());
         }

@@ -1176,11 +1176,21 @@ impl<P: Platform> Drop for SlabAllocator<'_, P> {
     }
 }
 
-/// What the free pointer slot of an allocated object holds (encoded), so
-/// that the slot of a live object never decodes to NULL or to an object of
-/// its slab, the two values a free object's slot can hold. Every byte is
-/// non-zero and the top bits make it a non-canonical address: a caller
-/// that overwrites only part of the slot (an object smaller than a word, a
-/// byte field) leaves the rest of the marker and so cannot make it
-/// plausible either.
-pub(crate) const FP_ALLOCATED: usize = 0xa110_ca7e_d0b1_ec75;
+/// The allocated mark of a cache whose fresh secret is `r`: what the free
+/// pointer slot of an allocated object decodes to, so that the slot of a
+/// live object never decodes to NULL or to an object of its slab, the two
+/// values a free object's slot can hold. A secret of its own, apart from the
+/// free pointers' (the slot of a fresh, uninitialised object is readable
+/// by its owner: a fixed marker would hand out the free-pointer secret).
+/// Three bits are fixed: bit 0 (never word aligned) and the top two, `10`
+/// (non-canonical under 4- and 5-level paging, so never a direct-map
+/// address). A caller that overwrites part of the slot (a field smaller
+/// than a word) leaves the low or the top byte of the mark and so cannot
+/// make it plausible either.
+pub(crate) const fn allocated_mark(r: usize) -> usize {
+    (r & !FP_MARK_FIXED_MASK) | FP_MARK_FIXED
+}
+
+/// The bits [`allocated_mark`] fixes, and their values.
+const FP_MARK_FIXED_MASK: usize = 0xc000_0000_0000_0001;
+const FP_MARK_FIXED: usize = 0x8000_0000_0000_0001;
