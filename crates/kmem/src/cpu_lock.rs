@@ -161,6 +161,7 @@ impl CpuLock {
     #[inline(always)]
     fn try_lock_owner(&self) -> Option<Held> {
         if self.busy.load(Relaxed) {
+            crate::hint::cold();
             return None;
         }
         self.busy.store(true, Relaxed);
@@ -169,6 +170,7 @@ impl CpuLock {
         // barrier.
         compiler_fence(SeqCst);
         if self.locked.load(Acquire) {
+            crate::hint::cold();
             self.busy.store(false, Release);
             return None;
         }

@@ -37,6 +37,7 @@ mod cpu_lock;
 pub mod dma;
 pub mod error;
 pub mod gfp;
+mod hint;
 pub mod kvmalloc;
 pub mod page;
 pub mod paging;

@@ -97,6 +97,7 @@ impl<P: Platform> KmemCache<P> {
     pub(crate) fn alloc_fast_path(&self, gfp: Gfp) -> Fast<NonNull<u8>> {
         let p = self.platform();
         if p.in_atomic() {
+            crate::hint::cold();
             let ctx = p.context();
             if ctx.in_nmi() || gfp.allows_blocking() {
                 return Fast::Declined;
@@ -110,6 +111,7 @@ impl<P: Platform> KmemCache<P> {
             return Fast::Declined;
         };
         let Some(obj) = self.sheaf_pop(&mut g, c) else {
+            crate::hint::cold();
             return Fast::Declined;
         };
         drop(g);

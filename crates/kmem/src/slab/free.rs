@@ -125,6 +125,7 @@ impl<P: Platform> KmemCache<P> {
         // and an unowned caller is told Declined, not Unowned. Its slot read
         // here is harmless (inside the slab) and decides nothing.
         if self.obj_index(hit.base, hit.objects, p).is_none() {
+            crate::hint::cold();
             return Fast::Declined;
         }
         // One test of the mark for the whole path (the stores in between
@@ -145,6 +146,7 @@ impl<P: Platform> KmemCache<P> {
         let mark = self.free_mark(p);
         // SAFETY: p is an object of a live slab of this cache.
         if MARKS && self.plausible_fp(unsafe { (mark.0 as *const usize).read() } ^ mark.1) {
+            crate::hint::cold();
             return Fast::Declined;
         }
         let Some((c, g)) = self.this_cpu_owned() else {
@@ -156,6 +158,7 @@ impl<P: Platform> KmemCache<P> {
         if self.try_sheaf_push(&mut g, c, hit.node, p, mark, MARKS) {
             Fast::Done(())
         } else {
+            crate::hint::cold();
             Fast::Declined
         }
     }
