@@ -171,7 +171,7 @@ impl<'d, P: Platform> Device<'d, P> {
     }
 }
 
-/// " mapped at <site>", or nothing.
+/// " mapped at `<site>`", or nothing.
 struct MappedAt(Option<&'static Location<'static>>);
 
 impl fmt::Display for MappedAt {

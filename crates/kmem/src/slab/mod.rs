@@ -80,7 +80,7 @@
 //! count where the head's word has it (bits 32..48) above the head's pfn
 //! (bits 0..32, where [`crate::page::Frame::compound_head_pfn`] looks for
 //! it), so that the record of the page an address lies in, head or tail,
-//! answers everything `kfree`'s fast path checks (see [`find_slab`]). They
+//! answers everything `kfree`'s fast path checks (see `find_slab`). They
 //! get their compound labels back when the slab goes or waits for RCU.
 //! Large kmalloc
 //! blocks carry [`OWNER_KMALLOC_LARGE`]; anything else is not kmalloc's, so a
