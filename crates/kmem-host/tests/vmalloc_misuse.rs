@@ -519,3 +519,75 @@ fn internal_vm_flags_accepted() {
         assert!(f.is_ok(), "an area the caller cannot free: {f:?}");
     }
 }
+
+/// Two CPUs unmapping the same `vm_map_ram` range at the same instant (a
+/// double unmap that races): exactly one succeeds and the other is refused
+/// as a double free, every round. When the check came before the unmap,
+/// both could pass it, and both counted the pages dirty: the block then
+/// looked fully unmapped while its other pieces were still mapped.
+#[test]
+fn racing_double_vm_unmap_ram_lets_one_through() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let m = machine();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let pages = alloc_pages(&m, 2);
+    // A neighbour in the same block that stays mapped throughout.
+    let keep = vm.vm_map_ram(&pages[1..], -1).unwrap().as_ptr();
+    const ROUNDS: usize = 3000;
+    let addr = AtomicUsize::new(0);
+    let arrived = AtomicUsize::new(0);
+    let wins = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    // Waits for the other CPU; gives up (failing the test rather than
+    // hanging it) if the other has stopped, as a panicking one does.
+    let wait_for = |target: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while arrived.load(SeqCst) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other CPU stopped (see its panic above)"
+            );
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|s| {
+        for cpu in 0..2 {
+            let (vm, addr, arrived, wins, refused) = (&vm, &addr, &arrived, &wins, &refused);
+            let (pages, wait_for) = (&pages, &wait_for);
+            s.spawn(move || {
+                kmem_host::set_cpu(cpu);
+                for round in 0..ROUNDS {
+                    if cpu == 0 {
+                        let a = vm.vm_map_ram(&pages[..1], -1).unwrap().as_ptr() as usize;
+                        addr.store(a, SeqCst);
+                    }
+                    // Both arrive, then both unmap at once.
+                    arrived.fetch_add(1, SeqCst);
+                    wait_for(4 * round + 2);
+                    let a = addr.load(SeqCst) as *const u8;
+                    match vm.vm_unmap_ram(a, 1) {
+                        Ok(()) => wins.fetch_add(1, SeqCst),
+                        Err(VfreeError::DoubleFree { .. }) => refused.fetch_add(1, SeqCst),
+                        Err(e) => panic!("round {round}: {e:?}"),
+                    };
+                    // Both done before the next map reuses the address.
+                    arrived.fetch_add(1, SeqCst);
+                    wait_for(4 * round + 4);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        (wins.load(SeqCst), refused.load(SeqCst)),
+        (ROUNDS, ROUNDS),
+        "each round one unmap must succeed and one be refused"
+    );
+    check_mapping(&vm, keep, PAGE_SIZE);
+    vm.vm_unmap_ram(keep, 1).unwrap();
+    vm.vm_unmap_aliases();
+    vm.verify().unwrap();
+    m.platform().take_log();
+    for pfn in pages {
+        m.pages().free_pages(pfn, 0).unwrap();
+    }
+}

@@ -146,12 +146,20 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                     return Err(self.refuse(e));
                 }
             }
-            if check_mapped && self.tables.translate(VirtAddr(a)).is_err() {
+            // The double-unmap check is the unmap itself: the walk clears
+            // each leaf under the table lock, so of two callers unmapping
+            // the same range only one finds its first page mapped, and only
+            // that one counts the pages dirty below (a check before the
+            // unmap let both through; it also took the table lock twice).
+            let mut first_was_mapped = false;
+            self.tables
+                .unmap_range(VirtAddr(a), VirtAddr(a + n * PAGE_SIZE), &mut |va, _, _| {
+                    first_was_mapped |= va.0 == a;
+                })
+                .ignore();
+            if check_mapped && !first_was_mapped {
                 return Err(self.refuse(VfreeError::DoubleFree { addr: a }));
             }
-            self.tables
-                .unmap_range(VirtAddr(a), VirtAddr(a + n * PAGE_SIZE), &mut |_, _, _| {})
-                .ignore();
             let mut s = self.state.lock();
             let b = s
                 .areas
