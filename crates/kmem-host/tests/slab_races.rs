@@ -2,8 +2,8 @@
 //! (a race or a path the other tests never took), kept so it stays fixed:
 //! `validate` beside lock-free frees and on caches whose free pointer lies
 //! outside the object, allocation without a sheaf block, a merging create
-//! beside a destroy, and `kmem_cache_destroy` beside another thread's
-//! `rcu_barrier`. The threaded ones run for a few seconds and catch the
+//! beside a destroy, `kmem_cache_destroy` beside another thread's
+//! `rcu_barrier`, and a double free racing on two CPUs on a debug cache. The threaded ones run for a few seconds and catch the
 //! old bugs nearly every run; passing means "not seen", not "impossible".
 //! No test claims a CPU; each uses its own machine and allocator.
 
@@ -308,4 +308,62 @@ fn destroy_while_another_thread_runs_rcu_barrier() {
         leaks, 0,
         "destroy reported a leak of kfree_rcu'd objects after {rounds} rounds"
     );
+}
+
+/// A double free racing on two CPUs (both frees at the same instant) on a
+/// debug cache: the checks run under the slab's lock, so every round one
+/// free succeeds and the other is refused. (Non-debug caches do not promise
+/// this: the allocated mark is checked and written with plain loads and
+/// stores, README says so.)
+#[test]
+fn racing_double_free_on_a_debug_cache_lets_one_through() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let m = machine(64 << 20);
+    let s = SlabAllocator::new(m.pages(), SlabConfig::default()).unwrap();
+    let c = s
+        .kmem_cache_create("racing", 64, 0, SlabFlags::CONSISTENCY_CHECKS, None)
+        .unwrap();
+    const ROUNDS: usize = 3000;
+    let (obj, arrived, wins) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    // Waits for the other CPU; fails instead of hanging if it stopped.
+    let wait_for = |target: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while arrived.load(SeqCst) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other CPU stopped"
+            );
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|scope| {
+        for cpu in 0..2 {
+            let (c, obj, arrived, wins, wait_for) = (&c, &obj, &arrived, &wins, &wait_for);
+            scope.spawn(move || {
+                kmem_host::set_cpu(cpu);
+                for round in 0..ROUNDS {
+                    if cpu == 0 {
+                        obj.store(c.alloc(GFP_KERNEL).unwrap().as_ptr() as usize, SeqCst);
+                    }
+                    arrived.fetch_add(1, SeqCst);
+                    wait_for(4 * round + 2);
+                    let p = NonNull::new(obj.load(SeqCst) as *mut u8).unwrap();
+                    if c.free(p).is_ok() {
+                        wins.fetch_add(1, SeqCst);
+                    }
+                    arrived.fetch_add(1, SeqCst);
+                    wait_for(4 * round + 4);
+                }
+            });
+        }
+    });
+    assert_eq!(wins.load(SeqCst), ROUNDS, "one free per round must succeed");
+    // A refused double free counts a report and a fix (slub_kunit's way).
+    assert_eq!(c.errors(), 2 * ROUNDS, "and the other be reported");
+    m.platform().take_log();
+    assert_eq!(c.validate().errors, 0);
 }
