@@ -7,6 +7,7 @@
 //! old bugs nearly every run; passing means "not seen", not "impossible".
 //! No test claims a CPU; each uses its own machine and allocator.
 
+mod race_common;
 mod slab_common;
 
 use kmem::addr::Pfn;
@@ -324,44 +325,16 @@ fn racing_double_free_on_a_debug_cache_lets_one_through() {
         .kmem_cache_create("racing", 64, 0, SlabFlags::CONSISTENCY_CHECKS, None)
         .unwrap();
     const ROUNDS: usize = 3000;
-    let (obj, arrived, wins) = (
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
+    let obj = AtomicUsize::new(0);
+    let wins = race_common::lockstep(
+        ROUNDS,
+        |_| obj.store(c.alloc(GFP_KERNEL).unwrap().as_ptr() as usize, SeqCst),
+        |_, _| {
+            c.free(NonNull::new(obj.load(SeqCst) as *mut u8).unwrap())
+                .is_ok()
+        },
     );
-    // Waits for the other CPU; fails instead of hanging if it stopped.
-    let wait_for = |target: usize| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while arrived.load(SeqCst) < target {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the other CPU stopped"
-            );
-            std::hint::spin_loop();
-        }
-    };
-    std::thread::scope(|scope| {
-        for cpu in 0..2 {
-            let (c, obj, arrived, wins, wait_for) = (&c, &obj, &arrived, &wins, &wait_for);
-            scope.spawn(move || {
-                kmem_host::set_cpu(cpu);
-                for round in 0..ROUNDS {
-                    if cpu == 0 {
-                        obj.store(c.alloc(GFP_KERNEL).unwrap().as_ptr() as usize, SeqCst);
-                    }
-                    arrived.fetch_add(1, SeqCst);
-                    wait_for(4 * round + 2);
-                    let p = NonNull::new(obj.load(SeqCst) as *mut u8).unwrap();
-                    if c.free(p).is_ok() {
-                        wins.fetch_add(1, SeqCst);
-                    }
-                    arrived.fetch_add(1, SeqCst);
-                    wait_for(4 * round + 4);
-                }
-            });
-        }
-    });
-    assert_eq!(wins.load(SeqCst), ROUNDS, "one free per round must succeed");
+    assert_eq!(wins, ROUNDS, "one free per round must succeed");
     // A refused double free counts a report and a fix (slub_kunit's way).
     assert_eq!(c.errors(), 2 * ROUNDS, "and the other be reported");
     m.platform().take_log();

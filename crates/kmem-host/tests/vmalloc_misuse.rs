@@ -7,6 +7,7 @@
 //! memory vfree then refuses, vm_unmap_aliases retiring empty blocks, and a
 //! two-CPU stress run of it all.
 
+mod race_common;
 mod vmalloc_common;
 
 use kmem::addr::{Pfn, VirtAddr, PAGE_SIZE};
@@ -535,50 +536,24 @@ fn racing_double_vm_unmap_ram_lets_one_through() {
     let keep = vm.vm_map_ram(&pages[1..], -1).unwrap().as_ptr();
     const ROUNDS: usize = 3000;
     let addr = AtomicUsize::new(0);
-    let arrived = AtomicUsize::new(0);
-    let wins = AtomicUsize::new(0);
     let refused = AtomicUsize::new(0);
-    // Waits for the other CPU; gives up (failing the test rather than
-    // hanging it) if the other has stopped, as a panicking one does.
-    let wait_for = |target: usize| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while arrived.load(SeqCst) < target {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the other CPU stopped (see its panic above)"
-            );
-            std::hint::spin_loop();
-        }
-    };
-    std::thread::scope(|s| {
-        for cpu in 0..2 {
-            let (vm, addr, arrived, wins, refused) = (&vm, &addr, &arrived, &wins, &refused);
-            let (pages, wait_for) = (&pages, &wait_for);
-            s.spawn(move || {
-                kmem_host::set_cpu(cpu);
-                for round in 0..ROUNDS {
-                    if cpu == 0 {
-                        let a = vm.vm_map_ram(&pages[..1], -1).unwrap().as_ptr() as usize;
-                        addr.store(a, SeqCst);
-                    }
-                    // Both arrive, then both unmap at once.
-                    arrived.fetch_add(1, SeqCst);
-                    wait_for(4 * round + 2);
-                    let a = addr.load(SeqCst) as *const u8;
-                    match vm.vm_unmap_ram(a, 1) {
-                        Ok(()) => wins.fetch_add(1, SeqCst),
-                        Err(VfreeError::DoubleFree { .. }) => refused.fetch_add(1, SeqCst),
-                        Err(e) => panic!("round {round}: {e:?}"),
-                    };
-                    // Both done before the next map reuses the address.
-                    arrived.fetch_add(1, SeqCst);
-                    wait_for(4 * round + 4);
-                }
-            });
-        }
-    });
+    let wins = race_common::lockstep(
+        ROUNDS,
+        |_| {
+            let a = vm.vm_map_ram(&pages[..1], -1).unwrap().as_ptr();
+            addr.store(a as usize, SeqCst);
+        },
+        |_, round| match vm.vm_unmap_ram(addr.load(SeqCst) as *const u8, 1) {
+            Ok(()) => true,
+            Err(VfreeError::DoubleFree { .. }) => {
+                refused.fetch_add(1, SeqCst);
+                false
+            }
+            Err(e) => panic!("round {round}: {e:?}"),
+        },
+    );
     assert_eq!(
-        (wins.load(SeqCst), refused.load(SeqCst)),
+        (wins, refused.load(SeqCst)),
         (ROUNDS, ROUNDS),
         "each round one unmap must succeed and one be refused"
     );
