@@ -108,8 +108,11 @@
 //! the default): a free object's pointer slot decodes to NULL or to a
 //! word-aligned direct-map address (the next free object), and an allocated
 //! object's slot is overwritten on allocation with a marker that decodes to
-//! neither, even when only part of it is overwritten; the chance that user
-//! data mimics a free slot is about 2^-37 per free. Without the mark only a
+//! neither, even when only part of it is overwritten (a secret of the cache,
+//! apart from the free-pointer key: see `allocated_mark`); the chance that
+//! user data mimics a free slot is about 2^-37 per free. The check and the
+//! marker's write are plain loads and stores: two CPUs freeing one object at
+//! the same instant can both pass (README). Without the mark only a
 //! free of the object at the head of a free list is caught (Linux's check).
 //! Debug caches check exactly by walking the free list under the node lock.
 //! Every refused free is reported through the platform and changes nothing.
