@@ -16,7 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// kernel's `getrandom(2)`, non-blocking. Should the kernel refuse (its pool
 /// not yet initialised early in boot, or a seccomp filter), a mix of the
 /// clock, the process id, a stack address (randomised by ASLR) and a
-/// per-process counter: weaker, but different on every call and every run.
+/// per-process counter: weaker, but different on every call and every run
+/// (not mixed: `SlabConfig::seed` goes through splitmix64 in the slab
+/// layer, so use it there or mix it yourself).
 ///
 /// ```
 /// use kmem::slab::{SlabAllocator, SlabConfig};
@@ -41,16 +43,14 @@ fn fallback_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     let local = 0u8;
     let stack = &local as *const u8 as u64;
-    let mut z = nanos
+    // Not mixed here: the slab layer runs the seed through splitmix64
+    // before any secret comes out of it.
+    nanos
         ^ (u64::from(std::process::id()) << 32)
         ^ stack.rotate_left(17)
         ^ CALLS
             .fetch_add(1, Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    // splitmix64's finaliser: every input bit reaches every output bit.
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[cfg(test)]
