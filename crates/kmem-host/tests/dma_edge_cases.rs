@@ -9,7 +9,7 @@
 mod dma_common;
 
 use dma_common::*;
-use kmem::addr::{PhysAddr, PAGE_SIZE};
+use kmem::addr::{Pfn, PhysAddr, PAGE_SIZE};
 use kmem::dma::engine::DESC_WRITE;
 use kmem::dma::*;
 use kmem::gfp::GFP_KERNEL;
@@ -473,4 +473,64 @@ fn sync_with_dma_none_is_not_a_silent_noop() {
         "sync_for_cpu(DMA_NONE) returned {r:?} yet copied nothing (CPU holds {}, device wrote 2)",
         got[0]
     );
+}
+
+/// A page and offset whose address does not fit in 64 bits, or a range
+/// that runs past the top of the address space, are refused with an error
+/// and map nothing. They used to wrap: the end of a range near the top came
+/// out below its start, so the RAM check walked no frame and swiotlb then
+/// copied from a wild address (SIGSEGV in a release build); a frame number
+/// of 2^52 or more, or an offset that carried past 2^64, landed on a low
+/// frame and mapped someone else's page.
+#[test]
+fn page_and_offset_beyond_the_address_space_are_refused() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    let pfn = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let top = Pfn((u64::MAX >> 12) - 1);
+    assert!(matches!(
+        dma_map_page(&dev, top, 0, 3 * PAGE_SIZE, DMA_TO_DEVICE),
+        Err(DmaError::NotRam { phys, size }) if phys == top.phys() && size == 3 * PAGE_SIZE
+    ));
+    let beyond = |r: Result<DmaAddr, DmaError>| matches!(r, Err(DmaError::InvalidArgument(why)) if why.contains("beyond the 64-bit"));
+    assert!(beyond(dma_map_page(
+        &dev,
+        pfn,
+        usize::MAX - 0xfff,
+        64,
+        DMA_TO_DEVICE
+    )));
+    assert!(beyond(dma_map_page(
+        &dev,
+        Pfn((1 << 52) | pfn.0),
+        0,
+        64,
+        DMA_TO_DEVICE
+    )));
+    // In a scatterlist: the good entry before it is unmapped again.
+    let bad = [
+        Scatterlist::new(Pfn(u64::MAX >> 12), 0x2000, 64),
+        Scatterlist::new(Pfn((1 << 52) | pfn.0), 0, 64),
+        Scatterlist::new(top, 0, 3 * PAGE_SIZE as u32),
+    ];
+    for b in bad {
+        assert_eq!(b.checked_phys().is_none(), b.page != top);
+        let mut sgl = [Scatterlist::new(pfn, 0, 64), b];
+        let r = dma_map_sg(&dev, &mut sgl, DMA_TO_DEVICE);
+        assert!(
+            matches!(
+                r,
+                Err(DmaError::InvalidArgument(_)) | Err(DmaError::NotRam { .. })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(sgl[0].sg_dma_len(), 0, "first entry unmapped again");
+    }
+    assert_eq!(dma.debug().live_entries(), 0);
+    assert_eq!(dma.swiotlb().used_slots(), 0);
+    // The real page still maps.
+    let bus = dma_map_page(&dev, pfn, 0, 64, DMA_TO_DEVICE).unwrap();
+    dma_unmap_page(&dev, bus, 64, DMA_TO_DEVICE).unwrap();
+    m.pages().free_pages(pfn, 0).unwrap();
 }

@@ -11,8 +11,8 @@ use kmem::gfp::{__GFP_MEMALLOC, __GFP_NOWARN, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 use kmem::paging::tlb::TlbAccess;
 use kmem::paging::x86_64::ADDR_MASK;
 use kmem::paging::{
-    MapError, PageSize, PageTables, PteFlags, Tlb, TlbConfig, TranslateError, UnmapError,
-    X86PageTables,
+    Flush, FlushRange, MapError, PageSize, PageTables, PteFlags, Tlb, TlbConfig, TranslateError,
+    Translation, UnmapError, X86PageTables,
 };
 use kmem_host::{Machine, MachineConfig};
 
@@ -659,4 +659,111 @@ fn invlpg_last_byte_drops_top_2m() {
         t.lookup(VirtAddr(top2m)).is_none(),
         "invlpg of the top 2 MiB page's last byte left its entry cached"
     );
+}
+
+/// The trait's default `map_range` (one `map` per frame) over x86 tables:
+/// every other method forwarded.
+struct OneByOne<'a>(&'a X86PageTables<'a, kmem_host::HostPlatform>);
+
+impl PageTables for OneByOne<'_> {
+    fn map(
+        &self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: PageSize,
+        flags: PteFlags,
+        gfp: kmem::Gfp,
+    ) -> Result<Flush<'_, Self>, MapError> {
+        self.0
+            .map(va, pa, size, flags, gfp)
+            .map(|f| Flush::new(self, f.addr()))
+    }
+    fn unmap(&self, va: VirtAddr) -> Result<(Translation, Flush<'_, Self>), UnmapError> {
+        self.0
+            .unmap(va)
+            .map(|(t, f)| (t, Flush::new(self, f.addr())))
+    }
+    fn unmap_range(
+        &self,
+        start: VirtAddr,
+        end: VirtAddr,
+        on_leaf: &mut dyn FnMut(VirtAddr, PhysAddr, PageSize),
+    ) -> FlushRange<'_, Self> {
+        let (s, e) = self.0.unmap_range(start, end, on_leaf).range();
+        FlushRange::new(self, s, e)
+    }
+    fn translate(&self, va: VirtAddr) -> Result<Translation, TranslateError> {
+        self.0.translate(va)
+    }
+    fn free_empty_tables(&self, start: VirtAddr, end: VirtAddr) -> usize {
+        self.0.free_empty_tables(start, end)
+    }
+    fn flush_page(&self, va: VirtAddr) {
+        self.0.flush_page(va)
+    }
+    fn flush_range(&self, start: VirtAddr, end: VirtAddr) {
+        self.0.flush_range(start, end)
+    }
+    fn flush_all(&self) {
+        self.0.flush_all()
+    }
+}
+
+/// A frame number of 2^52 or more has no 64-bit address: shifted into one
+/// it loses its top bits and names a low frame (here a live one), which
+/// `map_range` used to map. Both the x86 tables' batched `map_range` and
+/// the trait's default refuse it by its number; a number in 2^40..2^52
+/// has an address, refused as beyond the entry's 52 bits.
+#[test]
+fn map_range_refuses_frame_numbers_beyond_the_address_space() {
+    let m = machine();
+    let pt = X86PageTables::new(m.pages()).unwrap();
+    let victim = m.pages().alloc_pages(GFP_KERNEL, 0).unwrap();
+    let va = VirtAddr(VMALLOC_START);
+    let cases = [
+        (Pfn((1 << 52) | victim.0), true),
+        (Pfn(u64::MAX), true),
+        (Pfn((ADDR_MASK >> 12) + 1), false),
+    ];
+    for (bogus, no_address) in cases {
+        let expected = |e: &MapError| match (e, no_address) {
+            (MapError::PfnTooLarge { pfn }, true) => *pfn == bogus,
+            (MapError::PhysTooLarge { pa }, false) => pa.0 == bogus.0 << 12,
+            _ => false,
+        };
+        // Batched: checked before anything is mapped.
+        let r = pt.map_range(
+            va,
+            &[victim, bogus],
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        );
+        let Err(e) = r else {
+            panic!("{bogus:?} mapped")
+        };
+        assert_eq!(e.mapped, 0);
+        assert!(expected(&e.error), "{bogus:?}: {:?}", e.error);
+        assert!(pt.translate(va).is_err(), "nothing mapped");
+        // One by one: the good frame is mapped, the bad one refused.
+        let one = OneByOne(&pt);
+        let r = one.map_range(
+            va,
+            &[victim, bogus],
+            PageSize::Size4K,
+            PteFlags::KERNEL,
+            GFP_KERNEL,
+        );
+        let Err(e) = r else {
+            panic!("{bogus:?} mapped")
+        };
+        assert_eq!(e.mapped, 1);
+        assert!(expected(&e.error), "{bogus:?}: {:?}", e.error);
+        assert!(e.error.to_string().contains("beyond the 52-bit"));
+        assert!(pt.translate(VirtAddr(va.0 + PAGE_SIZE)).is_err());
+        let (t, f) = pt.unmap(va).unwrap();
+        f.flush();
+        assert_eq!(t.pfn(), victim);
+    }
+    m.pages().free_pages(victim, 0).unwrap();
 }

@@ -13,7 +13,7 @@ mod vmalloc_common;
 use kmem::addr::{Pfn, VirtAddr, PAGE_SIZE};
 use kmem::gfp::{__GFP_NOWARN, __GFP_ZERO, GFP_KERNEL};
 use kmem::paging::{PageTables, PteFlags};
-use kmem::vmalloc::{VfreeError, VmFlags};
+use kmem::vmalloc::{VfreeError, VmFlags, VmallocError};
 use kmem_host::vmap;
 use vmalloc_common::*;
 
@@ -109,6 +109,67 @@ fn vmap_with_alloc_flag() {
         // The caller still holds the pages: freeing them now must work.
         let e = m.pages().free_pages(pages[0], 0);
         assert!(e.is_ok(), "caller's page was freed by vfree: {e:?}");
+    }
+}
+
+/// vmap and vm_map_ram of a frame that is not RAM: refused before anything
+/// is mapped. A frame number of 2^52 or more used to pass: shifted into an
+/// address it lost its top bits, so the mapping showed a live page of
+/// someone else (and with VM_MAP_PUT_PAGES vfree would have freed it); a
+/// frame past the end of RAM reached the host backend as a bare errno.
+#[test]
+fn vmap_of_frames_that_are_not_ram() {
+    let m = machine();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let good = alloc_pages(&m, 80);
+    let victim = good[0];
+    // SAFETY: a page of ours, in the direct map.
+    unsafe { m.pages().page_address(victim).as_ptr::<u64>().write(0x1111) };
+    let info = vmallocinfo(&vm);
+    let free = free_pages(&m);
+    let past_ram = Pfn(m.pages().max_pfn() + 10);
+    for bogus in [Pfn((1 << 52) | victim.0), Pfn(u64::MAX), past_ram] {
+        // The bad frame last: a page-by-page mapper would map the others.
+        let mut list = good[..3].to_vec();
+        list.push(bogus);
+        for flags in [VmFlags::MAP, VmFlags::MAP | VmFlags::MAP_PUT_PAGES] {
+            let r = vm.vmap(&list, flags, PteFlags::KERNEL);
+            assert_eq!(
+                r,
+                Err(VmallocError::NotRam { pfn: bogus }),
+                "vmap {flags:?}"
+            );
+        }
+        // A vmap block (up to VMAP_MAX_ALLOC pages) and an area of its own.
+        for n in [3, 79] {
+            let mut list = good[..n].to_vec();
+            list.push(bogus);
+            let r = vm.vm_map_ram(&list, -1);
+            assert_eq!(
+                r,
+                Err(VmallocError::NotRam { pfn: bogus }),
+                "vm_map_ram of {n} + 1"
+            );
+        }
+        let text = VmallocError::NotRam { pfn: bogus }.to_string();
+        assert!(text.contains("is not RAM"), "{text}");
+    }
+    assert_eq!(vmallocinfo(&vm), info, "no area left behind");
+    assert_eq!(free_pages(&m), free, "no page taken or freed");
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { m.pages().page_address(victim).as_ptr::<u64>().read() },
+        0x1111
+    );
+    let owner = m.pages().frame(victim).unwrap().owner();
+    // The good frames still map, and hold what they held.
+    let p = vm.vmap(&good[..4], VmFlags::MAP, PteFlags::KERNEL).unwrap();
+    // SAFETY: mapped just now, four pages.
+    assert_eq!(unsafe { p.as_ptr().cast::<u64>().read() }, 0x1111);
+    vm.vunmap(p.as_ptr()).unwrap();
+    assert_eq!(m.pages().frame(victim).unwrap().owner(), owner);
+    for pfn in good {
+        m.pages().free_pages(pfn, 0).unwrap();
     }
 }
 

@@ -68,9 +68,21 @@ impl VirtAddr {
 }
 
 impl Pfn {
-    /// First byte of the frame.
+    /// First byte of the frame. Only for frames below 2^52 (every frame a
+    /// memory map holds): a larger number loses its top bits here and names
+    /// another frame, so a frame number from outside goes through
+    /// [`Self::checked_phys`].
     pub const fn phys(self) -> PhysAddr {
         PhysAddr(self.0 << PAGE_SHIFT)
+    }
+    /// First byte of the frame, or `None` for a frame number of 2^52 or
+    /// more, whose address does not fit in 64 bits.
+    pub const fn checked_phys(self) -> Option<PhysAddr> {
+        if self.0 > u64::MAX >> PAGE_SHIFT {
+            None
+        } else {
+            Some(PhysAddr(self.0 << PAGE_SHIFT))
+        }
     }
     /// The raw value.
     pub const fn as_u64(self) -> u64 {

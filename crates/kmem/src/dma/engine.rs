@@ -34,7 +34,6 @@ use super::device::{dma_capable, Device};
 use super::{DmaAddr, DmaError};
 use crate::addr::PhysAddr;
 use crate::gfp::GFP_KERNEL;
-use crate::page::FrameState;
 use crate::platform::Platform;
 use core::fmt;
 use core::panic::Location;
@@ -291,19 +290,7 @@ impl<'d, P: Platform> DmaEngine<'d, P> {
     }
 
     fn is_ram(&self, addr: u64, len: u64) -> bool {
-        let pages = self.dev.dma().pages;
-        let mut pfn = PhysAddr(addr).pfn();
-        let last = PhysAddr(addr + len - 1).pfn();
-        while pfn <= last {
-            if !pages
-                .frame(pfn)
-                .is_some_and(|f| f.state() != FrameState::Hole)
-            {
-                return false;
-            }
-            pfn = pfn.add(1);
-        }
-        true
+        self.dev.dma().pages.range_is_ram(PhysAddr(addr), len)
     }
 
     /// The device side (the doorbell): processes every posted descriptor,

@@ -34,25 +34,19 @@ use super::sg::{Scatterlist, SgTable};
 use super::swiotlb::SWIOTLB_MAX_MAPPING;
 use super::{DmaAddr, DmaDirection, DmaError, OverflowReason, DMA_MAPPING_ERROR};
 use crate::addr::{Pfn, PhysAddr, VirtAddr};
-use crate::page::FrameState;
 use crate::platform::Platform;
 use core::panic::Location;
 
+/// Why a page and offset whose address does not fit in 64 bits is refused.
+const BEYOND_PHYS: &str = "the page and offset lie beyond the 64-bit physical address space";
+
 /// Checks that `[pa, pa + size)` is RAM.
 fn check_ram<P: Platform>(dev: &Device<'_, P>, pa: PhysAddr, size: usize) -> Result<(), DmaError> {
-    let pages = dev.dma().pages;
-    let last = PhysAddr(pa.0 + size as u64 - 1).pfn();
-    let mut pfn = pa.pfn();
-    while pfn <= last {
-        if !pages
-            .frame(pfn)
-            .is_some_and(|f| f.state() != FrameState::Hole)
-        {
-            return Err(DmaError::NotRam { phys: pa, size });
-        }
-        pfn = pfn.add(1);
+    if dev.dma().pages.range_is_ram(pa, size as u64) {
+        Ok(())
+    } else {
+        Err(DmaError::NotRam { phys: pa, size })
     }
-    Ok(())
 }
 
 /// Maps `[pa, pa + size)` for `dev`: its own bus address if the device
@@ -252,8 +246,11 @@ pub fn dma_map_page<P: Platform>(
     size: usize,
     dir: DmaDirection,
 ) -> Result<DmaAddr, DmaError> {
-    let pa = PhysAddr(page.phys().0 + offset as u64);
-    map_single_at(dev, pa, size, dir, Location::caller())
+    let pa = page
+        .checked_phys()
+        .and_then(|p| p.0.checked_add(offset as u64))
+        .ok_or(DmaError::InvalidArgument(BEYOND_PHYS))?;
+    map_single_at(dev, PhysAddr(pa), size, dir, Location::caller())
 }
 
 /// Linux's `dma_unmap_single`: undoes [`dma_map_single`]. `size` and `dir`
@@ -425,7 +422,11 @@ fn map_sg_at<P: Platform>(
     let dma = dev.dma();
     for i in 0..sgl.len() {
         let s = &sgl[i];
-        match map_phys(dev, s.phys(), s.length as usize, dir) {
+        let mapped = s
+            .checked_phys()
+            .ok_or(DmaError::InvalidArgument(BEYOND_PHYS))
+            .and_then(|pa| map_phys(dev, pa, s.length as usize, dir));
+        match mapped {
             Ok((bus, bounced)) => {
                 let s = &mut sgl[i];
                 s.dma_address = bus;

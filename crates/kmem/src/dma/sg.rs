@@ -73,9 +73,22 @@ impl Scatterlist {
     pub fn set_page(&mut self, page: Pfn, length: u32, offset: u32) {
         *self = Scatterlist::new(page, offset, length);
     }
-    /// Linux's `sg_phys`: physical address of the first byte.
+    /// Linux's `sg_phys`: physical address of the first byte. For an entry
+    /// whose page and offset fit in 64 bits (see [`Self::checked_phys`],
+    /// which `dma_map_sg` checks every entry with).
     pub const fn phys(&self) -> PhysAddr {
-        PhysAddr(self.page.phys().0 + self.offset as u64)
+        PhysAddr(self.page.phys().0.wrapping_add(self.offset as u64))
+    }
+    /// [`Self::phys`], or `None` if the page number or the page's address
+    /// plus the offset does not fit in 64 bits.
+    pub const fn checked_phys(&self) -> Option<PhysAddr> {
+        match self.page.checked_phys() {
+            Some(pa) => match pa.0.checked_add(self.offset as u64) {
+                Some(a) => Some(PhysAddr(a)),
+                None => None,
+            },
+            None => None,
+        }
     }
     /// Linux's `sg_dma_address`.
     pub const fn sg_dma_address(&self) -> DmaAddr {

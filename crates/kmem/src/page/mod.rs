@@ -180,6 +180,21 @@ impl<P: Platform> PageAllocator<P> {
     pub fn frame(&self, pfn: Pfn) -> Option<&Frame> {
         self.mm.frame(pfn.0)
     }
+    /// Linux's `page_is_ram`: `pfn` is a frame of RAM (it has a record and
+    /// is not a hole of the memory map).
+    pub fn page_is_ram(&self, pfn: Pfn) -> bool {
+        self.frame(pfn)
+            .is_some_and(|f| f.state() != FrameState::Hole)
+    }
+    /// Every frame of `[pa, pa + len)` is RAM; false for an empty range and
+    /// for one that runs past the top of the address space.
+    pub fn range_is_ram(&self, pa: PhysAddr, len: u64) -> bool {
+        let Some(end) = len.checked_sub(1).and_then(|l| pa.0.checked_add(l)) else {
+            return false;
+        };
+        let (first, last) = (pa.pfn().0, PhysAddr(end).pfn().0);
+        (first..=last).all(|pfn| self.page_is_ram(Pfn(pfn)))
+    }
     /// The record of `pfn` if it lies in the memory map's direct run
     /// ([`Self::direct_pfns`]): no section table, as Linux's `vmemmap`.
     /// None elsewhere, where [`Self::frame`] may still find one. The slab's

@@ -183,6 +183,12 @@ pub enum MapError {
         /// The physical address.
         pa: PhysAddr,
     },
+    /// A frame number whose address does not even fit in 64 bits (2^52 or
+    /// more; cut to 64 bits it would name another frame).
+    PfnTooLarge {
+        /// The frame number.
+        pfn: Pfn,
+    },
     /// The virtual address is not canonical (bits 63..47 differ).
     NonCanonical {
         /// The address.
@@ -234,6 +240,11 @@ impl fmt::Display for MapError {
             MapError::PhysTooLarge { pa } => write!(
                 f,
                 "cannot map {pa}: beyond the 52-bit physical addresses a page-table entry holds"
+            ),
+            MapError::PfnTooLarge { pfn } => write!(
+                f,
+                "cannot map frame {:#x}: beyond the 52-bit physical addresses a page-table entry holds",
+                pfn.0
             ),
             MapError::NonCanonical { va } => write!(f, "cannot map {va}: not a canonical address"),
             MapError::AlreadyMapped { va, existing } => write!(
@@ -424,7 +435,11 @@ pub trait PageTables: Send + Sync {
     ) -> Result<FlushRange<'_, Self>, MapRangeError> {
         for (i, f) in frames.iter().enumerate() {
             let at = VirtAddr(va.0 + i * size.bytes());
-            match self.map(at, f.phys(), size, flags, gfp) {
+            let mapped = match f.checked_phys() {
+                Some(pa) => self.map(at, pa, size, flags, gfp),
+                None => Err(MapError::PfnTooLarge { pfn: *f }),
+            };
+            match mapped {
                 Ok(t) => t.ignore(),
                 Err(error) => return Err(MapRangeError { mapped: i, error }),
             }

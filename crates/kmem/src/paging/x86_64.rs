@@ -33,7 +33,7 @@ use super::{
     is_canonical, Flush, FlushRange, MapError, MapRangeError, PageSize, PageTables, PteFlags, Tlb,
     TranslateError, Translation, UnmapError, OWNER_PAGE_TABLE,
 };
-use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
 use crate::error::AllocError;
 use crate::gfp::{Gfp, GFP_KERNEL};
 use crate::page::{PageAllocator, NUMA_NO_NODE};
@@ -612,14 +612,15 @@ impl<P: Platform> PageTables for X86PageTables<'_, P> {
                 },
             });
         }
-        if let Some(i) = frames
-            .iter()
-            .position(|f| f.phys().0 & !ADDR_MASK & !0xfff != 0)
-        {
+        // A frame number above the entry's 40 bits: checked on the number,
+        // as its address may not fit in 64 bits (and cut to them would name
+        // another frame).
+        if let Some(f) = frames.iter().find(|f| f.0 > ADDR_MASK >> PAGE_SHIFT) {
             return Err(MapRangeError {
                 mapped: 0,
-                error: MapError::PhysTooLarge {
-                    pa: frames[i].phys(),
+                error: match f.checked_phys() {
+                    Some(pa) => MapError::PhysTooLarge { pa },
+                    None => MapError::PfnTooLarge { pfn: *f },
                 },
             });
         }

@@ -764,6 +764,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if pages.is_empty() {
             return Err(VmallocError::ZeroSize);
         }
+        self.check_ram(pages)?;
         let total = self.total_pages;
         if pages.len() > total {
             return Err(VmallocError::ExceedsTotalRam {
@@ -825,6 +826,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if count == 0 {
             return Err(VmallocError::ZeroSize);
         }
+        self.check_ram(pages)?;
         let gfp = self.check_context(GFP_KERNEL, caller)?;
         let size = count * PAGE_SIZE;
         let addr = if count <= super::VMAP_MAX_ALLOC {
@@ -857,6 +859,14 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
     }
 
     // ----- helpers --------------------------------------------------------
+
+    /// Refuses a page list with a frame that is not RAM.
+    fn check_ram(&self, pages: &[Pfn]) -> Result<(), VmallocError> {
+        match pages.iter().find(|&&p| !self.pages.page_is_ram(p)) {
+            Some(&pfn) => Err(VmallocError::NotRam { pfn }),
+            None => Ok(()),
+        }
+    }
 
     /// Linux's `vmalloc_fix_flags`.
     #[track_caller]

@@ -281,6 +281,13 @@ pub enum VmallocError {
     Metadata(AllocError),
     /// The page tables refused the mapping.
     Map(MapError),
+    /// `vmap` or `vm_map_ram` of a frame that is not RAM (no frame record,
+    /// or a hole of the memory map): they map pages, as Linux's take
+    /// `struct page`s; device memory goes through `ioremap`.
+    NotRam {
+        /// The first such frame.
+        pfn: Pfn,
+    },
     /// `vrealloc` of something that is not a live vmalloc area.
     Realloc(VfreeError),
     /// `vrealloc` with a larger alignment than the area has.
@@ -335,6 +342,11 @@ impl fmt::Display for VmallocError {
                 write!(f, "vmalloc error: vm_struct allocation failed: {e}")
             }
             VmallocError::Map(e) => write!(f, "vmalloc error: failed to map pages: {e}"),
+            VmallocError::NotRam { pfn } => write!(
+                f,
+                "vmap: frame {:#x} is not RAM (vmap and vm_map_ram map pages; device memory needs ioremap)",
+                pfn.0
+            ),
             VmallocError::Realloc(e) => write!(f, "vrealloc: {e}"),
             VmallocError::ReallocAlign { align } => write!(
                 f,
