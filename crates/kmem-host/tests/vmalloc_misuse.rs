@@ -90,6 +90,65 @@ fn vm_unmap_ram_big_wrong_count() {
     assert!(r.is_err(), "wrong count accepted for a 100-page vm_map_ram");
 }
 
+/// vm_unmap_ram with a count that does not match the mapping is refused
+/// with an error naming what lies there, and unmaps nothing. A count above
+/// VMAP_MAX_ALLOC for a mapping in a vmap block used to be called a
+/// "vmalloc or vmap" area (or a vm_map_ram mapping to release with
+/// vm_unmap_ram, the very call made), a small count for a big mapping
+/// likewise, and a count near usize::MAX overflowed `count * PAGE_SIZE`
+/// (a panic with overflow checks on).
+#[test]
+fn vm_unmap_ram_wrong_counts_name_what_is_there() {
+    let m = machine();
+    let vm = vmap::vmalloc(&m).unwrap();
+    let small_pages = alloc_pages(&m, 2);
+    let big_pages = alloc_pages(&m, 70);
+    let small = vm.vm_map_ram(&small_pages, -1).unwrap().as_ptr();
+    let big = vm.vm_map_ram(&big_pages, -1).unwrap().as_ptr();
+    let v = vm.vmalloc(2 * PAGE_SIZE).unwrap().as_ptr();
+    for given in [65, 1 << 52, usize::MAX] {
+        let e = vm.vm_unmap_ram(small, given).unwrap_err();
+        assert_eq!(
+            e,
+            VfreeError::WrongSizeInBlock {
+                addr: small as usize,
+                given
+            }
+        );
+        assert!(e.to_string().contains("vmap block"), "{e}");
+    }
+    for given in [1, 2, 69, 71, 1 << 52, usize::MAX] {
+        let e = vm.vm_unmap_ram(big, given).unwrap_err();
+        assert_eq!(
+            e,
+            VfreeError::WrongSize {
+                addr: big as usize,
+                mapped: 70,
+                given
+            }
+        );
+    }
+    for given in [2, 100] {
+        let e = vm.vm_unmap_ram(v, given).unwrap_err();
+        assert!(
+            matches!(e, VfreeError::WrongKind { use_instead, .. } if use_instead.contains("vfree")),
+            "{e:?}"
+        );
+    }
+    // Nothing was unmapped: every page still shows its frame.
+    for (p, frames) in [(small, &small_pages), (big, &big_pages)] {
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(vm.vmalloc_to_page(p.wrapping_add(i * PAGE_SIZE)), Some(*f));
+        }
+    }
+    vm.vm_unmap_ram(small, 2).unwrap();
+    vm.vm_unmap_ram(big, 70).unwrap();
+    vm.vfree(v).unwrap();
+    for pfn in small_pages.into_iter().chain(big_pages) {
+        m.pages().free_pages(pfn, 0).unwrap();
+    }
+}
+
 /// vmap with VM_ALLOC: then vfree frees the caller's pages.
 #[test]
 fn vmap_with_alloc_flag() {

@@ -125,9 +125,8 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if count == 0 {
             return Err(self.refuse(VfreeError::NotAllocated { addr: a }));
         }
-        let size = count * PAGE_SIZE;
         if count <= VMAP_MAX_ALLOC {
-            let n = 1usize << get_order(size);
+            let n = 1usize << get_order(count * PAGE_SIZE);
             {
                 let s = self.state.lock();
                 let ok = s
@@ -135,15 +134,7 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                     .find_busy_containing(a)
                     .is_some_and(|b| b.va_flags & VMAP_BLOCK != 0 && a + n * PAGE_SIZE <= b.end);
                 if !ok {
-                    let e = match classify(&s, a) {
-                        VfreeError::Interior { .. } => VfreeError::WrongKind {
-                            addr: a,
-                            kind: "vmalloc or vmap",
-                            use_instead: "vfree() or vunmap()",
-                        },
-                        e => e,
-                    };
-                    return Err(self.refuse(e));
+                    return Err(self.refuse(unmap_ram_error(&s, a, count)));
                 }
             }
             // The double-unmap check is the unmap itself: the walk clears
@@ -184,33 +175,15 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         }
         let rec = {
             let mut s = self.state.lock();
-            let ok = s
-                .areas
-                .find_busy(a)
-                .is_some_and(|r| r.va_flags & VMAP_RAM != 0 && r.va_flags & VMAP_BLOCK == 0);
-            if !ok {
-                let e = match s.areas.find_busy(a) {
-                    Some(_) => VfreeError::WrongKind {
-                        addr: a,
-                        kind: "vmalloc or vmap",
-                        use_instead: "vfree() or vunmap()",
-                    },
-                    None => classify(&s, a),
-                };
-                return Err(self.refuse(e));
-            }
             // A big vm_map_ram area is exactly its pages (no guard): the
             // count must be the one given to vm_map_ram.
-            let mapped = s
-                .areas
-                .find_busy(a)
-                .map_or(0, |r| (r.end - r.start) / PAGE_SIZE);
-            if mapped != count {
-                return Err(self.refuse(VfreeError::WrongSize {
-                    addr: a,
-                    mapped,
-                    given: count,
-                }));
+            let ok = s.areas.find_busy(a).is_some_and(|r| {
+                r.va_flags & VMAP_RAM != 0
+                    && r.va_flags & VMAP_BLOCK == 0
+                    && (r.end - r.start) / PAGE_SIZE == count
+            });
+            if !ok {
+                return Err(self.refuse(unmap_ram_error(&s, a, count)));
             }
             self.unlink_to_lazy(&mut s, a)
         };
@@ -346,5 +319,28 @@ impl State {
                 (*prev).vb_next = next;
             }
         }
+    }
+}
+
+/// Why `vm_unmap_ram(a, count)` is refused, from what lies at `a`.
+fn unmap_ram_error(s: &State, a: usize, count: usize) -> VfreeError {
+    match s.areas.find_busy_containing(a) {
+        // The count says where to look: up to VMAP_MAX_ALLOC pages in a
+        // block, more in an area of their own.
+        Some(b) if b.va_flags & VMAP_BLOCK != 0 => VfreeError::WrongSizeInBlock {
+            addr: a,
+            given: count,
+        },
+        Some(r) if r.start == a && r.va_flags & VMAP_RAM != 0 => VfreeError::WrongSize {
+            addr: a,
+            mapped: (r.end - r.start) / PAGE_SIZE,
+            given: count,
+        },
+        Some(r) if r.start == a => VfreeError::WrongKind {
+            addr: a,
+            kind: "vmalloc or vmap",
+            use_instead: "vfree() or vunmap()",
+        },
+        _ => classify(s, a),
     }
 }

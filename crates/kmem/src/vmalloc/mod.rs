@@ -413,6 +413,15 @@ pub enum VfreeError {
         /// Pages given.
         given: usize,
     },
+    /// `vm_unmap_ram` of an address inside a vmap block (a mapping of at
+    /// most [`VMAP_MAX_ALLOC`] pages) with a count that is larger or runs
+    /// past the block.
+    WrongSizeInBlock {
+        /// The address.
+        addr: usize,
+        /// Pages given.
+        given: usize,
+    },
     /// Called in NMI context.
     InNmi,
     /// `vunmap` in interrupt context.
@@ -461,6 +470,10 @@ impl fmt::Display for VfreeError {
             } => write!(
                 f,
                 "vm_unmap_ram({addr:#x}, {given}): the area maps {mapped} pages; nothing unmapped"
+            ),
+            VfreeError::WrongSizeInBlock { addr, given } => write!(
+                f,
+                "vm_unmap_ram({addr:#x}, {given}): {addr:#x} is a mapping in a vmap block, of at most {VMAP_MAX_ALLOC} pages and within its block; nothing unmapped"
             ),
             VfreeError::InNmi => write!(f, "vfree() in NMI context (Linux: BUG_ON(in_nmi()))"),
             VfreeError::InInterrupt => {
