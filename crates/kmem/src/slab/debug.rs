@@ -737,15 +737,21 @@ impl<P: Platform> KmemCache<P> {
         if self.offset >= self.inuse() || val != SLUB_RED_ACTIVE {
             // SAFETY: obj is an object of the slab.
             let fp = unsafe { self.get_fp(obj) };
-            // A cache with the allocated mark, without debugging, marks its
-            // allocated objects in the slot (outside the object here, so
-            // the owner cannot have written it), those queued by kfree_rcu
-            // with their own address.
-            let marked_allocated = val == SLUB_RED_ACTIVE
-                && self.marks
-                && !self.debug
-                && (fp == self.allocated_mark() || fp == obj);
-            if !marked_allocated && !self.check_valid_pointer(slab, fp) {
+            if val == SLUB_RED_ACTIVE && !self.debug {
+                // Without debugging, an object its slab counts in use may
+                // also sit on a CPU's free list or in a chain being flushed
+                // back: linked to an object of any slab, and owned by
+                // another CPU. So only a value no slot holds is reported,
+                // and nothing is repaired. The slot (outside the object
+                // here, so the owner cannot have written it) holds the
+                // allocated mark, the object's own address (queued by
+                // kfree_rcu), or a free pointer.
+                let marked = self.marks && (fp == self.allocated_mark() || fp == obj);
+                if !marked && !self.plausible_fp(fp) {
+                    self.object_err(slab, obj, format_args!("Freepointer corrupt"));
+                    ret = false;
+                }
+            } else if !self.check_valid_pointer(slab, fp) {
                 self.object_err(slab, obj, format_args!("Freepointer corrupt"));
                 // SAFETY: as above.
                 unsafe { self.set_fp(obj, 0) };

@@ -1026,6 +1026,14 @@ impl<P: Platform> KmemCache<P> {
         if self.refcount.fetch_sub(1, Relaxed) > 1 {
             return Ok(());
         }
+        // Off the list first: once the list lock has been taken here, no
+        // walk of the list (shrink_all, the shrinker, slabinfo) is inside
+        // this cache or can reach it again. A shrink still running would
+        // take empty slabs off the partial list that shutdown then misses,
+        // and on a SLAB_TYPESAFE_BY_RCU cache queue them for a grace period
+        // after the barrier below, naming a freed descriptor (Linux holds
+        // slab_mutex across all of it).
+        SlabAllocator::unlink_cache(global, self);
         // kfree_rcu()s in flight may hold objects of ours (slabs their
         // frees empty wait for the grace period below).
         global.rcu_barrier(self.pages());
@@ -1037,7 +1045,6 @@ impl<P: Platform> KmemCache<P> {
             // before the cache is (Linux: rcu_barrier()).
             global.rcu_barrier(self.pages());
         }
-        SlabAllocator::unlink_cache(global, self);
         if let Some(leak) = leak {
             self.platform().warn(format_args!(
                 "WARNING: kmem_cache_destroy {}: Slab cache still has objects when called from {caller} ({leak})",
