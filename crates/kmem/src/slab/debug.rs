@@ -1163,6 +1163,13 @@ impl<P: Platform> KmemCache<P> {
     /// Linux's `validate_slab_cache`: flushes every CPU, then checks every
     /// slab on the node lists (and, for debug caches, the full slabs) object
     /// by object. Problems are reported and repaired as Linux does.
+    ///
+    /// Linux validates debug caches only; here a cache without debugging is
+    /// checked too, with what its lock-free paths allow: other CPUs may be
+    /// allocating and freeing meanwhile, so the free-pointer slot of an
+    /// object its slab counts in use (which may sit on a CPU's list, linked
+    /// to any slab) is reported only if no slot could hold it, and never
+    /// repaired.
     pub fn validate(&self) -> ValidateReport {
         let before = self.errors();
         self.flush_all();
