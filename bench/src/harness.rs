@@ -40,8 +40,9 @@ const CALIBRATION_FLOOR: Duration = Duration::from_millis(20);
 /// Options every suite takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOpts {
-    /// Print one JSON object per line instead of tables:
-    /// {"suite":…,"workload":…,"allocator":…,"ns_per_op":…}
+    /// Print one JSON object per line instead of tables (each suite's
+    /// long help names its fields; most print
+    /// {"suite":…,"workload":…,"allocator":…,"ns_per_op":…})
     #[arg(long)]
     pub json: bool,
 

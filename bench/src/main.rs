@@ -60,6 +60,11 @@ enum Suite {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a closed pipe (`kmem-bench slab |
+    // head`) would panic; a filter should just stop.
+    // SAFETY: restoring a signal's default disposition before any thread
+    // starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match &cli.suite {
         Suite::Pages(args) => pages::run(args),

@@ -59,12 +59,11 @@ pub fn run(args: &AnalyzeArgs) -> ExitCode {
             } else {
                 print!("{}", r.to_text());
             }
-            if r.events == 0 && r.malformed_lines > 0 {
-                // Nothing but malformed lines: not a trace this can read.
+            if r.events == 0 {
                 eprintln!(
-                    "kmem analyze: {}: no event parsed, {} malformed lines: is this the text of an ftrace trace of kmem events? (--strict names the first bad line)",
+                    "kmem analyze: {}: {}",
                     args.trace.display(),
-                    r.malformed_lines
+                    crate::replay::no_events(r.lines, r.malformed_lines, r.other_events)
                 );
                 return ExitCode::FAILURE;
             }

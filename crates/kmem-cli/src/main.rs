@@ -1,17 +1,20 @@
 //! `kmem`: the command-line face of the kmem allocation stack.
 //!
-//! Every subcommand builds its own hosted machine (`kmem_host::Machine`: RAM
-//! in a memfd, threads as CPUs), so nothing it prints depends on the machine
-//! it runs on beyond timings. This file only parses arguments (clap derive)
-//! and dispatches:
+//! `tour`, `stat` and `replay` build their own hosted machine
+//! (`kmem_host::Machine`: RAM in a memfd, threads as CPUs), so nothing they
+//! print depends on the machine they run on beyond timings; `analyze` reads
+//! a trace only and `record` writes one. This file only parses arguments
+//! (clap derive) and dispatches:
 //!
 //! - [`tour`]: live demonstrations of the allocator's rules, every figure
 //!   measured on the spot;
-//! - [`stat`]: the machine's /proc-format files.
+//! - [`stat`]: the machine's /proc-format files;
+//! - [`replay`], [`analyze`], [`record`]: real Linux allocation traces.
 //!
-//! Later issues add `replay`, `analyze` and `record` as further modules.
 //! Each command prints readable text by default and one JSON object with
 //! `--json`; a command that cannot show what it claims exits non-zero.
+//! Output cut short by a closed pipe (`kmem stat | head`) ends the process
+//! quietly, as for any Unix filter.
 
 mod analyze;
 mod record;
@@ -24,9 +27,11 @@ use std::process::ExitCode;
 
 /// Linux's kernel memory allocation stack, in Rust, on a hosted machine.
 ///
-/// Each command builds its own machine: 1 GiB of RAM in a memfd, laid out
-/// over the DMA, DMA32 and Normal zones, 2 CPUs. Start with `kmem tour`;
-/// `kmem <command> --help` says how to read each command's output.
+/// `tour` and `stat` build their own machine: 1 GiB of RAM in a memfd, laid
+/// out over the DMA, DMA32 and Normal zones, 2 CPUs; `replay` sizes one
+/// like the traced machine (MemTotal beside the trace, the header's CPU
+/// count). Start with `kmem tour`; `kmem <command> --help` says how to read
+/// each command's output.
 #[derive(Parser, Debug)]
 #[command(name = "kmem", version)]
 struct Cli {
@@ -60,6 +65,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing to a closed pipe would panic; a
+    // filter should just stop.
+    // SAFETY: restoring a signal's default disposition before any thread
+    // starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match cli.command {
         Command::Tour(args) => tour::run(&args),

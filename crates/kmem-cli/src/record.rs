@@ -56,7 +56,13 @@ vmallocinfo, zoneinfo, meminfo, pagetypeinfo) before and after, plus
 DIR/kernel. Events: kmem:kmalloc, kfree, kmem_cache_alloc, kmem_cache_free,
 mm_page_alloc, mm_page_free, mm_page_free_batched, vmalloc:alloc_vmap_area,
 free_vmap_area_noflush, purge_vmap_area_lazy. Needs root and a kernel with
-tracefs. Then: kmem replay DIR/trace.zst, kmem analyze DIR/trace.zst.";
+tracefs. Then: kmem replay DIR/trace.zst, kmem analyze DIR/trace.zst.
+
+CMD's output is discarded. If CMD fails (a non-zero exit, or killed by a
+signal before the deadline) the trace is kept, stderr says how CMD ended,
+and kmem record exits with CMD's status (1 for a signal), as time(1) and
+strace(1) do; a CMD still running at SECONDS is stopped, which is not a
+failure.";
 
 /// The events enabled, as `set_event` spells them.
 pub const EVENTS: [&str; 10] = [
@@ -527,7 +533,18 @@ pub fn run(args: &RecordArgs) -> ExitCode {
                 eprintln!("kmem record: interrupted; the trace so far is kept");
                 return ExitCode::from(130);
             }
-            ExitCode::SUCCESS
+            let cmd = args.cmd.join(" ");
+            match (r.timed_out, r.status) {
+                (true, _) | (false, Some(0)) => ExitCode::SUCCESS,
+                (false, Some(code)) => {
+                    eprintln!("kmem record: {cmd:?} exited with status {code} (its output was discarded); the trace is kept");
+                    ExitCode::from(u8::try_from(code).unwrap_or(1))
+                }
+                (false, None) => {
+                    eprintln!("kmem record: {cmd:?} was killed by a signal; the trace is kept");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("kmem record: {e}");

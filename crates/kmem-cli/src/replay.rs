@@ -39,7 +39,13 @@ slabinfo shows them; then what `perf kmem stat --caller --alloc` and
 kmalloc_class_mismatches, failures, context_violations, unmatched_frees,
 peak_pages by kind, and everything else). --plot DIR writes memory.svg,
 fragmentation.svg, sizes.svg and orders.svg. --strict stops at the first
-malformed line; otherwise such lines are skipped and counted.";
+malformed line; otherwise such lines are skipped and counted.
+
+TRACE may be a pipe (`-` is not special: use /dev/stdin or <(...)): it is
+read once, so its header is not read ahead for the CPU count, and the
+machine has 2 CPUs unless --cpus says otherwise (events of CPU k run on
+CPU k % N, and the report says so). A trace without any kmem event (empty,
+or only other tracers' events) is an error.";
 
 /// Arguments of `kmem replay`.
 #[derive(Args, Debug)]
@@ -47,8 +53,9 @@ pub struct ReplayArgs {
     /// The trace: ftrace text, plain or zstd-compressed.
     #[arg(value_name = "TRACE")]
     pub trace: PathBuf,
-    /// RAM of the replay machine (bytes, or with K/M/G suffix; at least
-    /// 32M) [default: MemTotal of before.meminfo beside the trace, else 4G]
+    /// RAM of the replay machine (bytes, or with K/M/G/T suffix; 32M to
+    /// 16380G; the host needs about 8 MiB per GiB) [default: MemTotal of
+    /// before.meminfo beside the trace, else 4G]
     #[arg(long, value_name = "BYTES", value_parser = parse_ram)]
     pub ram: Option<u64>,
     /// Stop at the first malformed line (default: skip and count it).
@@ -63,6 +70,10 @@ pub struct ReplayArgs {
     /// Honour __GFP_ZERO (zero memory; slower, changes no allocator decision).
     #[arg(long)]
     pub zero: bool,
+    /// CPUs of the replay machine (1-256) [default: the trace header's
+    /// `#P:`, else 2]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub cpus: Option<u16>,
     /// Rows of each perf table.
     #[arg(long, value_name = "N", default_value_t = replay::perf::DEFAULT_ROWS)]
     pub rows: usize,
@@ -91,12 +102,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// smallest memory map.
 pub fn parse_ram(s: &str) -> Result<u64, String> {
     let min = kmem::page::memmap::PC_LAYOUT_MIN_BYTES;
+    let max = kmem::page::memmap::PC_LAYOUT_MAX_BYTES;
     let b = parse_size(s)?;
     if b < min {
         return Err(format!(
             "{:?} is below the replay machine's minimum of {}M (16 MiB below 4 GiB, 16 MiB above)",
             s.trim(),
             min >> 20
+        ));
+    }
+    if b > max {
+        return Err(format!(
+            "{:?} is above the replay machine's maximum of {}G (frame numbers are 32-bit)",
+            s.trim(),
+            max >> 30
         ));
     }
     Ok(b)
@@ -111,10 +130,19 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
             Mode::Lenient
         },
         ram_bytes: args.ram,
+        nr_cpus: args.cpus.map(usize::from),
         rows: args.rows,
         zero: args.zero,
         ..ReplayConfig::default()
     };
+    // The chart directory is made before the replay, so that a bad one
+    // costs nothing and loses no report.
+    if let Some(dir) = &args.plot {
+        if let Err(e) = make_dir(dir) {
+            eprintln!("kmem replay: --plot {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let len = std::fs::metadata(&args.trace).map(|m| m.len()).unwrap_or(0);
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
@@ -161,15 +189,44 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
         print!("{}", report.to_text());
     }
     let malformed: u64 = report.lines.malformed.values().sum();
-    if report.lines.events == 0 && malformed > 0 {
-        // Nothing but malformed lines: not a trace this can read.
+    if report.lines.events == 0 {
         eprintln!(
-            "kmem replay: {}: no event parsed, {malformed} malformed lines: is this the text of an ftrace trace of kmem events? (--strict names the first bad line)",
-            args.trace.display()
+            "kmem replay: {}: {}",
+            args.trace.display(),
+            no_events(
+                report.lines.lines,
+                malformed,
+                report.lines.unknown.values().sum()
+            )
         );
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Creates `dir` (and its parents) if missing; an existing file is refused.
+pub fn make_dir(dir: &std::path::Path) -> Result<(), String> {
+    if dir.exists() && !dir.is_dir() {
+        return Err("exists and is not a directory".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())
+}
+
+/// Why a trace without a single kmem event is refused: what it held.
+pub fn no_events(lines: u64, malformed: u64, other: u64) -> String {
+    if lines == 0 {
+        "empty: not a trace".into()
+    } else if malformed > 0 {
+        format!(
+            "no event parsed, {malformed} malformed lines: is this the text of an ftrace trace of kmem events? (--strict names the first bad line)"
+        )
+    } else if other > 0 {
+        format!(
+            "no kmem event, only {other} events of other tracers: was the trace recorded with the kmem events enabled (kmem:*, vmalloc:*, as capture-trace and `kmem record` do)?"
+        )
+    } else {
+        format!("no event in {lines} lines (a header and comments only)")
+    }
 }
 
 #[cfg(test)]

@@ -445,3 +445,28 @@ fn tracing_on_and_enabled_events_come_back() {
         "{events:?}"
     );
 }
+
+/// A command that fails before the deadline: the trace is kept, stderr says
+/// how it ended, and kmem record exits with its status (as time(1) does).
+/// A first version reported "0 events -> ..." and exit 0 whatever the
+/// command did, with its output discarded: a mistyped workload left no
+/// clue.
+#[test]
+fn a_failing_command_is_reported_and_its_status_returned() {
+    let (t, p, base) = fake("fails");
+    let out = base.join("out");
+    let o = kmem_record(&t, &p, &out, "5", &["sh", "-c", "exit 7"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("exited with status 7"), "{err}");
+    assert!(out.join("trace.zst").exists(), "the trace is kept");
+    // Stopped at the deadline is not a failure.
+    let o = kmem_record(&t, &p, &base.join("out2"), "0.3", &["sleep", "30"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -149,10 +149,11 @@ impl Parser {
     pub fn too_long(&mut self, start: &[u8]) -> Result<Line<'static>, ParseError> {
         self.line += 1;
         self.stats.lines += 1;
+        // Column 1: the report shows how the line starts.
         let fail = Fail::new(
-            start.len(),
+            0,
             ErrorKind::LineTooLong,
-            "a newline within the reader's buffer",
+            "the line to end within the reader's line buffer (1 MiB unless set)",
         );
         self.malformed(ParseError::new(self.line, start, fail))
     }

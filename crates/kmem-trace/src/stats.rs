@@ -125,6 +125,9 @@ pub struct Stats {
     pub first_ts_ns: Option<u64>,
     /// Timestamp of the last one, in ns.
     pub last_ts_ns: Option<u64>,
+    /// Event lines whose timestamp is earlier than the one before (ftrace
+    /// prints events in time order: traces concatenated or reordered).
+    pub ts_backwards: u64,
     /// Highest CPU number seen on an event line.
     pub max_cpu: Option<u32>,
 }
@@ -180,6 +183,9 @@ impl Stats {
     pub(crate) fn saw_event_line(&mut self, cpu: u32, ts_ns: u64) {
         if self.first_ts_ns.is_none() {
             self.first_ts_ns = Some(ts_ns);
+        }
+        if self.last_ts_ns.is_some_and(|l| ts_ns < l) {
+            self.ts_backwards += 1;
         }
         self.last_ts_ns = Some(ts_ns);
         if self.max_cpu.is_none_or(|m| cpu > m) {

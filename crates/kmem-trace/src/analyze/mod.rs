@@ -237,6 +237,12 @@ pub struct AnalyzeReport {
     pub events: u64,
     /// Malformed lines skipped.
     pub malformed_lines: u64,
+    /// Lines read.
+    pub lines: u64,
+    /// Well-formed lines of other tracers' events.
+    pub other_events: u64,
+    /// Events with a timestamp earlier than the event before.
+    pub ts_backwards: u64,
     /// Trace time covered, seconds.
     pub trace_seconds: f64,
     /// Distinct allocation call sites.
@@ -553,6 +559,9 @@ impl Analyzer {
             trace: trace.to_string(),
             events: self.events,
             malformed_lines,
+            lines: 0,
+            other_events: 0,
+            ts_backwards: 0,
             trace_seconds: secs,
             sites: self.names.len(),
             counts,
@@ -567,7 +576,11 @@ pub fn analyze_file(path: &Path, mode: Mode) -> Result<AnalyzeReport, AnalyzeErr
     let mut a = Analyzer::new();
     reader.for_each_event(|rec| a.on_record(rec))?;
     let stats = reader.into_stats();
-    Ok(a.report(&path.display().to_string(), stats.skipped_total()))
+    let mut r = a.report(&path.display().to_string(), stats.skipped_total());
+    r.lines = stats.lines;
+    r.other_events = stats.unknown_lines;
+    r.ts_backwards = stats.ts_backwards;
+    Ok(r)
 }
 
 impl AnalyzeReport {
@@ -592,6 +605,20 @@ impl AnalyzeReport {
                 String::new()
             }
         );
+        if self.other_events > 0 {
+            let _ = writeln!(
+                o,
+                "  {} lines of other tracers' events skipped",
+                self.other_events
+            );
+        }
+        if self.ts_backwards > 0 {
+            let _ = writeln!(
+                o,
+                "  {}",
+                crate::replay::report::backwards_note(self.ts_backwards)
+            );
+        }
         let kinds = [
             (
                 FindingKind::BlockingInAtomic,

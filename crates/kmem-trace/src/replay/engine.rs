@@ -264,7 +264,7 @@ pub struct EngineOutput {
     pub span_ns: u64,
     /// One more than the highest CPU number of any event (0 without
     /// events). Above the machine's CPUs, CPU k ran as CPU k % CPUs.
-    pub trace_cpus: u32,
+    pub trace_cpus: u64,
 }
 
 /// A cache the trace named, as created in kmem.
@@ -338,7 +338,7 @@ pub struct Engine<'r, 'm> {
     first_ts: Option<u64>,
     last_ts: u64,
     cur_cpu: u32,
-    trace_cpus: u32,
+    trace_cpus: u64,
     warnings: u64,
     warning_examples: Vec<String>,
     caller: &'static Location<'static>,
@@ -478,7 +478,7 @@ impl<'r, 'm> Engine<'r, 'm> {
         self.by_kind[ev.kind.index()] += 1;
         if ev.cpu != self.cur_cpu {
             self.cur_cpu = ev.cpu;
-            self.trace_cpus = self.trace_cpus.max(ev.cpu.saturating_add(1));
+            self.trace_cpus = self.trace_cpus.max(u64::from(ev.cpu) + 1);
             kmem_host::set_cpu(ev.cpu as usize % self.nr_cpus);
         }
         let first = *self.first_ts.get_or_insert(ev.ts_ns);

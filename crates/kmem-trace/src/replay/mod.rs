@@ -87,7 +87,8 @@ pub struct ReplayConfig {
     /// RAM of the machine; `None`: `MemTotal` of the snapshot beside the
     /// trace, else [`DEFAULT_RAM`].
     pub ram_bytes: Option<u64>,
-    /// CPUs; `None`: the trace header's `#P:` (else 2).
+    /// CPUs; `None`: the trace header's `#P:` (else 2; a pipe's header is
+    /// not read ahead, see [`header_cpus`]).
     pub nr_cpus: Option<usize>,
     /// Rows kept in each perf table.
     pub rows: usize,
@@ -152,7 +153,12 @@ impl fmt::Display for ReplayError {
 impl std::error::Error for ReplayError {}
 
 /// CPUs named by the trace header (`#P:`), read from its first lines.
+/// `None` also for input that is not a regular file (a pipe, `/dev/stdin`):
+/// it can be read only once, and the replay must see it from the start.
 pub fn header_cpus(path: &Path) -> Option<u32> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
     let mut r = TraceReader::open(path, Mode::Lenient).ok()?;
     for _ in 0..256 {
         match r.next_line() {
@@ -199,6 +205,19 @@ pub fn replay_file(
 ) -> Result<ReplayReport, ReplayError> {
     let start = Instant::now();
     let (mcfg, ram_source) = machine_config(path, cfg);
+    let max = kmem::page::memmap::PC_LAYOUT_MAX_BYTES;
+    if mcfg.ram_bytes > max {
+        let from = match &ram_source {
+            RamSource::Meminfo(p) => format!("MemTotal of {}", p.display()),
+            RamSource::Explicit => "--ram".to_string(),
+            RamSource::Default => "the default".to_string(),
+        };
+        return Err(ReplayError::Setup(format!(
+            "{} GiB of RAM ({from}) is above the replay machine's limit of {} GiB (frame numbers are 32-bit); pass a smaller --ram",
+            mcfg.ram_bytes >> 30,
+            max >> 30
+        )));
+    }
     let saved_cpu = kmem_host::cpu_slot();
     let io_err = |e| ReplayError::Io(path.to_path_buf(), e);
     let trace_err = |e| ReplayError::Trace(path.to_path_buf(), e);
@@ -357,6 +376,7 @@ fn build_report(
         comments: stats.comment_lines,
         blank: stats.blank_lines,
         lost_markers: stats.lost_lines,
+        ts_backwards: stats.ts_backwards,
         lost_events: stats.lost_events,
         unknown: stats.unknown.iter().cloned().collect(),
         malformed: crate::ErrorKind::ALL

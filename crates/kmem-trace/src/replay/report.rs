@@ -31,7 +31,7 @@ pub struct MachineInfo {
     pub managed_pages: u64,
     /// One more than the highest CPU number of the trace's events; above
     /// `nr_cpus`, CPU k ran as CPU k % `nr_cpus` (the text report says so).
-    pub trace_cpus: u32,
+    pub trace_cpus: u64,
 }
 
 /// How the trace's lines were classified.
@@ -49,6 +49,8 @@ pub struct LineInfo {
     pub blank: u64,
     /// `CPU:N [LOST M EVENTS]` lines.
     pub lost_markers: u64,
+    /// Event lines with a timestamp earlier than the line before.
+    pub ts_backwards: u64,
     /// Events those lines say were lost.
     pub lost_events: u64,
     /// Well-formed lines of other event types, by name.
@@ -237,7 +239,9 @@ impl ReplayReport {
         let src = match &m.ram_source {
             RamSource::Explicit => "--ram".to_string(),
             RamSource::Meminfo(p) => format!("MemTotal of {}", p.display()),
-            RamSource::Default => "default, no meminfo beside the trace".to_string(),
+            RamSource::Default => {
+                "default: no meminfo with a MemTotal beside the trace".to_string()
+            }
         };
         let ram = if m.ram_bytes >= 1 << 30 {
             format!("{:.1} GiB", m.ram_bytes as f64 / (1u64 << 30) as f64)
@@ -291,6 +295,9 @@ impl ReplayReport {
                 o,
                 "  the ring buffer overwrote {ov} events before this trace was read: expect unmatched frees"
             );
+        }
+        if l.ts_backwards > 0 {
+            let _ = writeln!(o, "  {}", backwards_note(l.ts_backwards));
         }
         for (cpu, line) in &l.buffer_started {
             let _ = writeln!(o, "  CPU {cpu}'s events start at line {line}");
@@ -534,4 +541,12 @@ impl ReplayReport {
             }
         }
     }
+}
+
+/// The note for a trace whose time runs backwards `n` times.
+pub fn backwards_note(n: u64) -> String {
+    format!(
+        "note: {n} events carry a timestamp earlier than the event before (ftrace prints in time order: \
+         concatenated or reordered traces?); trace time, rates and lifetimes are unreliable"
+    )
 }

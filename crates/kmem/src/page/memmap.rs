@@ -165,6 +165,10 @@ pub fn validate(regions: &[Region], max_nodes: usize) -> Result<(), MemoryMapErr
 /// DMA32) and 16 MiB above (Normal). Smaller totals are raised to it.
 pub const PC_LAYOUT_MIN_BYTES: u64 = 32 << 20;
 
+/// The largest total [`pc_layout`] builds a valid map for: 16 TiB (frame
+/// links are 32-bit pfns) less the 4 GiB below the RAM above 4 GiB.
+pub const PC_LAYOUT_MAX_BYTES: u64 = (1 << 44) - (4 << 30);
+
 /// A PC-like sparse layout of about `total` bytes of RAM: low memory below
 /// 640 KiB, the legacy hole, RAM from 1 MiB up to at most 2 GiB, the PCI hole
 /// up to 4 GiB, and the rest above 4 GiB. All three zones are populated when
