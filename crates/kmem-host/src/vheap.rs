@@ -82,6 +82,38 @@ unsafe fn resize_edges<A: Allocator>(
     None
 }
 
+/// A resize by moving: a new block for `new` (zeroed if asked), the bytes
+/// both layouts hold copied, the old block freed. For a larger alignment
+/// than the block has, which the allocator's own realloc (keeping the block
+/// where it is) cannot give.
+///
+/// # Safety
+/// As `Allocator::grow`/`shrink` on `a`.
+unsafe fn move_block<A: Allocator>(
+    a: &A,
+    p: NonNull<u8>,
+    old: Layout,
+    new: Layout,
+    zero: bool,
+) -> Result<NonNull<[u8]>, AllocError> {
+    let q = if zero {
+        a.allocate_zeroed(new)?
+    } else {
+        a.allocate(new)?
+    };
+    // SAFETY: both live and distinct; the copy fits both (forwarded
+    // contract for p).
+    unsafe {
+        ptr::copy_nonoverlapping(
+            p.as_ptr(),
+            q.cast::<u8>().as_ptr(),
+            old.size().min(new.size()),
+        );
+        a.deallocate(p, old);
+    }
+    Ok(q)
+}
+
 // ------------------------------------------------------------------ vmalloc
 
 /// An `allocator_api2` allocator over the machine's vmalloc, with a fixed
@@ -156,17 +188,8 @@ impl<'a> VmallocHeap<'a> {
         }
         if !(p.as_ptr() as usize).is_multiple_of(new.align()) {
             // vrealloc keeps the area's address: move to one aligned anew.
-            let q = self.alloc_impl(new, zero)?;
-            // SAFETY: both live and distinct; the copy fits both.
-            unsafe {
-                ptr::copy_nonoverlapping(
-                    p.as_ptr(),
-                    q.cast::<u8>().as_ptr(),
-                    old.size().min(new.size()),
-                );
-                self.deallocate(p, old);
-            }
-            return Ok(q);
+            // SAFETY: forwarded contract.
+            return unsafe { move_block(self, p, old, new, zero) };
         }
         let q = self
             .vm
@@ -272,7 +295,8 @@ impl<'a> KvmallocHeap<'a> {
         let _ = self.kv.kvfree(p.as_ptr());
     }
 
-    /// Shared body of grow, grow_zeroed and shrink: `kvrealloc`.
+    /// Shared body of grow, grow_zeroed and shrink: `kvrealloc`, or (a
+    /// larger alignment than the block has) a move.
     ///
     /// # Safety
     /// As `Allocator::grow`/`shrink`.
@@ -288,13 +312,21 @@ impl<'a> KvmallocHeap<'a> {
             return r;
         }
         let req = Self::request(new).ok_or(AllocError)?;
+        if !(p.as_ptr() as usize).is_multiple_of(new.align()) {
+            // kvrealloc keeps a block that still holds the new size where
+            // it is (kmalloc-96 objects are only 32-aligned, kmalloc-192
+            // 64-aligned): move to one aligned anew.
+            // SAFETY: forwarded contract.
+            return unsafe { move_block(self, p, old, new, zero) };
+        }
         let q = self
             .kv
             .kvrealloc(p.as_ptr(), req, self.gfp)
             .map_err(|_| AllocError)?
             .ok_or(AllocError)?;
-        // A kmalloc class holding a multiple of the alignment is aligned to
-        // it, a vmalloc area to a page.
+        // Kept in place: aligned (checked above); moved: a kmalloc class
+        // holding a multiple of the alignment is aligned to it, a vmalloc
+        // area to a page.
         debug_assert!((q.as_ptr() as usize).is_multiple_of(new.align()));
         if zero {
             // SAFETY: q is live for new.size() bytes.
