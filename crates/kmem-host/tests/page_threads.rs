@@ -374,3 +374,79 @@ fn eight_threads_on_two_cpus_order0_pingpong() {
     }
     base.assert_restored(&m);
 }
+
+/// A pageblock shared by two nodes' zones (16-17 MiB node 0, 17-18 MiB
+/// node 1): the zone owning its first frame may claim it for another
+/// migrate type (a fallback census, then a move of its free blocks, under
+/// its own lock only) while the other zone frees and allocates its part.
+/// The census refused only frames of the other zone it saw as free or
+/// allocated; a block of that zone being freed or handed out reads as a
+/// tail for a moment, and then the move shuffled the other zone's free
+/// block between this zone's lists: `verify` found the free lists corrupt
+/// within a second, every run.
+#[test]
+fn a_pageblock_shared_with_another_zone_is_never_claimed() {
+    use kmem::gfp::GFP_DMA32;
+    use kmem::page::Region;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const MIB: u64 = 1 << 20;
+    let m = Machine::new(kmem_host::MachineConfig {
+        regions: Some(vec![
+            Region::reserved(0, 16 * MIB),
+            Region::usable(16 * MIB, 17 * MIB),
+            Region::usable(17 * MIB, 18 * MIB).on_node(1),
+            Region::usable(18 * MIB, 18 * MIB + 65536),
+            // Room for the frame records.
+            Region::usable(64 * MIB, 68 * MIB).on_node(2),
+        ]),
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let pa = m.pages();
+    // Each thread on its own node only.
+    let mask = GFP_KERNEL | GFP_DMA32 | Gfp::THISNODE | Gfp::MEMALLOC | Gfp::NOWARN;
+    // The movable pages at 18 MiB pinned: node 0's movable requests then
+    // fall back to the shared pageblock.
+    let pin = pa.alloc_pages_node(0, mask | Gfp::MOVABLE, 4).unwrap();
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            kmem_host::set_cpu(0);
+            let t0 = std::time::Instant::now();
+            let mut round = 0u64;
+            let mut failure = None;
+            while t0.elapsed().as_millis() < 2000 {
+                if let Ok(p) = pa.alloc_pages_node(0, mask, 0) {
+                    pa.free_pages(p, 0).unwrap();
+                }
+                pa.drain_local_pages();
+                if let Ok(p) = pa.alloc_pages_node(0, mask | Gfp::MOVABLE, 4) {
+                    pa.free_pages(p, 4).unwrap();
+                }
+                round += 1;
+                if round.is_multiple_of(1024) {
+                    if let Err(e) = pa.verify() {
+                        failure = Some(format!("after {round} rounds: {e}"));
+                        break;
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            failure
+        });
+        s.spawn(|| {
+            kmem_host::set_cpu(1);
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(p) = pa.alloc_pages_node(1, mask, 8) {
+                    pa.free_pages(p, 8).unwrap();
+                }
+            }
+        });
+        a.join().unwrap()
+    });
+    assert_eq!(result, None);
+    pa.free_pages(pin, 4).unwrap();
+    pa.drain_all_pages();
+    pa.verify().unwrap();
+}

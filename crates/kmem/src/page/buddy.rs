@@ -238,12 +238,13 @@ impl<P: Platform> PageAllocator<P> {
             let f = self.mm.frame(p)?;
             let state = f.state();
             // A pageblock shared with another zone (or node) is not touched:
-            // its other blocks are on that zone's lists.
-            if matches!(
-                state,
-                FrameState::Buddy | FrameState::Allocated | FrameState::Pcp
-            ) && f.zone_slot() != slot
-            {
+            // its other blocks are on that zone's lists, under that zone's
+            // lock. Tested on the zone, which never changes, not on the
+            // state, which that zone changes meanwhile: a block of it being
+            // freed or handed out reads as a tail for a moment, and passing
+            // it let move_freepages_block move that zone's free block
+            // between this zone's lists.
+            if state != FrameState::Hole && f.zone_slot() != slot {
                 return None;
             }
             match state {
