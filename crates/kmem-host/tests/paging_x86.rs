@@ -731,15 +731,10 @@ fn map_range_refuses_frame_numbers_beyond_the_address_space() {
             (MapError::PhysTooLarge { pa }, false) => pa.0 == bogus.0 << 12,
             _ => false,
         };
+        let frames = [victim, bogus];
+        let (size, flags) = (PageSize::Size4K, PteFlags::KERNEL);
         // Batched: checked before anything is mapped.
-        let r = pt.map_range(
-            va,
-            &[victim, bogus],
-            PageSize::Size4K,
-            PteFlags::KERNEL,
-            GFP_KERNEL,
-        );
-        let Err(e) = r else {
+        let Err(e) = pt.map_range(va, &frames, size, flags, GFP_KERNEL) else {
             panic!("{bogus:?} mapped")
         };
         assert_eq!(e.mapped, 0);
@@ -747,14 +742,7 @@ fn map_range_refuses_frame_numbers_beyond_the_address_space() {
         assert!(pt.translate(va).is_err(), "nothing mapped");
         // One by one: the good frame is mapped, the bad one refused.
         let one = OneByOne(&pt);
-        let r = one.map_range(
-            va,
-            &[victim, bogus],
-            PageSize::Size4K,
-            PteFlags::KERNEL,
-            GFP_KERNEL,
-        );
-        let Err(e) = r else {
+        let Err(e) = one.map_range(va, &frames, size, flags, GFP_KERNEL) else {
             panic!("{bogus:?} mapped")
         };
         assert_eq!(e.mapped, 1);

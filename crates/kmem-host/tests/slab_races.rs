@@ -14,8 +14,8 @@ mod slab_common;
 
 use kmem::addr::Pfn;
 use kmem::gfp::{Gfp, GFP_KERNEL};
-use kmem::slab::{SlabAllocator, SlabConfig, SlabFlags};
-use kmem_host::{run_on_cpu, Machine, MachineConfig};
+use kmem::slab::{KmemCacheRef, SlabAllocator, SlabConfig, SlabFlags};
+use kmem_host::{run_on_cpu, HostPlatform, Machine, MachineConfig};
 use slab_common::Rng;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,25 @@ struct StopOnDrop<'a>(&'a AtomicBool);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// For `ms` milliseconds, allocates from `c` and frees in random order (at
+/// most `max_live` objects held; the seed from `t`), then frees the rest.
+fn churn(c: &KmemCacheRef<'_, HostPlatform>, t: u64, ms: u128, max_live: usize) {
+    let mut rng = Rng(0x1234_5678 + t * 7919);
+    let mut mine: Vec<NonNull<u8>> = Vec::new();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_millis() < ms {
+        if mine.len() < max_live && (mine.is_empty() || rng.below(2) == 0) {
+            mine.push(c.alloc(GFP_KERNEL).unwrap());
+        } else {
+            let k = rng.below(mine.len() as u64) as usize;
+            c.free(mine.swap_remove(k)).unwrap();
+        }
+    }
+    for p in mine {
+        c.free(p).unwrap();
     }
 }
 
@@ -124,20 +143,7 @@ fn validate_non_debug_cache_while_other_threads_free() {
             hs.push(sc.spawn(move || {
                 // Shared CPU numbers: cpu 0/1 by slot; several threads per
                 // CPU take the contended (lock-free to the slab) paths.
-                let mut rng = Rng(0x1234_5678 + t * 7919);
-                let mut mine: Vec<NonNull<u8>> = Vec::new();
-                let t0 = std::time::Instant::now();
-                while t0.elapsed().as_millis() < 3000 {
-                    if mine.len() < 20000 && (mine.is_empty() || rng.below(2) == 0) {
-                        mine.push(c.alloc(GFP_KERNEL).unwrap());
-                    } else {
-                        let k = rng.below(mine.len() as u64) as usize;
-                        c.free(mine.swap_remove(k)).unwrap();
-                    }
-                }
-                for p in mine {
-                    c.free(p).unwrap();
-                }
+                churn(c, t, 3000, 20000);
             }));
         }
         for h in hs {
@@ -247,24 +253,7 @@ fn validate_of_fp_outside_caches_while_cpus_allocate_and_free() {
             let workers: Vec<_> = (0..2u64)
                 .map(|t| {
                     let c = &c;
-                    sc.spawn(move || {
-                        run_on_cpu(t as usize, || {
-                            let mut rng = Rng(0x1234_5678 + t * 7919);
-                            let mut mine: Vec<NonNull<u8>> = Vec::new();
-                            let t0 = std::time::Instant::now();
-                            while t0.elapsed().as_millis() < 1000 {
-                                if mine.len() < 5000 && (mine.is_empty() || rng.below(2) == 0) {
-                                    mine.push(c.alloc(GFP_KERNEL).unwrap());
-                                } else {
-                                    let k = rng.below(mine.len() as u64) as usize;
-                                    c.free(mine.swap_remove(k)).unwrap();
-                                }
-                            }
-                            for p in mine {
-                                c.free(p).unwrap();
-                            }
-                        })
-                    })
+                    sc.spawn(move || run_on_cpu(t as usize, || churn(c, t, 1000, 5000)))
                 })
                 .collect();
             for w in workers {
