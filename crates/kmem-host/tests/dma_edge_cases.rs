@@ -534,3 +534,40 @@ fn page_and_offset_beyond_the_address_space_are_refused() {
     dma_unmap_page(&dev, bus, 64, DMA_TO_DEVICE).unwrap();
     m.pages().free_pages(pfn, 0).unwrap();
 }
+
+/// Linux's dma_alloc_attrs refuses `__GFP_COMP` (WARN_ON_ONCE, NULL: the
+/// memory may come from a pool or an IOMMU, not a compound page), and
+/// dma_free_attrs warns when called with IRQs disabled (the free may unmap
+/// and flush) and frees anyway. kmem stripped the bit and said nothing, and
+/// freed with IRQs off silently.
+#[test]
+fn coherent_alloc_with_gfp_comp_and_free_with_irqs_off_warn() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    m.platform().take_log();
+    let r = dma_alloc_coherent(&dev, 12 << 10, GFP_KERNEL | kmem::gfp::__GFP_COMP);
+    assert!(matches!(r, Err(DmaError::InvalidArgument(_))), "{r:?}");
+    let log = m.platform().take_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dma_alloc_coherent with __GFP_COMP")),
+        "{log:#?}"
+    );
+    m.pages().drain_all_pages();
+    let free = m.pages().nr_free_pages();
+    let (cpu, bus) = dma_alloc_coherent(&dev, 12 << 10, GFP_KERNEL).unwrap();
+    {
+        let _irqs_off = kmem_host::spin_lock_irqsave();
+        dma_free_coherent(&dev, 12 << 10, cpu.as_ptr(), bus).unwrap();
+    }
+    let log = m.platform().take_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("dma_free_coherent with IRQs disabled")),
+        "{log:#?}"
+    );
+    m.pages().drain_all_pages();
+    assert_eq!(m.pages().nr_free_pages(), free, "freed all the same");
+    assert_eq!(dma.debug().live_entries(), 0);
+}

@@ -74,6 +74,18 @@ pub(crate) fn alloc_coherent_at<P: Platform>(
     if size == 0 {
         return Err(DmaError::ZeroSize);
     }
+    if gfp.contains(Gfp::COMP) {
+        // Linux (6.2 on): WARN_ON_ONCE(flag & __GFP_COMP), NULL. Coherent
+        // memory may come from a pool or an IOMMU, never a compound page.
+        dev.dma().pages.platform().warn(format_args!(
+            "WARNING: {} {}: dma_alloc_coherent with __GFP_COMP at {site}",
+            dev.driver(),
+            dev.name()
+        ));
+        return Err(DmaError::InvalidArgument(
+            "dma_alloc_coherent: __GFP_COMP is not allowed",
+        ));
+    }
     let order = get_order(size);
     if order > MAX_PAGE_ORDER {
         return Err(DmaError::NoMemory(AllocError::SizeTooLarge {
@@ -83,7 +95,7 @@ pub(crate) fn alloc_coherent_at<P: Platform>(
     }
     let pages = dev.dma().pages;
     let mask = dev.coherent_mask();
-    let base = (gfp - Gfp::DMA - Gfp::DMA32 - Gfp::HIGHMEM - Gfp::COMP) | Gfp::ZERO;
+    let base = (gfp - Gfp::DMA - Gfp::DMA32 - Gfp::HIGHMEM) | Gfp::ZERO;
     let mut zone = dma_zone_for_mask(mask);
     let pfn = loop {
         let zgfp = match zone {
@@ -156,6 +168,15 @@ pub(crate) fn free_coherent_at<P: Platform>(
     site: &'static Location<'static>,
 ) -> Result<(), DmaError> {
     let dma = dev.dma();
+    if dma.pages.platform().context().irqs_disabled {
+        // Linux: WARN_ON(irqs_disabled()) in dma_free_attrs (the free may
+        // unmap and flush); the free goes on.
+        dma.pages.platform().warn(format_args!(
+            "WARNING: {} {}: dma_free_coherent with IRQs disabled at {site}",
+            dev.driver(),
+            dev.name()
+        ));
+    }
     let (entry, report) = dma.debug.check_unmap(
         dev,
         dma_handle,
