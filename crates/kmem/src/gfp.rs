@@ -395,11 +395,6 @@ pub enum GfpError {
     BadZone(Gfp),
     /// Both `__GFP_MOVABLE` and `__GFP_RECLAIMABLE` are set: an allocation has one mobility.
     MovableAndReclaimable(Gfp),
-    /// `__GFP_NOFAIL` without `__GFP_DIRECT_RECLAIM`: only an allocation that can sleep and
-    /// reclaim can promise never to fail.
-    NofailWithoutReclaim(Gfp),
-    /// `__GFP_NOFAIL` together with `__GFP_NORETRY`: never fail and give up early contradict.
-    NofailWithNoretry(Gfp),
     /// Bits that name no flag (bit 9, bits 28 and up).
     UnknownBits(u32),
 }
@@ -434,15 +429,6 @@ impl fmt::Display for GfpError {
                 f,
                 "invalid GFP mask {gfp}: __GFP_MOVABLE and __GFP_RECLAIMABLE select different \
                  migrate types"
-            ),
-            GfpError::NofailWithoutReclaim(gfp) => write!(
-                f,
-                "invalid GFP mask {gfp}: __GFP_NOFAIL needs __GFP_DIRECT_RECLAIM (an allocation \
-                 that cannot sleep cannot promise never to fail)"
-            ),
-            GfpError::NofailWithNoretry(gfp) => write!(
-                f,
-                "invalid GFP mask {gfp}: __GFP_NOFAIL and __GFP_NORETRY contradict each other"
             ),
             GfpError::UnknownBits(bits) => {
                 write!(f, "invalid GFP mask: unknown bits {bits:#x}")
@@ -493,8 +479,9 @@ impl Gfp {
     }
 
     /// Checks the mask against Linux's rules, in this order: no unknown bits, at most one zone
-    /// selector, at most one mobility, and `__GFP_NOFAIL` only with `__GFP_DIRECT_RECLAIM` and
-    /// without `__GFP_NORETRY`. Cheap (a few bit tests): it runs on every allocation.
+    /// selector, at most one mobility. Cheap (a few bit tests): it runs on every allocation.
+    /// (`__GFP_NOFAIL` with `__GFP_NORETRY` or without `__GFP_DIRECT_RECLAIM` is served, as
+    /// Linux serves it: the page allocator warns once if such a request runs out of memory.)
     ///
     /// # Errors
     ///
@@ -511,14 +498,6 @@ impl Gfp {
         }
         if b & MOBILITY_MASK == MOBILITY_MASK {
             return Err(GfpError::MovableAndReclaimable(self));
-        }
-        if b & Gfp::NOFAIL.bits() != 0 {
-            if b & Gfp::DIRECT_RECLAIM.bits() == 0 {
-                return Err(GfpError::NofailWithoutReclaim(self));
-            }
-            if b & Gfp::NORETRY.bits() != 0 {
-                return Err(GfpError::NofailWithNoretry(self));
-            }
         }
         Ok(())
     }
@@ -1146,12 +1125,14 @@ mod tests {
         }
         let g = GFP_KERNEL | G::MOVABLE | G::RECLAIMABLE;
         assert_eq!(g.validate(), Err(GfpError::MovableAndReclaimable(g)));
-        let g = GFP_ATOMIC | G::NOFAIL;
-        assert_eq!(g.validate(), Err(GfpError::NofailWithoutReclaim(g)));
-        let g = GFP_NOWAIT | G::NOFAIL;
-        assert_eq!(g.validate(), Err(GfpError::NofailWithoutReclaim(g)));
-        let g = GFP_KERNEL | G::NOFAIL | G::NORETRY;
-        assert_eq!(g.validate(), Err(GfpError::NofailWithNoretry(g)));
+        // Linux serves these (and warns once if one runs out of memory).
+        for g in [
+            GFP_ATOMIC | G::NOFAIL,
+            GFP_NOWAIT | G::NOFAIL,
+            GFP_KERNEL | G::NOFAIL | G::NORETRY,
+        ] {
+            assert_eq!(g.validate(), Ok(()), "{g}");
+        }
         let g = GFP_KERNEL | G::from_bits_retain(0x200);
         assert_eq!(g.validate(), Err(GfpError::UnknownBits(0x200)));
         let g = G::from_bits_retain(1 << 28) | G::DMA | G::DMA32;
@@ -1175,17 +1156,6 @@ mod tests {
                 GfpError::MovableAndReclaimable(GFP_NOFS | Gfp::MOVABLE | Gfp::RECLAIMABLE),
                 "invalid GFP mask GFP_NOFS|__GFP_MOVABLE|__GFP_RECLAIMABLE: __GFP_MOVABLE and \
                  __GFP_RECLAIMABLE select different migrate types",
-            ),
-            (
-                GfpError::NofailWithoutReclaim(GFP_ATOMIC | Gfp::NOFAIL),
-                "invalid GFP mask GFP_ATOMIC|__GFP_NOFAIL: __GFP_NOFAIL needs \
-                 __GFP_DIRECT_RECLAIM (an allocation that cannot sleep cannot promise never to \
-                 fail)",
-            ),
-            (
-                GfpError::NofailWithNoretry(GFP_KERNEL | Gfp::NOFAIL | Gfp::NORETRY),
-                "invalid GFP mask GFP_KERNEL|__GFP_NOFAIL|__GFP_NORETRY: __GFP_NOFAIL and \
-                 __GFP_NORETRY contradict each other",
             ),
             (
                 GfpError::UnknownBits(0x200),

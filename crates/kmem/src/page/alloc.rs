@@ -428,6 +428,18 @@ impl<P: Platform> PageAllocator<P> {
         }
     }
 
+    /// Warns once per allocator for `site`, unless the mask has
+    /// `__GFP_NOWARN` (Linux's `WARN_ON_ONCE_GFP`).
+    fn warn_once(&self, site: NofailWarning, req: &Request, what: &str) {
+        let bit = site as u32;
+        if !req.gfp.contains(Gfp::NOWARN) && self.warned_once.fetch_or(bit, Relaxed) & bit == 0 {
+            self.platform().warn(format_args!(
+                "WARNING: page allocation of order {} with {}: {what} (warned once)",
+                req.order, req.gfp
+            ));
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn alloc_slowpath(&self, req: &Request) -> Result<u64, AllocError> {
@@ -462,9 +474,26 @@ impl<P: Platform> PageAllocator<P> {
             // if that needs no waiting (an interrupt may have landed inside
             // this CPU's own list section).
             self.try_drain_local_pages();
-            return self
-                .attempt(req, flags)
-                .ok_or_else(|| self.no_memory(req, false, false));
+            let r = self.attempt(req, flags);
+            if r.is_none() && gfp.contains(Gfp::NOFAIL) {
+                // Linux: a __GFP_NOFAIL request that cannot reclaim fails
+                // after WARN_ON_ONCE; one inside reclaim warns too (and
+                // loops there; here it fails, as it cannot reclaim).
+                if !gfp.allows_blocking() {
+                    self.warn_once(
+                        NofailWarning::NoReclaim,
+                        req,
+                        "__GFP_NOFAIL without __GFP_DIRECT_RECLAIM fails like any other",
+                    );
+                } else {
+                    self.warn_once(
+                        NofailWarning::InReclaim,
+                        req,
+                        "__GFP_NOFAIL inside direct reclaim (PF_MEMALLOC) cannot reclaim",
+                    );
+                }
+            }
+            return r.ok_or_else(|| self.no_memory(req, false, false));
         }
 
         let costly = req.order > PAGE_ALLOC_COSTLY_ORDER;
@@ -482,7 +511,9 @@ impl<P: Platform> PageAllocator<P> {
             if let Some(pfn) = self.attempt(req, flags) {
                 return Ok(pfn);
             }
-            if gfp.contains(Gfp::NORETRY) {
+            // Linux: NORETRY's early exit leads to the __GFP_NOFAIL loop,
+            // so NOFAIL wins.
+            if gfp.contains(Gfp::NORETRY) && !gfp.contains(Gfp::NOFAIL) {
                 return Err(self.no_memory(req, true, false));
             }
             if costly && !gfp.intersects(Gfp::RETRY_MAYFAIL | Gfp::NOFAIL) {
@@ -500,7 +531,15 @@ impl<P: Platform> PageAllocator<P> {
         }
 
         if gfp.contains(Gfp::NOFAIL) {
-            // Linux: after OOM, __GFP_NOFAIL gets the min reserve and loops.
+            // Linux: after OOM, __GFP_NOFAIL gets the min reserve and loops
+            // (warning once about a costly order it is not prepared for).
+            if costly {
+                self.warn_once(
+                    NofailWarning::CostlyOrder,
+                    req,
+                    "__GFP_NOFAIL of a costly order (above 3)",
+                );
+            }
             flags.0 |= AllocFlags::MIN_RESERVE;
             loop {
                 self.stats.nofail_wait.fetch_add(1, Relaxed);
@@ -576,4 +615,18 @@ impl<P: Platform> PageAllocator<P> {
         }
         e
     }
+}
+
+/// The page allocator's `__GFP_NOFAIL` `WARN_ON_ONCE` sites (bits of
+/// `PageAllocator::warned_once`).
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+pub(crate) enum NofailWarning {
+    /// `__GFP_NOFAIL` without direct reclaim ran out of memory.
+    NoReclaim = 1,
+    /// `__GFP_NOFAIL` inside direct reclaim ran out of memory.
+    InReclaim = 2,
+    /// `__GFP_NOFAIL` of an order above `PAGE_ALLOC_COSTLY_ORDER` reached
+    /// its retry loop.
+    CostlyOrder = 4,
 }

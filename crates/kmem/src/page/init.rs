@@ -214,6 +214,7 @@ impl<P: Platform> PageAllocator<P> {
             memmap_pages: early.pages_taken(),
             shrinkers: lock_api::Mutex::new(super::reclaim::ShrinkerSet::new()),
             stats: VmStats::default(),
+            warned_once: core::sync::atomic::AtomicU32::new(0),
         };
 
         // Hand usable RAM to the buddy lists.

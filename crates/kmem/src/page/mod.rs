@@ -129,6 +129,9 @@ pub struct PageAllocator<P: Platform> {
     memmap_pages: u64,
     pub(crate) shrinkers: lock_api::Mutex<P::Lock, reclaim::ShrinkerSet<P>>,
     pub(crate) stats: VmStats,
+    /// Linux's `WARN_ON_ONCE` sites that have fired (bits of
+    /// [`alloc::NofailWarning`]).
+    pub(crate) warned_once: core::sync::atomic::AtomicU32,
 }
 
 // SAFETY: the raw per-CPU pointer refers to memory owned for the allocator's
