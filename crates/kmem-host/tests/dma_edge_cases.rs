@@ -571,3 +571,24 @@ fn coherent_alloc_with_gfp_comp_and_free_with_irqs_off_warn() {
     assert_eq!(m.pages().nr_free_pages(), free, "freed all the same");
     assert_eq!(dma.debug().live_entries(), 0);
 }
+
+/// An unmap of DMA_MAPPING_ERROR (a driver that did not check
+/// dma_mapping_error) reads as Linux's check_unmap says it: "device driver
+/// tries to free an invalid DMA memory address", not as an address the
+/// device never mapped.
+#[test]
+fn unmap_of_the_error_address_says_invalid_address() {
+    let m = machine();
+    let dma = dma(&m);
+    let dev = Device::new(&dma, "drv", "dev");
+    m.platform().take_log();
+    let e = dma_unmap_single(&dev, DMA_MAPPING_ERROR, 4096, DMA_TO_DEVICE).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "DMA-API: drv dev: device driver tries to free an invalid DMA memory address at "
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("not allocated"), "{text}");
+}

@@ -338,10 +338,15 @@ impl fmt::Display for DebugReport {
             }
             Violation::NotMapped { free, unmapped_at } => {
                 let _ = free;
-                write!(
-                    f,
-                    "device driver tries to free DMA memory it has not allocated [device address={a}] [size={sz} bytes]"
-                )?;
+                if a == super::DMA_MAPPING_ERROR {
+                    // Linux's check_unmap says this of the error address.
+                    f.write_str("device driver tries to free an invalid DMA memory address")?;
+                } else {
+                    write!(
+                        f,
+                        "device driver tries to free DMA memory it has not allocated [device address={a}] [size={sz} bytes]"
+                    )?;
+                }
                 if let Some(l) = unmapped_at {
                     write!(f, " (double unmap: already unmapped at {l})")?;
                 }
