@@ -333,6 +333,62 @@ fn sync_beyond_the_mapping_or_in_another_direction_is_reported() {
     m.pages().free_pages(pfn, 1).unwrap();
 }
 
+/// A sync in the wrong direction that also moves data the mapping's
+/// direction forbids gets Linux's second check_sync report: "syncs device
+/// read-only DMA memory for cpu" (a DMA_TO_DEVICE mapping synced for the
+/// CPU) or "syncs device write-only DMA memory to device" (a
+/// DMA_FROM_DEVICE mapping synced for the device); kmem gave the first
+/// only. A wrong direction that moves nothing forbidden gets the first
+/// alone.
+#[test]
+fn sync_against_the_mapping_direction_gets_the_second_report() {
+    setup!(m, dma, dev, pfn, cpu);
+    let cases = [
+        (
+            DMA_TO_DEVICE,
+            DMA_FROM_DEVICE,
+            true,
+            Some("syncs device read-only DMA memory for cpu"),
+        ),
+        (
+            DMA_FROM_DEVICE,
+            DMA_TO_DEVICE,
+            false,
+            Some("syncs device write-only DMA memory to device"),
+        ),
+        (DMA_FROM_DEVICE, DMA_TO_DEVICE, true, None),
+        (DMA_TO_DEVICE, DMA_FROM_DEVICE, false, None),
+    ];
+    for (mapped, synced, to_cpu, second) in cases {
+        let bus = dma_map_single(&dev, cpu, 1000, mapped).unwrap();
+        m.platform().take_log();
+        let errors = dma.debug().errors();
+        let r = if to_cpu {
+            dma_sync_single_for_cpu(&dev, bus, 1000, synced)
+        } else {
+            dma_sync_single_for_device(&dev, bus, 1000, synced)
+        };
+        let first = report(r.unwrap_err()).to_string();
+        assert!(
+            first.contains("syncs DMA memory with different direction"),
+            "{first}"
+        );
+        let log = m.platform().take_log();
+        let expect = 1 + usize::from(second.is_some());
+        assert_eq!(log.len(), expect, "{log:#?}");
+        assert_eq!(dma.debug().errors() - errors, expect);
+        if let Some(text) = second {
+            assert!(log[1].contains(text), "{log:#?}");
+            assert!(
+                log[1].contains(&format!("[mapped with {mapped}] [synced with {synced}]")),
+                "{log:#?}"
+            );
+        }
+        dma_unmap_single(&dev, bus, 1000, mapped).unwrap();
+    }
+    m.pages().free_pages(pfn, 1).unwrap();
+}
+
 #[test]
 fn cpu_access_to_a_buffer_the_device_owns_is_reported() {
     let m = machine();

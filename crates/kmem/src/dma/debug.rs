@@ -262,6 +262,18 @@ pub enum Violation {
         /// Direction given to the sync.
         synced: DmaDirection,
     },
+    /// Sync, after [`Violation::SyncWrongDirection`], that moves data the
+    /// mapping's direction says never moves that way: for the CPU, of a
+    /// mapping only the device reads (`DMA_TO_DEVICE`); to the device, of one
+    /// only the device writes (`DMA_FROM_DEVICE`).
+    SyncAgainstMapping {
+        /// Direction mapped.
+        mapped: DmaDirection,
+        /// Direction given to the sync.
+        synced: DmaDirection,
+        /// A sync for the CPU (else for the device).
+        to_cpu: bool,
+    },
     /// The CPU touched a buffer the device owns.
     CpuAccessDeviceOwned {
         /// CPU address touched.
@@ -406,6 +418,16 @@ impl fmt::Display for DebugReport {
             Violation::SyncWrongDirection { mapped, synced } => write!(
                 f,
                 "device driver syncs DMA memory with different direction [device address={a}] [size={sz} bytes] [mapped with {mapped}] [synced with {synced}]"
+            )?,
+            Violation::SyncAgainstMapping {
+                mapped,
+                synced,
+                to_cpu,
+            } => write!(
+                f,
+                "device driver syncs device {} DMA memory {} [device address={a}] [size={sz} bytes] [mapped with {mapped}] [synced with {synced}]",
+                if to_cpu { "read-only" } else { "write-only" },
+                if to_cpu { "for cpu" } else { "to device" }
             )?,
             Violation::CpuAccessDeviceOwned { cpu_addr, len, dir } => write!(
                 f,
@@ -1023,7 +1045,23 @@ impl<P: Platform> DmaDebug<P> {
                 mapped: e.direction(),
                 synced: dir,
             };
-            return Err(self.report(dev, v, bus, size, site, e.site));
+            let first = self.report(dev, v, bus, size, site, e.site);
+            // Linux's check_sync goes on to say which way the data may not
+            // go: reported too (and counted), the first report returned.
+            let against = if to_cpu {
+                e.direction() != DmaDirection::FromDevice && dir != DmaDirection::ToDevice
+            } else {
+                e.direction() != DmaDirection::ToDevice && dir != DmaDirection::FromDevice
+            };
+            if against {
+                let v = Violation::SyncAgainstMapping {
+                    mapped: e.direction(),
+                    synced: dir,
+                    to_cpu,
+                };
+                self.report(dev, v, bus, size, site, e.site);
+            }
+            return Err(first);
         }
         Ok(Some(e))
     }
