@@ -443,6 +443,18 @@ fn bad_cache_parameters() {
     assert!(s
         .kmem_cache_create("", 64, 0, SlabFlags::empty(), None)
         .is_err());
+    // A flag only the allocator sets is refused, as Linux refuses flags
+    // outside SLAB_FLAGS_PERMITTED (-EINVAL); kmem used to drop it quietly.
+    let e = s
+        .kmem_cache_create("x", 64, 0, SlabFlags::OBJECT_POISON, None)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        kmem::slab::CacheCreateError::InternalFlags {
+            flags: SlabFlags::OBJECT_POISON
+        }
+    );
+    assert!(e.to_string().contains("-EINVAL"), "{e}");
     assert!(m.platform().log_contains("kmem_cache_create"));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _ = s.kmem_cache_create("x", 0, 0, SlabFlags::PANIC, None);

@@ -307,6 +307,12 @@ pub enum CacheCreateError {
     },
     /// Name empty.
     BadName,
+    /// Flags only the allocator sets (`OBJECT_POISON`): Linux refuses
+    /// flags outside `SLAB_FLAGS_PERMITTED` with -EINVAL.
+    InternalFlags {
+        /// The flags refused.
+        flags: super::SlabFlags,
+    },
     /// No slab order up to MAX_PAGE_ORDER holds one object with its metadata.
     TooLarge {
         /// Object size with metadata.
@@ -334,6 +340,10 @@ impl core::fmt::Display for CacheCreateError {
                 write!(f, "kmem_cache_create: alignment {align} is not a power of two")
             }
             CacheCreateError::BadName => write!(f, "kmem_cache_create: a cache needs a name"),
+            CacheCreateError::InternalFlags { flags } => write!(
+                f,
+                "kmem_cache_create: flags {flags:?} are the allocator's own, not a caller's (Linux: -EINVAL)"
+            ),
             CacheCreateError::TooLarge { size } => write!(
                 f,
                 "kmem_cache_create: objects of {size} bytes with their metadata do not fit a slab of order {MAX_PAGE_ORDER}"

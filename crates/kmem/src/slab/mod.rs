@@ -981,12 +981,17 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         if align != 0 && !align.is_power_of_two() {
             return Err(CacheCreateError::BadAlign { align });
         }
+        if flags.contains(SlabFlags::OBJECT_POISON) {
+            return Err(CacheCreateError::InternalFlags {
+                flags: SlabFlags::OBJECT_POISON,
+            });
+        }
         if let Some(v) = sleep_in_atomic(self.pages, self.global(), caller) {
             return Err(CacheCreateError::InAtomic(v));
         }
         let g = self.global();
         let cfg = g.config;
-        let mut flags = flags - SlabFlags::OBJECT_POISON;
+        let mut flags = flags;
         if !flags.contains(SlabFlags::NO_USER_FLAGS) {
             flags |= cfg.slab_debug.flags_for(name);
         }
