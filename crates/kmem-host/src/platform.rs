@@ -143,6 +143,11 @@ impl Platform for HostPlatform {
         MEMALLOC.with(|m| m.get())
     }
 
+    /// The host thread's id (`gettid`): each thread is a task.
+    fn task_id(&self) -> u32 {
+        rustix::thread::gettid().as_raw_nonzero().get() as u32
+    }
+
     fn relax(&self) {
         std::thread::yield_now();
     }

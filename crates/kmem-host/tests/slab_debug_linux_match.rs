@@ -14,6 +14,7 @@ use kmem::slab::{
     KmemCache, SlabAllocator, SlabConfig, SlabDebug, SlabFlags, POISON_END, POISON_FREE,
     POISON_INUSE, SLUB_RED_ACTIVE, SLUB_RED_INACTIVE,
 };
+use kmem::Platform;
 use kmem_host::{HostPlatform, Machine, MachineConfig};
 use std::ptr::NonNull;
 
@@ -389,9 +390,10 @@ fn tracking_records_callers() {
     let _ = here_line;
 }
 
-/// The CPU recorded in the tracking record is the CPU the caller ran on.
+/// The CPU and task recorded in the tracking record are those of the
+/// caller (Linux's print_track: `age= cpu= pid=`; kmem printed no pid).
 #[test]
-fn tracking_records_cpu() {
+fn tracking_records_cpu_and_pid() {
     let m = Machine::new(MachineConfig {
         ram_bytes: 64 << 20,
         nr_cpus: 4,
@@ -402,8 +404,25 @@ fn tracking_records_cpu() {
     let c = s
         .kmem_cache_create("zzcpu", 40, 0, SlabFlags::empty(), None)
         .unwrap();
-    let p = kmem_host::run_on_cpu(3, || c.alloc(GFP_KERNEL).unwrap().as_ptr());
-    kmem_host::run_on_cpu(2, || c.free(NonNull::new(p).unwrap()).unwrap());
+    let (p, alloc_pid) = kmem_host::run_on_cpu(3, || {
+        (
+            c.alloc(GFP_KERNEL).unwrap().as_ptr(),
+            m.platform().task_id(),
+        )
+    });
+    // Freed by another thread: another task.
+    let addr = p as usize;
+    let free_pid = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            kmem_host::run_on_cpu(2, || {
+                c.free(NonNull::new(addr as *mut u8).unwrap()).unwrap();
+                m.platform().task_id()
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(alloc_pid != 0 && free_pid != 0 && alloc_pid != free_pid);
     // Corrupt the poison so the report prints the tracking.
     unsafe { *p = 0 };
     c.validate();
@@ -413,8 +432,14 @@ fn tracking_records_cpu() {
         .find(|l| l.starts_with("Allocated in"))
         .expect(&log);
     let free_line = log.lines().find(|l| l.starts_with("Freed in")).expect(&log);
-    assert!(alloc_line.ends_with("cpu=3"), "{alloc_line}");
-    assert!(free_line.ends_with("cpu=2"), "{free_line}");
+    assert!(
+        alloc_line.ends_with(&format!("cpu=3 pid={alloc_pid}")),
+        "{alloc_line}"
+    );
+    assert!(
+        free_line.ends_with(&format!("cpu=2 pid={free_pid}")),
+        "{free_line}"
+    );
 }
 
 /// Long random alloc / free / krealloc / ksize with all debug flags: no

@@ -118,6 +118,13 @@ pub trait Platform: Send + Sync + 'static {
         false
     }
 
+    /// The running task's id (Linux's `current->pid`), printed in the slab
+    /// debugging's tracking lines (`pid=`). The default, 0, is Linux's
+    /// idle task: for a platform that keeps no tasks.
+    fn task_id(&self) -> u32 {
+        0
+    }
+
     /// Wait a little for another CPU to make progress (free memory, release a
     /// lock). Called only from contexts that may block or spin.
     fn relax(&self) {

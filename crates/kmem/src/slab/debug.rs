@@ -16,8 +16,9 @@
 //! - `P` poison: free objects hold 0x6b ... 0xa5 (the free pointer moves past
 //!   the object), padding 0x5a; a write after free shows up as "Poison
 //!   overwritten" at the next check.
-//! - `U` tracking: the call site (`#[track_caller]`), CPU and time (a global
-//!   event count) of the last allocation and free of each object.
+//! - `U` tracking: the call site (`#[track_caller]`), CPU, task
+//!   (`Platform::task_id`) and time (a global event count) of the last
+//!   allocation and free of each object.
 //! - `T` trace every alloc and free.
 //!
 //! Reports read like Linux's: a `BUG <cache>: <what>` banner, the details,
@@ -187,14 +188,13 @@ impl<P: Platform> fmt::Display for Tracking<'_, P> {
         }
         let now = self.cache.global().ticks.load(Relaxed);
         for (what, item) in [("Allocated", TrackItem::Alloc), ("Freed", TrackItem::Free)] {
-            if let Some((loc, cpu, when)) = self.cache.get_track(self.obj, item) {
+            if let Some((loc, cpu, pid, when)) = self.cache.get_track(self.obj, item) {
                 writeln!(
                     f,
-                    "{what} in {}:{} age={} cpu={}",
+                    "{what} in {}:{} age={} cpu={cpu} pid={pid}",
                     loc.file(),
                     loc.line(),
                     now.wrapping_sub(when),
-                    cpu
                 )?;
             }
         }
@@ -419,12 +419,14 @@ impl<P: Platform> KmemCache<P> {
         let t = self.track_addr(obj, item) as *mut usize;
         let loc = caller as *const Location<'static> as usize;
         let when = self.global().ticks.fetch_add(1, Relaxed);
-        let cpu = self.platform().cpu_id();
+        // Linux's track keeps an int cpu and an int pid: one word here.
+        let cpu_pid = (self.platform().cpu_id() as u32 as usize)
+            | ((self.platform().task_id() as usize) << 32);
         // SAFETY: the track records are inside the object's metadata.
         unsafe {
             t.write(loc);
             t.add(1).write(loc ^ TRACK_MAGIC);
-            t.add(2).write(cpu);
+            t.add(2).write(cpu_pid);
             t.add(3).write(when as usize);
         }
     }
@@ -441,13 +443,13 @@ impl<P: Platform> KmemCache<P> {
         &self,
         obj: usize,
         item: TrackItem,
-    ) -> Option<(&'static Location<'static>, usize, u64)> {
+    ) -> Option<(&'static Location<'static>, u32, u32, u64)> {
         if !self.flags.contains(SlabFlags::STORE_USER) {
             return None;
         }
         let t = self.track_addr(obj, item) as *const usize;
         // SAFETY: inside the object's metadata.
-        let (loc, check, cpu, when) =
+        let (loc, check, cpu_pid, when) =
             unsafe { (t.read(), t.add(1).read(), t.add(2).read(), t.add(3).read()) };
         if loc == 0 || check != loc ^ TRACK_MAGIC {
             return None;
@@ -456,7 +458,8 @@ impl<P: Platform> KmemCache<P> {
         // shadow): a `&'static Location`.
         Some((
             unsafe { &*(loc as *const Location<'static>) },
-            cpu,
+            cpu_pid as u32,
+            (cpu_pid >> 32) as u32,
             when as u64,
         ))
     }
