@@ -797,3 +797,39 @@ fn layout_bytes_aligned() {
         }
     }
 }
+
+/// A padding overwrite found after another problem of the same object
+/// still prints the object (Linux's check_pad_bytes always passes true;
+/// kmem passed "nothing reported yet", so the second report had no dump),
+/// and the hex dump's ASCII column shows a space as a space, as Linux's
+/// hex_dump_to_buffer (isascii && isprint) does.
+#[test]
+fn padding_report_after_a_red_zone_report_keeps_its_dump() {
+    let m = machine();
+    let s = slab_with(&m, "FZPU");
+    let c = s
+        .kmem_cache_create("zzpad", 40, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let c: &KmemCache<HostPlatform> = unsafe { &*(&*c as *const _) };
+    let obj = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+    unsafe { std::ptr::copy_nonoverlapping(b"a b c d ".as_ptr(), obj, 8) };
+    let regions = expected(c, true, c.object_size());
+    let at = |what: &str| regions.iter().find(|r| r.3 == what).expect(what).0;
+    unsafe {
+        obj.offset(at("right redzone")).write(0x42);
+        obj.offset(at("padding")).write(0x42);
+    }
+    m.platform().take_log();
+    c.validate();
+    let log = m.platform().take_log();
+    let pad = log
+        .iter()
+        .find(|l| l.contains("Object padding overwritten"))
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(pad.contains("\nObject   "), "no object dump: {pad}");
+    assert!(
+        pad.contains("a b c d "),
+        "spaces in the ASCII column: {pad}"
+    );
+    assert_eq!(bug_lines(&log).len(), 2, "{log:#?}");
+}

@@ -100,7 +100,9 @@ impl fmt::Display for Hex<'_> {
                     // SAFETY: reports only dump ranges inside a live slab.
                     let b = unsafe { ((self.addr + off + i) as *const u8).read_volatile() };
                     write!(f, "{b:02x} ")?;
-                    if b.is_ascii_graphic() {
+                    // Linux's hex_dump_to_buffer: isascii && isprint (a
+                    // space included).
+                    if b == b' ' || b.is_ascii_graphic() {
                         *a = b;
                     }
                 } else {
@@ -733,7 +735,8 @@ impl<P: Platform> KmemCache<P> {
                     ret = false;
                 }
             }
-            if !self.check_pad_bytes(slab, obj, ret) {
+            // Linux's check_pad_bytes always prints the object.
+            if !self.check_pad_bytes(slab, obj, true) {
                 ret = false;
             }
         }
