@@ -29,7 +29,7 @@ and prints its /proc files, in Linux's formats:
   zoneinfo      per zone: free pages, min/low/high watermarks, spanned,
                 present and managed pages, lowmem protection, per-CPU lists
   meminfo       MemTotal, MemFree, MemAvailable
-  vmstat        the page allocator's counters, one `name value` per line
+  vmstat        kmem's page-allocator counters (kmem's names), one `name value` per line
                 (fast path, slow path, reserves, reclaim, failures)
 
 Name FILEs to print only those, e.g. `kmem stat buddyinfo zoneinfo`.
@@ -58,7 +58,8 @@ pub enum ProcFile {
     Zoneinfo,
     /// /proc/meminfo: total, free, available.
     Meminfo,
-    /// /proc/vmstat: the page allocator's counters.
+    /// kmem's page-allocator counters in /proc/vmstat's `name value`
+    /// layout (the names are kmem's, not Linux's).
     Vmstat,
 }
 

@@ -87,7 +87,10 @@ happened. Every number is measured during the run; nothing is canned.
      4 GiB through swiotlb, with the copies counted and timed.
 
 Reading the output: counts are 4 KiB pages unless a unit is given; zone
-names, GFP masks, /proc lines and warnings are spelled as Linux spells them.
+names, GFP masks and /proc lines are spelled as Linux spells them; warnings
+and reports follow Linux's wording where Linux has one (the kmalloc size-limit
+warning is kmem's: Linux's is a page allocator WARN_ON_ONCE that does not
+name kmalloc; slab reports leave out Linux's taint field).
 A line starting with `NOT SHOWN:` means the run did not bear out a claim;
 the command then exits with status 1.
 

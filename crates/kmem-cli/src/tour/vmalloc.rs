@@ -568,8 +568,10 @@ fn cost(
         o,
         "vmalloc column: kmem's x86-64 tables in memory, what a kernel runs (Linux's range \
          0xffffc90000000000). hosted: the same tables plus mmap of the memfd pages at the same \
-         addresses, so the pointers are real; the system calls dominate. Emptied page tables are \
-         freed at each lazy purge ({} purges, {} full TLB flushes on the in-memory tables so far).",
+         addresses, so the pointers are real; the system calls dominate. Unlike Linux, which \
+         keeps vmalloc's page tables once made, kmem frees the emptied ones at each lazy purge, \
+         so these figures include making them again ({} purges, {} full TLB flushes on the \
+         in-memory tables so far).",
         group(inmem.stats().purges),
         group(st.full_flushes as u64)
     );
