@@ -161,3 +161,54 @@ fn zoneinfo_has_linux_zone_blocks_and_thresholds() {
     // as in the snapshot.
     assert_eq!(thresholds[0], "  vm stats threshold: 4");
 }
+
+/// Every watermark and pageset line Linux 6.18 prints in a zone block is
+/// there, in Linux's order and spelling: `promo` after `high` (Linux 6.1
+/// on), `high_min` / `high_max` after each CPU's `batch` (6.7 on); kmem
+/// printed neither. The per-node stats and the zone `nr_*`/`numa_*`
+/// counters are left out (procfs.rs says so) and so are not compared.
+#[test]
+fn zoneinfo_zone_block_fields_match_the_snapshot() {
+    let snap = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/traces/build/before.zoneinfo"),
+    )
+    .expect("the shared build trace's zoneinfo snapshot");
+    // The field names of the first zone block (DMA), counters left out.
+    let fields = |s: &str| -> Vec<String> {
+        let block = s.split("Node 0, zone    DMA32").next().unwrap();
+        block
+            .split("zone      DMA")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.starts_with("        ") || l.starts_with("  ") && !l.starts_with("      ")
+            })
+            .filter_map(|l| {
+                let t = l.trim_start();
+                let name = t.split([' ', ':']).next()?;
+                (!name.is_empty()).then(|| name.to_string())
+            })
+            .filter(|n| !n.starts_with("nr_") && !n.starts_with("numa_") && n != "per-node")
+            .collect()
+    };
+    let m = Machine::new(MachineConfig {
+        ram_bytes: 2 * GIB,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let z = text(|s| kmem::procfs::zoneinfo(m.pages(), s));
+    assert_eq!(fields(&z), fields(&snap), "{z}");
+    let want = ["high", "promo", "spanned"];
+    let f = fields(&z);
+    assert!(f.windows(3).any(|w| w == want), "{f:?}");
+    for needle in ["              high_min: ", "              high_max: "] {
+        assert_eq!(
+            z.lines().filter(|l| l.starts_with(needle)).count(),
+            snap.lines().filter(|l| l.starts_with(needle)).count(),
+            "{needle}"
+        );
+    }
+}

@@ -5,7 +5,8 @@
 //! Each function writes into any `core::fmt::Write` (a `String` on the
 //! host, a fixed buffer in a kernel). Fields Linux prints that kmem has no
 //! notion of (file pages, swap, ...) are left out of meminfo; zoneinfo prints
-//! the zone blocks without the per-node LRU statistics.
+//! the zone blocks without the per-node LRU statistics, and the per-CPU
+//! lists' `high_min`/`high_max` both as kmem's fixed `high`.
 
 use crate::addr::{NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER, PAGE_SIZE};
 use crate::gfp::{MigrateType, ZoneType};
@@ -97,6 +98,15 @@ pub fn zoneinfo<P: Platform>(pa: &PageAllocator<P>, out: &mut dyn Write) -> fmt:
                 "high",
                 z.watermark(Watermark::High)
             )?;
+            // Linux (6.1 on): the promotion watermark, one more step above
+            // high (kmem does not tier memory; the value is Linux's).
+            let step = z.watermark(Watermark::Low) - z.watermark(Watermark::Min);
+            write!(
+                out,
+                "\n        {:<8} {}",
+                "promo",
+                z.watermark(Watermark::High) + step
+            )?;
             write!(out, "\n        {:<8} {}", "spanned", z.spanned_pages())?;
             write!(out, "\n        {:<8} {}", "present", z.present_pages())?;
             write!(out, "\n        {:<8} {}", "managed", z.managed_pages())?;
@@ -127,6 +137,9 @@ pub fn zoneinfo<P: Platform>(pa: &PageAllocator<P>, out: &mut dyn Write) -> fmt:
                 write!(out, "\n              count:    {count}")?;
                 write!(out, "\n              high:     {high}")?;
                 write!(out, "\n              batch:    {batch}")?;
+                // Linux (6.7 on) tunes high between these; kmem's is fixed.
+                write!(out, "\n              high_min: {high}")?;
+                write!(out, "\n              high_max: {high}")?;
                 write!(out, "\n  vm stats threshold: {threshold}")?;
             }
             write!(out, "\n  node_unreclaimable:  0")?;
@@ -139,7 +152,7 @@ pub fn zoneinfo<P: Platform>(pa: &PageAllocator<P>, out: &mut dyn Write) -> fmt:
             write!(out, "Node {node}, zone {name:>8}")?;
             write!(out, "\n  pages free     0")?;
             for field in [
-                "boost", "min", "low", "high", "spanned", "present", "managed", "cma",
+                "boost", "min", "low", "high", "promo", "spanned", "present", "managed", "cma",
             ] {
                 write!(out, "\n        {field:<8} 0")?;
             }
