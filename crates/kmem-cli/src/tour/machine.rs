@@ -125,9 +125,14 @@ pub fn run(m: &Machine, o: &mut Out) -> Result<Value, TourError> {
     o.table(&t);
     let cfg = pages.config();
     let ratio = cfg.lowmem_reserve_ratio;
+    let min_free_kbytes = cfg.min_free_kbytes.map_or_else(
+        || default_min_free_kbytes(pages.nr_managed_pages() as u64),
+        |k| k as u64,
+    );
     o.say(format_args!(
-        "min: each zone's share (by size) of vm.min_free_kbytes, {} KiB together; low and \
-         high sit max(min/4, {}/10000 of the zone) and twice that above min.",
+        "min: each zone's share (by size) of vm.min_free_kbytes = {min_free_kbytes} KiB ({} KiB \
+         together, each share rounded down to whole pages); low and high sit max(min/4, \
+         {}/10000 of the zone) and twice that above min.",
         sum_min * PAGE_SIZE / 1024,
         cfg.watermark_scale_factor
     ));
@@ -151,10 +156,7 @@ pub fn run(m: &Machine, o: &mut Out) -> Result<Value, TourError> {
         "nr_nodes": pages.nr_nodes(),
         "regions": regions,
         "zones": zones,
-        "min_free_kbytes": cfg.min_free_kbytes.map_or_else(
-            || default_min_free_kbytes(pages.nr_managed_pages() as u64),
-            |k| k as u64
-        ),
+        "min_free_kbytes": min_free_kbytes,
         "zone_min_kbytes_total": sum_min * PAGE_SIZE / 1024,
         "watermark_scale_factor": cfg.watermark_scale_factor,
         "lowmem_reserve_ratio": ratio,

@@ -55,7 +55,8 @@ happened. Every number is measured during the run; nothing is canned.
 
   0. The machine: each zone's spanned/present/managed pages, its min/low/high
      watermarks, its lowmem protection and its per-CPU list sizes.
-  1. Reserves: with every zone at its min watermark, GFP_NOWAIT fails while
+  1. Reserves: with every zone at its GFP_NOWAIT floor (the min watermark,
+     plus lowmem protection in DMA and DMA32), GFP_NOWAIT fails while
      GFP_ATOMIC in an IRQ handler still succeeds from the reserve, and how
      many more pages the reserve holds.
   2. Reclaim: GFP_KERNEL (a system call may sleep) runs a shrinker and
