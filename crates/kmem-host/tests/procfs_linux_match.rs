@@ -119,29 +119,39 @@ fn meminfo_vmalloctotal_matches_linux_x86_64() {
     assert_eq!(got, want);
 }
 
+/// The zoneinfo snapshot of the shared build trace (Linux 6.18).
+fn build_zoneinfo_snapshot() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/traces/build/before.zoneinfo"),
+    )
+    .expect("the shared build trace's zoneinfo snapshot")
+}
+
+/// The default layout with 2 GiB on 2 CPUs: DMA, DMA32 and Normal populated.
+fn two_gib_machine() -> Machine {
+    Machine::new(MachineConfig {
+        ram_bytes: 2 * GIB,
+        nr_cpus: 2,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// zoneinfo lists the zones Linux lists, in its order (DMA, DMA32, Normal,
 /// then the empty Movable and Device blocks the protection line's last two
 /// columns stand for), and a `vm stats threshold` line after each CPU's
 /// pageset, as the shared snapshots show.
 #[test]
 fn zoneinfo_has_linux_zone_blocks_and_thresholds() {
-    let snap = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/traces/build/before.zoneinfo"),
-    )
-    .expect("the shared build trace's zoneinfo snapshot");
+    let snap = build_zoneinfo_snapshot();
     let headers = |s: &str| -> Vec<String> {
         s.lines()
             .filter(|l| l.starts_with("Node 0,"))
             .map(str::to_string)
             .collect()
     };
-    let m = Machine::new(MachineConfig {
-        ram_bytes: 2 * GIB,
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let m = two_gib_machine();
     let z = text(|s| kmem::procfs::zoneinfo(m.pages(), s));
     assert_eq!(headers(&z), headers(&snap), "{z}");
     for l in z.lines().filter(|l| l.contains("protection:")) {
@@ -169,11 +179,7 @@ fn zoneinfo_has_linux_zone_blocks_and_thresholds() {
 /// counters are left out (procfs.rs says so) and so are not compared.
 #[test]
 fn zoneinfo_zone_block_fields_match_the_snapshot() {
-    let snap = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/traces/build/before.zoneinfo"),
-    )
-    .expect("the shared build trace's zoneinfo snapshot");
+    let snap = build_zoneinfo_snapshot();
     // The field names of the first zone block (DMA), counters left out.
     let fields = |s: &str| -> Vec<String> {
         let block = s.split("Node 0, zone    DMA32").next().unwrap();
@@ -193,12 +199,7 @@ fn zoneinfo_zone_block_fields_match_the_snapshot() {
             .filter(|n| !n.starts_with("nr_") && !n.starts_with("numa_") && n != "per-node")
             .collect()
     };
-    let m = Machine::new(MachineConfig {
-        ram_bytes: 2 * GIB,
-        nr_cpus: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    let m = two_gib_machine();
     let z = text(|s| kmem::procfs::zoneinfo(m.pages(), s));
     assert_eq!(fields(&z), fields(&snap), "{z}");
     let want = ["high", "promo", "spanned"];

@@ -392,7 +392,7 @@ impl Analyzer {
     }
 
     /// The findings, ranked.
-    pub fn report(self, trace: &str, malformed_lines: u64) -> AnalyzeReport {
+    pub fn report(self, trace: &str, stats: &crate::Stats) -> AnalyzeReport {
         let span = self.last_ts.saturating_sub(self.first_ts.unwrap_or(0));
         let secs = span as f64 / 1e9;
         let mut findings = Vec::new();
@@ -558,10 +558,10 @@ impl Analyzer {
         AnalyzeReport {
             trace: trace.to_string(),
             events: self.events,
-            malformed_lines,
-            lines: 0,
-            other_events: 0,
-            ts_backwards: 0,
+            malformed_lines: stats.skipped_total(),
+            lines: stats.lines,
+            other_events: stats.unknown_lines,
+            ts_backwards: stats.ts_backwards,
             trace_seconds: secs,
             sites: self.names.len(),
             counts,
@@ -576,11 +576,7 @@ pub fn analyze_file(path: &Path, mode: Mode) -> Result<AnalyzeReport, AnalyzeErr
     let mut a = Analyzer::new();
     reader.for_each_event(|rec| a.on_record(rec))?;
     let stats = reader.into_stats();
-    let mut r = a.report(&path.display().to_string(), stats.skipped_total());
-    r.lines = stats.lines;
-    r.other_events = stats.unknown_lines;
-    r.ts_backwards = stats.ts_backwards;
-    Ok(r)
+    Ok(a.report(&path.display().to_string(), &stats))
 }
 
 impl AnalyzeReport {
@@ -718,7 +714,7 @@ mod tests {
                 a.on_record(&r);
             }
         }
-        a.report("test", 0)
+        a.report("test", &crate::Stats::default())
     }
 
     #[test]

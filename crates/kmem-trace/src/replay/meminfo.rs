@@ -9,6 +9,7 @@
 //! own frame records take their share): the difference is reported, never
 //! hidden.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Where a replay machine's RAM size came from.
@@ -21,6 +22,18 @@ pub enum RamSource {
     Meminfo(PathBuf),
     /// No snapshot beside the trace: the default size.
     Default,
+}
+
+impl fmt::Display for RamSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RamSource::Explicit => f.write_str("--ram"),
+            RamSource::Meminfo(p) => write!(f, "MemTotal of {}", p.display()),
+            RamSource::Default => {
+                f.write_str("default: no meminfo with a MemTotal beside the trace")
+            }
+        }
+    }
 }
 
 /// `MemTotal` in bytes, from meminfo text.

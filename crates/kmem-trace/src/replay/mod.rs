@@ -207,13 +207,8 @@ pub fn replay_file(
     let (mcfg, ram_source) = machine_config(path, cfg);
     let max = kmem::page::memmap::PC_LAYOUT_MAX_BYTES;
     if mcfg.ram_bytes > max {
-        let from = match &ram_source {
-            RamSource::Meminfo(p) => format!("MemTotal of {}", p.display()),
-            RamSource::Explicit => "--ram".to_string(),
-            RamSource::Default => "the default".to_string(),
-        };
         return Err(ReplayError::Setup(format!(
-            "{} GiB of RAM ({from}) is above the replay machine's limit of {} GiB (frame numbers are 32-bit); pass a smaller --ram",
+            "{} GiB of RAM ({ram_source}) is above the replay machine's limit of {} GiB (frame numbers are 32-bit); pass a smaller --ram",
             mcfg.ram_bytes >> 30,
             max >> 30
         )));

@@ -236,13 +236,7 @@ impl ReplayReport {
         if let Some(k) = &self.kernel {
             let _ = writeln!(o, "  recorded on Linux {k}");
         }
-        let src = match &m.ram_source {
-            RamSource::Explicit => "--ram".to_string(),
-            RamSource::Meminfo(p) => format!("MemTotal of {}", p.display()),
-            RamSource::Default => {
-                "default: no meminfo with a MemTotal beside the trace".to_string()
-            }
-        };
+        let src = &m.ram_source;
         let ram = if m.ram_bytes >= 1 << 30 {
             format!("{:.1} GiB", m.ram_bytes as f64 / (1u64 << 30) as f64)
         } else {

@@ -289,10 +289,6 @@ impl<'d, P: Platform> DmaEngine<'d, P> {
             .as_ptr()
     }
 
-    fn is_ram(&self, addr: u64, len: u64) -> bool {
-        self.dev.dma().pages.range_is_ram(PhysAddr(addr), len)
-    }
-
     /// The device side (the doorbell): processes every posted descriptor,
     /// fetching each by bus address, moving its data to or from `port`, and
     /// writing its status back.
@@ -338,7 +334,9 @@ impl<'d, P: Platform> DmaEngine<'d, P> {
         let len = d.len as usize;
         let dev = self.dev;
         let platform = dev.dma().pages.platform();
-        if !dma_capable(dev.dma_mask(), DmaAddr(d.addr), len) || !self.is_ram(d.addr, len as u64) {
+        if !dma_capable(dev.dma_mask(), DmaAddr(d.addr), len)
+            || !dev.dma().pages.range_is_ram(PhysAddr(d.addr), len as u64)
+        {
             platform.warn(format_args!(
                 "dma-engine {} {}: descriptor {seq}: master abort on {} of {len} bytes at bus address {} (beyond the device's mask {:#x} or not RAM)",
                 dev.driver(),
