@@ -479,11 +479,70 @@ fn lazy_purge_threshold_and_batched_flush() {
     let flushes =
         (f.range_flushes + f.full_flushes) - (flushes0.range_flushes + flushes0.full_flushes);
     assert_eq!(flushes, 1, "one batched flush per purge");
-    assert!(st.tables_freed > 0);
+    assert_eq!(
+        st.tables_freed, 0,
+        "page tables are kept, as Linux keeps them"
+    );
     // Default threshold: fls(2 CPUs) * 32 MiB.
     let vm2 = vmap::in_memory(&m).unwrap();
     assert_eq!(vm2.lazy_max_pages(), 2 * 8192);
     assert_eq!(VmallocConfig::x86_64().start, 0xffff_c900_0000_0000);
+}
+
+/// Page tables made for vmalloc stay after the purge, as Linux's do: a
+/// second allocation over the same range writes leaves only, and the
+/// tables' frames stay allocated. With `free_page_tables` the purge gives
+/// every emptied table back, and the page allocator's free count returns
+/// to what it was before the first allocation.
+#[test]
+fn page_tables_kept_unless_configured() {
+    for free_tables in [false, true] {
+        let m = machine();
+        // The default keeps them.
+        let config = if free_tables {
+            VmallocConfig {
+                free_page_tables: true,
+                ..VmallocConfig::x86_64()
+            }
+        } else {
+            VmallocConfig::x86_64()
+        };
+        let vm = vmap::in_memory_with(&m, config, &[]).unwrap();
+        let free0 = m.pages().nr_free_pages_with_pcp();
+        let t0 = vm.tables().stats();
+        // 3 MiB: two page tables (the range starts 2 MiB aligned), one
+        // page directory, one PDPT under the root.
+        let size = 3 << 20;
+        let p = vm.vmalloc(size).unwrap();
+        let t1 = vm.tables().stats();
+        let made = t1.tables - t0.tables;
+        assert!(made >= 3, "{t0:?} -> {t1:?}");
+        vm.vfree(p.as_ptr()).unwrap();
+        vm.purge();
+        let t2 = vm.tables().stats();
+        assert_eq!(
+            vm.stats().tables_freed as usize,
+            t2.tables_freed - t0.tables_freed
+        );
+        if free_tables {
+            assert_eq!(t2.tables, t0.tables, "every emptied table freed");
+            assert_eq!(m.pages().nr_free_pages_with_pcp(), free0);
+        } else {
+            assert_eq!(t2.tables, t1.tables, "tables kept");
+            assert_eq!(t2.tables_freed, t0.tables_freed);
+            assert_eq!(m.pages().nr_free_pages_with_pcp(), free0 - made);
+        }
+        // Again over the same range: lowest fit gives the same address.
+        let q = vm.vmalloc(size).unwrap();
+        assert_eq!(q, p);
+        let t3 = vm.tables().stats();
+        assert_eq!(t3.leaves_set - t2.leaves_set, size / PAGE_SIZE);
+        let remade = t3.tables_allocated - t2.tables_allocated;
+        assert_eq!(remade, if free_tables { made } else { 0 });
+        vm.vfree(q.as_ptr()).unwrap();
+        vm.purge();
+        vm.verify().unwrap();
+    }
 }
 
 #[test]

@@ -568,10 +568,11 @@ fn cost(
         o,
         "vmalloc column: kmem's x86-64 tables in memory, what a kernel runs (Linux's range \
          0xffffc90000000000). hosted: the same tables plus mmap of the memfd pages at the same \
-         addresses, so the pointers are real; the system calls dominate. Unlike Linux, which \
-         keeps vmalloc's page tables once made, kmem frees the emptied ones at each lazy purge, \
-         so these figures include making them again ({} purges, {} full TLB flushes on the \
-         in-memory tables so far).",
+         addresses, so the pointers are real; the system calls dominate. As Linux, kmem keeps \
+         vmalloc's page tables once made (VmallocConfig::free_page_tables turns freeing the \
+         emptied ones at each lazy purge on): once a range has been used, an allocation there \
+         writes leaf entries only; a 2 MiB mapping frees the empty table it replaces, as \
+         Linux's ({} purges, {} full TLB flushes on the in-memory tables so far).",
         group(inmem.stats().purges),
         group(st.full_flushes as u64)
     );

@@ -3,7 +3,8 @@
 //! A free unlinks the area from the busy tree, clears its page-table
 //! entries (freeing the pages it owns on the way) and puts the range on the
 //! lazy list without flushing the TLB. The purge flushes once for the hull
-//! of every lazy range, frees page tables that became empty, and merges the
+//! of every lazy range, frees page tables that became empty if configured
+//! to (`VmallocConfig::free_page_tables`; Linux keeps them), and merges the
 //! ranges back into the free tree.
 
 use super::area::{VmapArea, VMAP_BLOCK, VMAP_RAM};

@@ -180,7 +180,12 @@ pub struct VmallocConfig {
     /// Lazily freed pages that trigger a purge; `None` is Linux's
     /// `fls(nr_cpus) * 32 MiB / PAGE_SIZE`.
     pub lazy_max_pages: Option<usize>,
-    /// Give emptied page tables back at purge time.
+    /// Give page tables that map nothing any more back to the page
+    /// allocator at each lazy purge. Off by default, as Linux, which keeps
+    /// vmalloc's page tables once made (only a huge mapping frees the empty
+    /// table it replaces, `pmd_free_pte_page`): a later allocation in the
+    /// same range writes leaves only. On, the range's footprint in page
+    /// tables follows what is mapped, at the price of remaking them.
     pub free_page_tables: bool,
     /// Allow 2 MiB mappings for `vmalloc_huge` (Linux's `nohugevmalloc`
     /// turns it off).
@@ -202,7 +207,7 @@ impl VmallocConfig {
             start,
             end,
             lazy_max_pages: None,
-            free_page_tables: true,
+            free_page_tables: false,
             allow_huge: true,
         }
     }

@@ -33,8 +33,9 @@
 //! table keeps the first page directory non-empty, which keeps the PDPT
 //! non-empty, so no purge can free the table the live PML4 points at, while
 //! the page tables (and page directories) under vmalloc's own ranges are
-//! still freed as they empty. Turning `free_page_tables` off would also be
-//! safe, but would leave kmem's table freeing untested on real hardware.
+//! still freed as they empty. The section turns `free_page_tables` on
+//! (kmem's default, like Linux, keeps them): off would also be safe, but
+//! would leave kmem's table freeing untested on real hardware.
 //! The slot is unlinked (full TLB flush) before the pin and the remaining
 //! tables are freed at the end.
 
@@ -308,7 +309,13 @@ pub fn run(pa: &'static Pages) -> Section {
     );
 
     let live = LiveTables::new(&tables);
-    let vm: Vm<'_> = match Vmalloc::new(pa, live, VmallocConfig::range(RANGE_START, RANGE_END)) {
+    // Unlike Linux (and kmem's default), free the tables each purge
+    // empties: the section exercises that path on real hardware.
+    let config = VmallocConfig {
+        free_page_tables: true,
+        ..VmallocConfig::range(RANGE_START, RANGE_END)
+    };
+    let vm: Vm<'_> = match Vmalloc::new(pa, live, config) {
         Ok(v) => v,
         Err(e) => {
             s.fail(format_args!("Vmalloc::new: {e}"));
