@@ -598,7 +598,15 @@ fn kmem_cache_free_bulk_with_bad_entries() {
 fn huge_sizes_warn_once_and_nowarn_is_quiet() {
     let m = machine();
     let s = slab(&m, SlabConfig::default());
-    for size in [KMALLOC_MAX_SIZE + 1, usize::MAX, usize::MAX / 2] {
+    // A __GFP_NOWARN failure first: it does not use up the one warning.
+    assert!(s
+        .kmalloc(KMALLOC_MAX_SIZE + 1, GFP_KERNEL | Gfp::NOWARN)
+        .is_err());
+    assert_eq!(m.platform().log_len(), 0);
+    for (i, size) in [KMALLOC_MAX_SIZE + 1, usize::MAX, usize::MAX / 2]
+        .into_iter()
+        .enumerate()
+    {
         m.platform().take_log();
         let e = s.kmalloc(size, GFP_KERNEL).unwrap_err();
         assert!(
@@ -606,7 +614,13 @@ fn huge_sizes_warn_once_and_nowarn_is_quiet() {
             "{e:?}"
         );
         let l = log(&m);
-        assert!(l.contains("above KMALLOC_MAX_SIZE"), "{size}: {l}");
+        if i == 0 {
+            // Linux's WARN_ON_ONCE_GFP in the page allocator: the first
+            // failure warns, later ones fail quietly.
+            assert!(l.contains("above KMALLOC_MAX_SIZE"), "{size}: {l}");
+        } else {
+            assert_eq!(l, "", "{size}: warned once already");
+        }
         let e = s.kzalloc(size, GFP_ATOMIC | Gfp::NOWARN).unwrap_err();
         assert!(
             matches!(e, kmem::error::AllocError::SizeTooLarge { .. }),
@@ -633,6 +647,10 @@ fn huge_sizes_warn_once_and_nowarn_is_quiet() {
     let e = s.kmalloc_array(1 << 20, 5, GFP_KERNEL).unwrap_err();
     assert!(matches!(e, kmem::error::AllocError::SizeTooLarge { size, .. } if size == 5 << 20));
     assert_eq!(s.large_kmalloc_stats().2, 0);
+    // The page allocator's order check is the same warning site: used up.
+    m.platform().take_log();
+    assert!(m.pages().alloc_pages(GFP_KERNEL, 11).is_err());
+    assert_eq!(m.platform().log_len(), 0);
 }
 
 #[test]

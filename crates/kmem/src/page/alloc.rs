@@ -234,9 +234,9 @@ impl<P: Platform> PageAllocator<P> {
         }
         if order > MAX_PAGE_ORDER {
             self.stats.fail_order.fetch_add(1, Relaxed);
-            if !gfp.contains(Gfp::NOWARN) {
+            if self.first_warning(OnceSite::OrderTooLarge, gfp) {
                 self.platform().warn(format_args!(
-                    "WARNING: page allocation of order {order} > MAX_PAGE_ORDER at {caller}"
+                    "WARNING: page allocation of order {order} > MAX_PAGE_ORDER at {caller} (warned once)"
                 ));
             }
             return Err(AllocError::OrderTooLarge { order });
@@ -428,11 +428,18 @@ impl<P: Platform> PageAllocator<P> {
         }
     }
 
-    /// Warns once per allocator for `site`, unless the mask has
-    /// `__GFP_NOWARN` (Linux's `WARN_ON_ONCE_GFP`).
-    fn warn_once(&self, site: NofailWarning, req: &Request, what: &str) {
+    /// Whether a warning at `site` for `gfp` is to be printed: the first
+    /// one per allocator without `__GFP_NOWARN` (Linux's
+    /// `WARN_ON_ONCE_GFP`; a call with `__GFP_NOWARN` neither prints nor
+    /// uses up the one warning).
+    pub(crate) fn first_warning(&self, site: OnceSite, gfp: Gfp) -> bool {
         let bit = site as u32;
-        if !req.gfp.contains(Gfp::NOWARN) && self.warned_once.fetch_or(bit, Relaxed) & bit == 0 {
+        !gfp.contains(Gfp::NOWARN) && self.warned_once.fetch_or(bit, Relaxed) & bit == 0
+    }
+
+    /// Warns once per allocator for `site` ([`Self::first_warning`]).
+    fn warn_once(&self, site: OnceSite, req: &Request, what: &str) {
+        if self.first_warning(site, req.gfp) {
             self.platform().warn(format_args!(
                 "WARNING: page allocation of order {} with {}: {what} (warned once)",
                 req.order, req.gfp
@@ -481,13 +488,13 @@ impl<P: Platform> PageAllocator<P> {
                 // loops there; here it fails, as it cannot reclaim).
                 if !gfp.allows_blocking() {
                     self.warn_once(
-                        NofailWarning::NoReclaim,
+                        OnceSite::NoReclaim,
                         req,
                         "__GFP_NOFAIL without __GFP_DIRECT_RECLAIM fails like any other",
                     );
                 } else {
                     self.warn_once(
-                        NofailWarning::InReclaim,
+                        OnceSite::InReclaim,
                         req,
                         "__GFP_NOFAIL inside direct reclaim (PF_MEMALLOC) cannot reclaim",
                     );
@@ -535,7 +542,7 @@ impl<P: Platform> PageAllocator<P> {
             // (warning once about a costly order it is not prepared for).
             if costly {
                 self.warn_once(
-                    NofailWarning::CostlyOrder,
+                    OnceSite::CostlyOrder,
                     req,
                     "__GFP_NOFAIL of a costly order (above 3)",
                 );
@@ -617,11 +624,11 @@ impl<P: Platform> PageAllocator<P> {
     }
 }
 
-/// The page allocator's `__GFP_NOFAIL` `WARN_ON_ONCE` sites (bits of
-/// `PageAllocator::warned_once`).
+/// The page allocator's `WARN_ON_ONCE_GFP` sites (bits of
+/// `PageAllocator::warned_once`): each warns the first time only.
 #[derive(Clone, Copy, Debug)]
 #[repr(u32)]
-pub(crate) enum NofailWarning {
+pub(crate) enum OnceSite {
     /// `__GFP_NOFAIL` without direct reclaim ran out of memory.
     NoReclaim = 1,
     /// `__GFP_NOFAIL` inside direct reclaim ran out of memory.
@@ -629,4 +636,7 @@ pub(crate) enum NofailWarning {
     /// `__GFP_NOFAIL` of an order above `PAGE_ALLOC_COSTLY_ORDER` reached
     /// its retry loop.
     CostlyOrder = 4,
+    /// An order above `MAX_PAGE_ORDER` (also kmalloc above
+    /// `KMALLOC_MAX_SIZE`, which Linux hands to the page allocator).
+    OrderTooLarge = 8,
 }

@@ -421,9 +421,14 @@ impl<'a, P: Platform> SlabAllocator<'a, P> {
         caller: &'static Location<'static>,
     ) -> Result<NonNull<u8>, AllocError> {
         if size > KMALLOC_MAX_SIZE {
-            if !gfp.contains(Gfp::NOWARN) {
+            // Linux hands it to the page allocator, whose order check warns
+            // once per boot: one warning shared with alloc_pages.
+            if self
+                .pages
+                .first_warning(crate::page::alloc::OnceSite::OrderTooLarge, gfp)
+            {
                 self.pages.platform().warn(format_args!(
-                    "WARNING: kmalloc of {size} bytes at {caller}: above KMALLOC_MAX_SIZE ({KMALLOC_MAX_SIZE} bytes, order {})",
+                    "WARNING: kmalloc of {size} bytes at {caller}: above KMALLOC_MAX_SIZE ({KMALLOC_MAX_SIZE} bytes, order {}) (warned once)",
                     crate::addr::MAX_PAGE_ORDER
                 ));
             }
