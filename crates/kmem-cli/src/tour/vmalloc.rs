@@ -594,20 +594,30 @@ fn cost(
 // ---------------------------------------------------------------------------
 // 3. TLB
 
-/// Linux's direct map of the machine's usable RAM at `PAGE_OFFSET`: the
-/// largest page that fits each stretch (1 GiB only if `gb`). Returns the
-/// tables and the bytes mapped with 4 KiB, 2 MiB and 1 GiB entries.
+/// Linux's boot-time direct map at `PAGE_OFFSET` (x86-64
+/// `init_mem_mapping`): the ISA range (the first MiB) with 4 KiB pages,
+/// holes included, then the machine's usable RAM above it with the largest
+/// page that fits each stretch (1 GiB only if `gb`). Returns the tables and
+/// the bytes mapped with 4 KiB, 2 MiB and 1 GiB entries.
 fn direct_map<'m>(
     m: &'m Machine,
     gb: bool,
 ) -> Result<(X86PageTables<'m, HostPlatform>, [u64; 3]), TourError> {
+    const ISA_END: u64 = 1 << 20;
     let t = X86PageTables::new(m.pages()).map_err(|e| format!("direct-map tables: {e}"))?;
     let mut bytes = [0u64; 3];
-    for r in m.config().regions.iter().flatten() {
-        if r.kind != RegionKind::Usable {
+    let isa = (0, ISA_END, RegionKind::Usable);
+    let ram = m
+        .config()
+        .regions
+        .iter()
+        .flatten()
+        .map(|r| (r.start.0.max(ISA_END), r.end.0, r.kind));
+    for (start, end, kind) in core::iter::once(isa).chain(ram) {
+        if kind != RegionKind::Usable {
             continue;
         }
-        let (mut cur, end) = (r.start.0, r.end.0);
+        let (mut cur, end) = (start, end);
         while cur < end {
             let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
                 .into_iter()
@@ -744,8 +754,9 @@ fn tlb(m: &Machine, o: &mut Out, n: u32, vm: &HostVmalloc<'_>) -> Result<Value, 
         let (dm, bytes) = direct_map(m, true)?;
         say!(
             o,
-            "Linux would map this machine's RAM as (/proc/meminfo): DirectMap4k: {} kB, DirectMap2M: \
-             {} kB, DirectMap1G: {} kB; its memory map has no whole, aligned gigabyte of RAM.",
+            "Linux would map this machine's RAM at boot as (/proc/meminfo): DirectMap4k: {} kB, \
+             DirectMap2M: {} kB, DirectMap1G: {} kB (later permission changes split entries and \
+             raise DirectMap4k); its memory map has no whole, aligned gigabyte of RAM.",
             bytes[0] / 1024,
             bytes[1] / 1024,
             bytes[2] / 1024
@@ -907,4 +918,20 @@ fn tlb(m: &Machine, o: &mut Out, n: u32, vm: &HostVmalloc<'_>) -> Result<Value, 
         "buffer_bytes": BIG, "line_bytes": LINE, "host_shmem_huge": shmem,
         "scans": rows,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default machine's RAM ends at 1 GiB with no hole above the ISA
+    /// range: Linux's boot mapping is the first 2 MiB in 4 KiB pages (the
+    /// whole ISA range, its holes included, then up to the first 2 MiB
+    /// boundary) and the rest in 2 MiB pages.
+    #[test]
+    fn direct_map_counts_the_isa_range_whole() {
+        let m = Machine::default_machine().unwrap();
+        let (_, bytes) = direct_map(&m, true).unwrap();
+        assert_eq!(bytes, [2 << 20, (1 << 30) - (2 << 20), 0]);
+    }
 }
