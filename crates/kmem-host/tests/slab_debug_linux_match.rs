@@ -833,3 +833,132 @@ fn padding_report_after_a_red_zone_report_keeps_its_dump() {
     );
     assert_eq!(bug_lines(&log).len(), 2, "{log:#?}");
 }
+
+// ---- Report format against Linux's mm/slub.c (6.15 and later) ----------
+
+/// The hex-dump lines (`<label><16 hex digits>: ...`) of `label` in `text`.
+fn dump_lines<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(label).is_some_and(|rest| {
+                rest.len() > 18
+                    && rest[..16].bytes().all(|b| b.is_ascii_hexdigit())
+                    && rest[16..].starts_with(": ")
+            })
+        })
+        .collect()
+}
+
+/// The line prefixes Linux's print_section gives a dump of `len` bytes at
+/// `addr`: one line per 16 bytes, no limit.
+fn dump_prefixes(label: &str, addr: usize, len: usize) -> Vec<String> {
+    (0..len.div_ceil(16))
+        .map(|i| format!("{label}{:016x}: ", addr + 16 * i))
+        .collect()
+}
+
+/// Start offset (from the object) and length of the padding after the
+/// metadata, as Linux's print_trailer computes it.
+fn padding_of(c: &KmemCache<HostPlatform>) -> (usize, usize) {
+    let f = c.flags();
+    let inuse = c.inuse();
+    let mut off = if c.freeptr_offset() >= inuse {
+        inuse + WORD
+    } else {
+        inuse
+    };
+    if f.contains(SlabFlags::STORE_USER) {
+        off += 2 * TRACK;
+        if f.contains(SlabFlags::KMALLOC) {
+            off += WORD;
+        }
+    }
+    let sfo = if f.contains(SlabFlags::RED_ZONE) {
+        c.slab_size() - c.red_left_pad()
+    } else {
+        c.slab_size()
+    };
+    (off, sfo.saturating_sub(off))
+}
+
+fn slab_base(c: &KmemCache<HostPlatform>, obj: *mut u8) -> usize {
+    let bytes = 4096usize << c.order_objects().order;
+    (obj as usize - c.red_left_pad()) & !(bytes - 1)
+}
+
+/// Linux's print_trailer dumps the object with min(object_size, PAGE_SIZE)
+/// bytes, the left red zone with red_left_pad bytes, the right red zone
+/// with inuse - object_size bytes and the padding up to size_from_object;
+/// slab_pad_check dumps the whole slab padding. print_section has no limit
+/// of its own (kmem cut every section at 256 bytes, adding a "... (N more
+/// bytes)" line Linux never prints).
+#[test]
+fn hex_dumps_have_linux_lengths() {
+    for &(size, align) in &[(1000usize, 0usize), (5000, 0), (24, 512), (300, 0)] {
+        let m = machine();
+        let s = slab_with(&m, "FZP");
+        let c = s
+            .kmem_cache_create("zzdump", size, align, SlabFlags::empty(), None)
+            .unwrap();
+        let c: &KmemCache<HostPlatform> = unsafe { &*(&*c as *const _) };
+        let a = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+        let b = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+        c.free(NonNull::new(b).unwrap()).unwrap();
+        m.platform().take_log();
+        // A write after free, far into the object.
+        unsafe { *b.add(size * 9 / 10) = 0x42 };
+        c.validate();
+        let log = m.platform().take_log();
+        let text = log.join("\n");
+        assert!(!text.contains("more bytes"), "{text}");
+        let os = c.object_size();
+        let rlp = c.red_left_pad();
+        let (pad_off, pad_len) = padding_of(c);
+        let want_obj = dump_prefixes("Object   ", b as usize, os.min(4096));
+        let mut want_rz = dump_prefixes("Redzone  ", b as usize - rlp, rlp);
+        want_rz.extend(dump_prefixes("Redzone  ", b as usize + os, c.inuse() - os));
+        let want_pad = dump_prefixes("Padding  ", b as usize + pad_off, pad_len);
+        for (label, want) in [
+            ("Object   ", want_obj),
+            ("Redzone  ", want_rz),
+            ("Padding  ", want_pad),
+        ] {
+            let got = dump_lines(&text, label);
+            assert_eq!(got.len(), want.len(), "size {size}: {label}: {text}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.starts_with(w.as_str()), "size {size}: {g} vs {w}");
+            }
+        }
+        c.free(NonNull::new(a).unwrap()).unwrap();
+    }
+
+    // The slab padding, dumped whole however long.
+    let m = machine();
+    let s = slab_with(&m, "FZP");
+    let (c, remainder) = [300usize, 700, 1000, 1500, 3000]
+        .iter()
+        .find_map(|&size| {
+            let c = s
+                .kmem_cache_create("zzslabpad", size, 0, SlabFlags::empty(), None)
+                .unwrap();
+            let c: &KmemCache<HostPlatform> = unsafe { &*(&*c as *const _) };
+            let bytes = 4096usize << c.order_objects().order;
+            let r = bytes % c.slab_size();
+            (r > 256).then_some((c, r))
+        })
+        .expect("a cache with more than 256 bytes of slab padding");
+    let p = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+    let base = slab_base(c, p);
+    let bytes = 4096usize << c.order_objects().order;
+    unsafe { *((base + bytes - 1) as *mut u8) = 0 };
+    m.platform().take_log();
+    c.validate();
+    let text = m.platform().take_log().join("\n");
+    assert!(!text.contains("more bytes"), "{text}");
+    let got = dump_lines(&text, "Padding ");
+    let want = dump_prefixes("Padding ", base + bytes - remainder, remainder);
+    assert_eq!(got.len(), want.len(), "{text}");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g.starts_with(w.as_str()), "{g} vs {w}");
+    }
+}

@@ -50,8 +50,6 @@ const RULE_EQ: &str =
     "=============================================================================";
 const RULE_DASH: &str =
     "-----------------------------------------------------------------------------";
-/// Most bytes of one section a report dumps.
-const DUMP_MAX: usize = 256;
 
 /// What [`KmemCache::validate`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -81,6 +79,8 @@ enum TrackItem {
 }
 
 /// Hex dump of a memory range, 16 bytes a line (Linux's `print_section`).
+/// All `len` bytes are dumped: as in Linux, the callers choose the lengths
+/// (the object at most a page, everything else whole).
 struct Hex<'a> {
     label: &'a str,
     addr: usize,
@@ -89,7 +89,7 @@ struct Hex<'a> {
 
 impl fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let len = self.len.min(DUMP_MAX);
+        let len = self.len;
         let mut off = 0;
         while off < len {
             let n = (len - off).min(16);
@@ -112,9 +112,6 @@ impl fmt::Display for Hex<'_> {
             let s = core::str::from_utf8(&ascii[..n]).unwrap_or("");
             writeln!(f, " {s}")?;
             off += n;
-        }
-        if self.len > len {
-            writeln!(f, "{}... ({} more bytes)", self.label, self.len - len)?;
         }
         Ok(())
     }
