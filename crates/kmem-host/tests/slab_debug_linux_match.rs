@@ -962,3 +962,45 @@ fn hex_dumps_have_linux_lengths() {
         assert!(g.starts_with(w.as_str()), "{g} vs {w}");
     }
 }
+/// Without red zones, print_trailer shows the 16 bytes before the object
+/// only for an object more than 16 bytes into the slab (`p > addr + 16`):
+/// not for the object at offset 16, for the one at 32.
+#[test]
+fn bytes_before_only_past_16() {
+    let m = machine();
+    let s = slab_with(&m, "P");
+    let c = s
+        .kmem_cache_create("zzb4", 8, 0, SlabFlags::empty(), None)
+        .unwrap();
+    assert_eq!((c.slab_size(), c.red_left_pad()), (16, 0));
+    let v: Vec<*mut u8> = (0..3)
+        .map(|_| c.alloc(GFP_KERNEL).unwrap().as_ptr())
+        .collect();
+    let base = slab_base(&c, v[0]);
+    let offsets: Vec<usize> = v.iter().map(|&p| p as usize - base).collect();
+    assert_eq!(offsets, [0, 16, 32]);
+    for &p in &v[1..] {
+        c.free(NonNull::new(p).unwrap()).unwrap();
+    }
+    // One at a time: validate_slab stops at the first bad object.
+    for (p, off, b4) in [(v[1], 16usize, false), (v[2], 32, true)] {
+        unsafe { *p = 0x42 };
+        m.platform().take_log();
+        c.validate();
+        let log = m.platform().take_log();
+        let header = format!("Object {:#x} @offset={off} fp=", p as usize);
+        let report = log
+            .iter()
+            .find(|e| e.lines().any(|l| l.starts_with(&header)))
+            .unwrap_or_else(|| panic!("no report of {header}: {log:#?}"));
+        let lines = dump_lines(report, "Bytes b4 ");
+        if b4 {
+            assert_eq!(lines.len(), 1, "{report}");
+            let w = format!("Bytes b4 {:016x}: ", p as usize - 16);
+            assert!(lines[0].starts_with(&w), "{report}");
+        } else {
+            assert!(lines.is_empty(), "offset 16: {report}");
+        }
+    }
+    c.free(NonNull::new(v[0]).unwrap()).unwrap();
+}
