@@ -5,7 +5,9 @@
 //! title for one corrupted byte anywhere (and the repair), call-site and CPU
 //! tracking for every entry point, long random runs without false reports,
 //! and kfree_rcu keeping the kmalloc red zone checked (it claimed the whole
-//! object as ksize does: those two tests failed before).
+//! object as ksize does: those two tests failed before). At the end, the
+//! report format against Linux 6.15+'s mm/slub.c: hex dump lengths, the
+//! `Bytes b4` rule, and two corruptions of one object line by line.
 
 mod slab_common;
 
@@ -240,6 +242,29 @@ fn bug_lines(log: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The `[<what> overwritten] ...` lines: one per corrupted range (Linux
+/// 6.15's check_bytes_and_report, whose banner reads `Object corrupt`).
+fn range_lines(log: &[String]) -> Vec<String> {
+    log.iter()
+        .flat_map(|m| m.lines().map(|l| l.to_string()).collect::<Vec<_>>())
+        .filter(|l| l.starts_with('['))
+        .collect()
+}
+
+/// Exactly one report of one corrupted range, `what` (e.g. `Poison
+/// overwritten`): its line and one `Object corrupt` banner.
+fn assert_one_range_report(log: &[String], what: &str, ctx: &str) {
+    let bugs = bug_lines(log);
+    assert_eq!(bugs.len(), 1, "{ctx}: {log:#?}");
+    assert!(bugs[0].ends_with(": Object corrupt"), "{ctx}: {bugs:?}");
+    let ranges = range_lines(log);
+    assert_eq!(ranges.len(), 1, "{ctx}: {log:#?}");
+    assert!(
+        ranges[0].starts_with(&format!("[{what}] ")),
+        "{ctx}: {ranges:?}"
+    );
+}
+
 /// One corrupted byte in each area of an allocated and a free object:
 /// exactly one report with Linux's title, 2 errors (report + fix), byte
 /// repaired, a second validate clean.
@@ -283,7 +308,6 @@ fn single_byte_corruption_reported_once() {
                         let e0 = c.errors();
                         c.validate();
                         let log = m.platform().take_log();
-                        let bugs = bug_lines(&log);
                         let title = match what {
                             "left redzone" => "Left Redzone overwritten",
                             "right redzone" => "Right Redzone overwritten",
@@ -293,12 +317,11 @@ fn single_byte_corruption_reported_once() {
                             "padding" => "Object padding overwritten",
                             _ => unreachable!(),
                         };
-                        assert_eq!(
-                            bugs.len(),
-                            1,
-                            "size {size} kmalloc={kmalloc} alloc={allocated} {what}[{i}]: {log:#?}"
+                        assert_one_range_report(
+                            &log,
+                            title,
+                            &format!("size {size} kmalloc={kmalloc} alloc={allocated} {what}[{i}]"),
                         );
-                        assert!(bugs[0].contains(title), "{what}: {bugs:?}");
                         assert_eq!(c.errors() - e0, 2, "{what}: {log:#?}");
                         assert_eq!(unsafe { a.read() }, old, "{what} not repaired");
                         assert_eq!(c.validate().errors, 0, "{:#?}", m.platform().take_log());
@@ -630,18 +653,14 @@ fn kmalloc_redzone_single_corruption() {
         let e0 = c.errors();
         c.validate();
         let log = m.platform().take_log();
-        let bugs = bug_lines(&log);
-        assert_eq!(bugs.len(), 1, "{log:#?}");
-        assert!(bugs[0].contains("kmalloc Redzone overwritten"), "{bugs:?}");
+        assert_one_range_report(&log, "kmalloc Redzone overwritten", "");
         assert_eq!(c.errors() - e0, 2);
         assert_eq!(unsafe { *p.add(at) }, SLUB_RED_ACTIVE);
         // Corrupt again: the free refuses and reports once.
         unsafe { *p.add(at) = 0x11 };
         assert!(s.kfree(p).is_err());
         let log = m.platform().take_log();
-        let bugs = bug_lines(&log);
-        assert_eq!(bugs.len(), 1, "{log:#?}");
-        assert!(bugs[0].contains("kmalloc Redzone overwritten"), "{bugs:?}");
+        assert_one_range_report(&log, "kmalloc Redzone overwritten", "");
     }
 }
 
@@ -661,9 +680,7 @@ fn alloc_detects_poison_once() {
     m.platform().take_log();
     let q = c.alloc(GFP_KERNEL).unwrap().as_ptr();
     let log = m.platform().take_log();
-    let bugs = bug_lines(&log);
-    assert_eq!(bugs.len(), 1, "{log:#?}");
-    assert!(bugs[0].contains("Poison overwritten"), "{bugs:?}");
+    assert_one_range_report(&log, "Poison overwritten", "");
     assert_ne!(q, b);
     let _ = a;
 }
@@ -710,13 +727,11 @@ fn kfree_rcu_keeps_kmalloc_redzone_checked_validate() {
     s.kfree_rcu(p, 0).unwrap();
     c.validate();
     let log = m.platform().take_log();
-    let bugs = bug_lines(&log);
-    assert_eq!(
-        bugs.len(),
-        1,
-        "overflow into kmalloc redzone missed: {log:#?}"
+    assert_one_range_report(
+        &log,
+        "kmalloc Redzone overwritten",
+        "overflow into kmalloc redzone missed",
     );
-    assert!(bugs[0].contains("kmalloc Redzone overwritten"), "{bugs:?}");
     s.rcu_barrier();
 }
 
@@ -731,13 +746,11 @@ fn kfree_rcu_keeps_kmalloc_redzone_checked_free() {
     s.kfree_rcu(p, 0).unwrap();
     s.rcu_barrier();
     let log = m.platform().take_log();
-    let bugs = bug_lines(&log);
-    assert_eq!(
-        bugs.len(),
-        1,
-        "overflow into kmalloc redzone missed: {log:#?}"
+    assert_one_range_report(
+        &log,
+        "kmalloc Redzone overwritten",
+        "overflow into kmalloc redzone missed",
     );
-    assert!(bugs[0].contains("kmalloc Redzone overwritten"), "{bugs:?}");
 }
 
 /// Freepointer of an allocated object (stored outside the object):
@@ -1003,4 +1016,118 @@ fn bytes_before_only_past_16() {
         }
     }
     c.free(NonNull::new(v[0]).unwrap()).unwrap();
+}
+const RULE_EQ: &str =
+    "=============================================================================";
+const RULE_DASH: &str =
+    "-----------------------------------------------------------------------------";
+
+/// Every line of every log entry, in order.
+fn log_lines(log: &[String]) -> Vec<String> {
+    log.iter()
+        .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+/// What one line of a report should be.
+enum Want {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Two corruptions of one free object (right red zone, then poison), as
+/// Linux 6.15+ reports them: each range on a `[<what> overwritten]` line;
+/// the first one followed by one `BUG <cache>: Object corrupt` banner and
+/// the trailer (dumped before anything is restored: both bad bytes show);
+/// each followed by its FIX line; nothing else (no banner per check, as
+/// 6.11-6.14 printed, and no second trailer).
+#[test]
+fn double_corruption_reports_like_linux() {
+    let m = machine();
+    let s = slab_with(&m, "FZP");
+    let name = "zzdouble";
+    let c = s
+        .kmem_cache_create(name, 40, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let c: &KmemCache<HostPlatform> = unsafe { &*(&*c as *const _) };
+    let a = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+    let obj = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+    c.free(NonNull::new(obj).unwrap()).unwrap();
+    let o = obj as usize;
+    let base = slab_base(c, obj);
+    let os = c.object_size();
+    let rlp = c.red_left_pad();
+    let (pad_off, pad_len) = padding_of(c);
+    let rz = o + os;
+    let pz = o + 5;
+    unsafe {
+        *(rz as *mut u8) = 0x42;
+        *(pz as *mut u8) = 0x43;
+    }
+    m.platform().take_log();
+    let e0 = c.errors();
+    c.validate();
+    let log = m.platform().take_log();
+    let got = log_lines(&log);
+
+    use Want::*;
+    let mut want = vec![
+        Exact(format!(
+            "[Right Redzone overwritten] {rz:#x}-{rz:#x} @offset={}. First byte 0x42 instead of 0xbb",
+            rz - base
+        )),
+        Exact(RULE_EQ.into()),
+        Exact(format!("BUG {name}: Object corrupt")),
+        Exact(RULE_DASH.into()),
+        Exact(String::new()),
+        Prefix("Slab pfn ".into()),
+        Prefix(format!("Object {o:#x} @offset={} fp=", o - base)),
+        Exact(String::new()),
+    ];
+    for (label, addr, len) in [
+        ("Redzone  ", o - rlp, rlp),
+        ("Object   ", o, os),
+        ("Redzone  ", o + os, c.inuse() - os),
+        ("Padding  ", o + pad_off, pad_len),
+    ] {
+        want.extend(dump_prefixes(label, addr, len).into_iter().map(Prefix));
+    }
+    want.extend([
+        Exact(format!(
+            "FIX {name}: Restoring Right Redzone {rz:#x}-{rz:#x}=0xbb"
+        )),
+        Exact(format!(
+            "[Poison overwritten] {pz:#x}-{pz:#x} @offset={}. First byte 0x43 instead of 0x6b",
+            pz - base
+        )),
+        Exact(format!("FIX {name}: Restoring Poison {pz:#x}-{pz:#x}=0x6b")),
+    ]);
+    let show = || format!("{log:#?}");
+    for (i, w) in want.iter().enumerate() {
+        let g = got
+            .get(i)
+            .unwrap_or_else(|| panic!("line {i} missing: {}", show()));
+        match w {
+            Exact(w) => assert_eq!(g, w, "line {i}: {}", show()),
+            Prefix(w) => assert!(
+                g.starts_with(w.as_str()),
+                "line {i}: {g} vs {w}: {}",
+                show()
+            ),
+        }
+    }
+    assert_eq!(got.len(), want.len(), "{}", show());
+    // The trailer shows the bytes as found, both of them.
+    let text = log.join("\n");
+    let rz_line = dump_lines(&text, "Redzone  ")
+        .into_iter()
+        .find(|l| l.contains(&format!("{rz:016x}: ")))
+        .expect("right red zone dump");
+    assert!(rz_line.contains(": 42 bb"), "{rz_line}");
+    let obj_line = dump_lines(&text, "Object   ")[0];
+    assert!(obj_line.contains(": 6b 6b 6b 6b 6b 43 6b"), "{obj_line}");
+    // One report and one fix per range, as slub_kunit counts them.
+    assert_eq!(c.errors() - e0, 4, "{}", show());
+    assert_eq!(c.validate().errors, 0, "{:#?}", m.platform().take_log());
+    c.free(NonNull::new(a).unwrap()).unwrap();
 }

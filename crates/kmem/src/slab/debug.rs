@@ -21,11 +21,22 @@
 //!   allocation and free of each object.
 //! - `T` trace every alloc and free.
 //!
-//! Reports read like Linux's: a `BUG <cache>: <what>` banner, the details,
-//! the tracking records, the slab and the object with hex dumps, then
-//! `FIX <cache>: ...` for what was repaired. Each report and each fix counts
-//! one error on the cache and the allocator ([`KmemCache::errors`]), the
-//! counting of Linux's slub_kunit `slab_errors`.
+//! Reports read like Linux 6.15's and later ones' (to 6.18, which the rest
+//! of the slab code follows): a `BUG <cache>: <what>` banner, the details,
+//! the tracking records, the slab and the object with hex dumps
+//! (`print_trailer`: the object up to a page, red zones and padding whole,
+//! the 16 bytes before an object more than 16 bytes into a slab without red
+//! zones), then `FIX <cache>: ...` for what was repaired. A run of bad bytes
+//! found by `check_object` is one `[<what> overwritten] <first>-<last>
+//! @offset=<n>. First byte <b> instead of <v>` line; the first run of an
+//! object (and any padding run, as Linux's `check_pad_bytes` asks) is
+//! followed by an `Object corrupt` banner and the trailer, dumped before
+//! anything is repaired; each run then gets its `FIX` line. (Linux 6.11 to
+//! 6.14 gave each run a `<what> overwritten` banner and printed the trailer
+//! once, after the repairs.) Linux's taint letters in the banner, its
+//! `WARN` and stack dumps have no counterpart. Each report and each fix
+//! counts one error on the cache and the allocator ([`KmemCache::errors`]),
+//! the counting of Linux's slub_kunit `slab_errors`.
 //!
 //! `SLAB_TYPESAFE_BY_RCU` and `kfree_rcu` live in [`super::rcu`].
 
@@ -515,8 +526,12 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Linux's `check_bytes_and_report`: reports and repairs the first run
-    /// of bytes in `[start, start + bytes)` that differ from `value`.
+    /// Linux's `check_bytes_and_report` (6.15 on): reports and repairs the
+    /// first run of bytes in `[start, start + bytes)` that differ from
+    /// `value`. The run gets a `[<what> overwritten]` line; with
+    /// `print_object` it is followed by `object_err`'s `Object corrupt`
+    /// banner and the object's trailer, dumped before the repair; then the
+    /// `FIX` line.
     #[allow(clippy::too_many_arguments)]
     fn check_bytes_and_report(
         &self,
@@ -538,17 +553,20 @@ impl<P: Platform> KmemCache<P> {
         while end > fault && s[end - 1 - start] == value {
             end -= 1;
         }
+        // One error for the report; the object_err below is not counted
+        // again (slub_kunit counts a range once, and its repair once).
         self.count_error();
         let first = s[i];
         let off = fault - slab.base;
+        let last = end - 1;
         if print_object {
+            // obj is an object of the slab: object_err's trailer branch.
             self.platform().warn(format_args!(
-                "{}{fault:#x}-{:#x} @offset={off}. First byte {first:#x} instead of {value:#x}\n{}",
+                "[{what} overwritten] {fault:#x}-{last:#x} @offset={off}. First byte {first:#x} instead of {value:#x}\n{}{}",
                 Bug {
                     name: self.name(),
-                    msg: format_args!("{what} overwritten")
+                    msg: format_args!("Object corrupt")
                 },
-                end - 1,
                 Trailer {
                     cache: self,
                     slab,
@@ -557,17 +575,11 @@ impl<P: Platform> KmemCache<P> {
             ));
         } else {
             self.platform().warn(format_args!(
-                "{}{fault:#x}-{:#x} @offset={off}. First byte {first:#x} instead of {value:#x}",
-                Bug {
-                    name: self.name(),
-                    msg: format_args!("{what} overwritten")
-                },
-                end - 1
+                "[{what} overwritten] {fault:#x}-{last:#x} @offset={off}. First byte {first:#x} instead of {value:#x}"
             ));
         }
         self.slab_fix(format_args!(
-            "Restoring {what} {fault:#x}-{:#x}={value:#x}",
-            end - 1
+            "Restoring {what} {fault:#x}-{last:#x}={value:#x}"
         ));
         // SAFETY: as above.
         unsafe { core::ptr::write_bytes(fault as *mut u8, value, end - fault) };
