@@ -7,7 +7,8 @@
 //! and kfree_rcu keeping the kmalloc red zone checked (it claimed the whole
 //! object as ksize does: those two tests failed before). At the end, the
 //! report format against Linux 6.15+'s mm/slub.c: hex dump lengths, the
-//! `Bytes b4` rule, and two corruptions of one object line by line.
+//! `Bytes b4` rule, two corruptions of one object line by line, and the
+//! object dump of a `T` free.
 
 mod slab_common;
 
@@ -1130,4 +1131,48 @@ fn double_corruption_reports_like_linux() {
     assert_eq!(c.errors() - e0, 4, "{}", show());
     assert_eq!(c.validate().errors, 0, "{:#?}", m.platform().take_log());
     c.free(NonNull::new(a).unwrap()).unwrap();
+}
+/// slab_debug=T: Linux's trace() prints `TRACE <cache> alloc|free 0x<obj>
+/// inuse=<n> fp=0x<fp>` and, on a free only, the object's bytes
+/// (print_section "Object ", all object_size bytes) as they are before the
+/// free poisons them. kmem printed the TRACE line alone.
+#[test]
+fn trace_free_dumps_the_object() {
+    for size in [40usize, 300] {
+        let m = machine();
+        let s = slab_with(&m, "FPT");
+        let c = s
+            .kmem_cache_create("zztrace", size, 0, SlabFlags::empty(), None)
+            .unwrap();
+        m.platform().take_log();
+        let p = c.alloc(GFP_KERNEL).unwrap().as_ptr();
+        let log = m.platform().take_log();
+        assert_eq!(log.len(), 1, "{log:#?}");
+        let alloc = format!("TRACE zztrace alloc {:#x} inuse=1 fp=", p as usize);
+        assert!(log[0].starts_with(&alloc), "{log:#?}");
+        assert_eq!(
+            log[0].trim_end().lines().count(),
+            1,
+            "alloc dumps nothing: {log:#?}"
+        );
+        for i in 0..size {
+            unsafe { *p.add(i) = b'a' + (i % 26) as u8 };
+        }
+        c.free(NonNull::new(p).unwrap()).unwrap();
+        let log = m.platform().take_log();
+        assert_eq!(log.len(), 1, "{log:#?}");
+        let lines: Vec<&str> = log[0].lines().collect();
+        let free = format!("TRACE zztrace free {:#x} inuse=1 fp=", p as usize);
+        assert!(lines[0].starts_with(&free), "{log:#?}");
+        let want = dump_prefixes("Object ", p as usize, size);
+        assert_eq!(lines.len(), 1 + want.len(), "{log:#?}");
+        for (g, w) in lines[1..].iter().zip(&want) {
+            assert!(g.starts_with(w.as_str()), "{g} vs {w}");
+        }
+        assert!(
+            lines[1].ends_with("61 62 63 64 65 66 67 68 69 6a 6b 6c 6d 6e 6f 70  abcdefghijklmnop"),
+            "the bytes before the free poisons them: {}",
+            lines[1]
+        );
+    }
 }

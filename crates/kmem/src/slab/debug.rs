@@ -19,7 +19,9 @@
 //! - `U` tracking: the call site (`#[track_caller]`), CPU, task
 //!   (`Platform::task_id`) and time (a global event count) of the last
 //!   allocation and free of each object.
-//! - `T` trace every alloc and free.
+//! - `T` trace: a `TRACE <cache> alloc|free 0x<obj> inuse=<n> fp=0x<fp>`
+//!   line for every alloc and free; a free also dumps the object's bytes as
+//!   they were freed (Linux's `trace`; its stack dump has no counterpart).
 //!
 //! Reports read like Linux 6.15's and later ones' (to 6.18, which the rest
 //! of the slab code follows): a `BUG <cache>: <what>` banner, the details,
@@ -988,6 +990,10 @@ impl<P: Platform> KmemCache<P> {
         true
     }
 
+    /// Linux's `trace`: the slab's counters at the call (an alloc's object
+    /// already taken, a free's not yet given back), and for a free the
+    /// whole object (`print_section` "Object ", all of `object_size`, no
+    /// page limit), before the free poisons it.
     fn trace(&self, slab: SlabRef<'_>, obj: usize, alloc: bool) {
         let w = slab.word();
         let fp = if w.has_free() {
@@ -995,12 +1001,22 @@ impl<P: Platform> KmemCache<P> {
         } else {
             0
         };
-        self.platform().warn(format_args!(
-            "TRACE {} {} {obj:#x} inuse={} fp={fp:#x}",
-            self.name(),
-            if alloc { "alloc" } else { "free" },
-            w.inuse()
-        ));
+        let name = self.name();
+        let inuse = w.inuse();
+        if alloc {
+            self.platform().warn(format_args!(
+                "TRACE {name} alloc {obj:#x} inuse={inuse} fp={fp:#x}"
+            ));
+        } else {
+            self.platform().warn(format_args!(
+                "TRACE {name} free {obj:#x} inuse={inuse} fp={fp:#x}\n{}",
+                Hex {
+                    label: "Object ",
+                    addr: obj,
+                    len: self.object_size()
+                }
+            ));
+        }
     }
 
     /// Free of a debug cache's object (Linux's `free_to_partial_list` with
