@@ -431,10 +431,10 @@ fn kmalloc_max_size_and_warning() {
     assert_eq!(s.ksize(q), 128);
     s.kfree(q).unwrap();
     s.kfree(p).unwrap();
-    // kmem warns on every such call (each with its caller); Linux's
-    // WARN_ON_ONCE_GFP in the page allocator fires once per boot.
+    // Linux's WARN_ON_ONCE_GFP in the page allocator fires once per boot:
+    // the later failures are quiet.
     m.platform().take_log();
     assert!(s.kmalloc((4 << 20) + 1, GFP_KERNEL).is_err());
     assert!(s.kmalloc((4 << 20) + 1, GFP_KERNEL).is_err());
-    assert_eq!(m.platform().log_len(), 2, "{:?}", m.platform().take_log());
+    assert_eq!(m.platform().log_len(), 0, "{:?}", m.platform().take_log());
 }
