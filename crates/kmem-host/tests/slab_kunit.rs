@@ -49,10 +49,9 @@ fn test_clobber_zone() {
     unsafe { *p.add(64) = 0x12 };
     let r = c.validate();
     assert_eq!(r.errors, 2, "{:?}", m.platform().take_log());
-    assert!(m.platform().log_contains("[Right Redzone overwritten] "));
     assert!(m
         .platform()
-        .log_contains("BUG TestSlub_RZ_alloc: Object corrupt"));
+        .log_contains("BUG TestSlub_RZ_alloc: Right Redzone overwritten"));
     assert!(m.platform().log_contains("First byte 0x12 instead of 0xcc"));
     assert!(m
         .platform()
@@ -100,10 +99,9 @@ fn test_first_word() {
     unsafe { *p = 0x78 };
     let r = c.validate();
     assert_eq!(r.errors, 2, "{:#?}", m.platform().take_log());
-    assert!(m.platform().log_contains("[Poison overwritten] "));
     assert!(m
         .platform()
-        .log_contains("BUG TestSlub_1th_word_free: Object corrupt"));
+        .log_contains("BUG TestSlub_1th_word_free: Poison overwritten"));
     c.destroy().unwrap();
 }
 
@@ -152,10 +150,9 @@ fn test_kmalloc_redzone_access() {
     }
     let r = c.validate();
     assert_eq!(r.errors, 2, "{:#?}", m.platform().take_log());
-    assert!(m.platform().log_contains("[kmalloc Redzone overwritten] "));
     assert!(m
         .platform()
-        .log_contains("BUG TestSlub_RZ_kmalloc: Object corrupt"));
+        .log_contains("BUG TestSlub_RZ_kmalloc: kmalloc Redzone overwritten"));
     c.free(NonNull::new(p).unwrap()).unwrap();
     c.destroy().unwrap();
 }
@@ -287,10 +284,9 @@ fn poisoned_objects_read_poison_and_write_after_free_is_caught() {
     let e = c.errors();
     let q = c.alloc(GFP_KERNEL).unwrap().as_ptr();
     assert!(errs(&c, e) >= 2, "{:#?}", m.platform().take_log());
-    assert!(m.platform().log_contains("[Poison overwritten] "));
     assert!(m
         .platform()
-        .log_contains("BUG TestSlub_poison: Object corrupt"));
+        .log_contains("BUG TestSlub_poison: Poison overwritten"));
     c.free(NonNull::new(q).unwrap()).unwrap();
     drop(c);
 }

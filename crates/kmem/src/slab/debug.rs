@@ -23,22 +23,21 @@
 //!   line for every alloc and free; a free also dumps the object's bytes as
 //!   they were freed (Linux's `trace`; its stack dump has no counterpart).
 //!
-//! Reports read like Linux 6.15's and later ones' (to 6.18, which the rest
-//! of the slab code follows): a `BUG <cache>: <what>` banner, the details,
-//! the tracking records, the slab and the object with hex dumps
-//! (`print_trailer`: the object up to a page, red zones and padding whole,
-//! the 16 bytes before an object more than 16 bytes into a slab without red
-//! zones), then `FIX <cache>: ...` for what was repaired. A run of bad bytes
-//! found by `check_object` is one `[<what> overwritten] <first>-<last>
-//! @offset=<n>. First byte <b> instead of <v>` line; the first run of an
-//! object (and any padding run, as Linux's `check_pad_bytes` asks) is
-//! followed by an `Object corrupt` banner and the trailer, dumped before
-//! anything is repaired; each run then gets its `FIX` line. (Linux 6.11 to
-//! 6.14 gave each run a `<what> overwritten` banner and printed the trailer
-//! once, after the repairs.) Linux's taint letters in the banner, its
-//! `WARN` and stack dumps have no counterpart. Each report and each fix
-//! counts one error on the cache and the allocator ([`KmemCache::errors`]),
-//! the counting of Linux's slub_kunit `slab_errors`.
+//! Reports read like Linux 6.11 to 6.14's (the format of the issue's
+//! example, `BUG kmalloc-64: Right Redzone overwritten`): a `BUG <cache>:
+//! <what>` banner, the details, the tracking records, the slab and the
+//! object with hex dumps (`print_trailer`: the object up to a page, red
+//! zones and padding whole, the 16 bytes before an object more than 16
+//! bytes into a slab without red zones), and `FIX <cache>: ...` for what
+//! was repaired. `check_object` gives each run of bad bytes its own
+//! `<what> overwritten` banner, run line and `FIX` line, and prints the
+//! object's trailer once after all of them (so the dump shows the bytes
+//! restored). Linux 6.15 changed this: a `[<what> overwritten] ...` line
+//! per run and one `Object corrupt` banner with the trailer dumped before
+//! the repairs. Linux's taint field in the banner, its `WARN` and stack
+//! dumps have no counterpart. Each report and each fix counts one error on
+//! the cache and the allocator ([`KmemCache::errors`]), the counting of
+//! Linux's slub_kunit `slab_errors`.
 //!
 //! `SLAB_TYPESAFE_BY_RCU` and `kfree_rcu` live in [`super::rcu`].
 
@@ -528,22 +527,18 @@ impl<P: Platform> KmemCache<P> {
         }
     }
 
-    /// Linux's `check_bytes_and_report` (6.15 on): reports and repairs the
-    /// first run of bytes in `[start, start + bytes)` that differ from
-    /// `value`. The run gets a `[<what> overwritten]` line; with
-    /// `print_object` it is followed by `object_err`'s `Object corrupt`
-    /// banner and the object's trailer, dumped before the repair; then the
-    /// `FIX` line.
-    #[allow(clippy::too_many_arguments)]
+    /// Linux's `check_bytes_and_report` (6.11 to 6.14): reports and
+    /// repairs the first run of bytes in `[start, start + bytes)` that
+    /// differ from `value`: a `<what> overwritten` banner, the run's line,
+    /// the `FIX` line. The object's trailer is [`Self::check_object`]'s,
+    /// once for all runs.
     fn check_bytes_and_report(
         &self,
         slab: SlabRef<'_>,
-        obj: usize,
         what: &str,
         start: usize,
         value: u8,
         bytes: usize,
-        print_object: bool,
     ) -> bool {
         // SAFETY: the range lies inside the slab.
         let s = unsafe { core::slice::from_raw_parts(start as *const u8, bytes) };
@@ -555,31 +550,17 @@ impl<P: Platform> KmemCache<P> {
         while end > fault && s[end - 1 - start] == value {
             end -= 1;
         }
-        // One error for the report; the object_err below is not counted
-        // again (slub_kunit counts a range once, and its repair once).
         self.count_error();
         let first = s[i];
         let off = fault - slab.base;
         let last = end - 1;
-        if print_object {
-            // obj is an object of the slab: object_err's trailer branch.
-            self.platform().warn(format_args!(
-                "[{what} overwritten] {fault:#x}-{last:#x} @offset={off}. First byte {first:#x} instead of {value:#x}\n{}{}",
-                Bug {
-                    name: self.name(),
-                    msg: format_args!("Object corrupt")
-                },
-                Trailer {
-                    cache: self,
-                    slab,
-                    obj
-                }
-            ));
-        } else {
-            self.platform().warn(format_args!(
-                "[{what} overwritten] {fault:#x}-{last:#x} @offset={off}. First byte {first:#x} instead of {value:#x}"
-            ));
-        }
+        self.platform().warn(format_args!(
+            "{}{fault:#x}-{last:#x} @offset={off}. First byte {first:#x} instead of {value:#x}",
+            Bug {
+                name: self.name(),
+                msg: format_args!("{what} overwritten")
+            },
+        ));
         self.slab_fix(format_args!(
             "Restoring {what} {fault:#x}-{last:#x}={value:#x}"
         ));
@@ -589,21 +570,13 @@ impl<P: Platform> KmemCache<P> {
     }
 
     /// Linux's `check_pad_bytes`: the padding after the metadata is 0x5a.
-    fn check_pad_bytes(&self, slab: SlabRef<'_>, obj: usize, print: bool) -> bool {
+    fn check_pad_bytes(&self, slab: SlabRef<'_>, obj: usize) -> bool {
         let off = self.meta_end();
         let end = self.size_from_object();
         if off >= end {
             return true;
         }
-        self.check_bytes_and_report(
-            slab,
-            obj,
-            "Object padding",
-            obj + off,
-            POISON_INUSE,
-            end - off,
-            print,
-        )
+        self.check_bytes_and_report(slab, "Object padding", obj + off, POISON_INUSE, end - off)
     }
 
     /// Linux's `slab_pad_check`: the leftover at the end of the slab is 0x5a.
@@ -670,23 +643,19 @@ impl<P: Platform> KmemCache<P> {
         if f.contains(SlabFlags::RED_ZONE) {
             if !self.check_bytes_and_report(
                 slab,
-                obj,
                 "Left Redzone",
                 obj - self.red_left_pad,
                 val,
                 self.red_left_pad,
-                ret,
             ) {
                 ret = false;
             }
             if !self.check_bytes_and_report(
                 slab,
-                obj,
                 "Right Redzone",
                 obj + self.object_size(),
                 val,
                 self.inuse() - self.object_size(),
-                ret,
             ) {
                 ret = false;
             }
@@ -695,12 +664,10 @@ impl<P: Platform> KmemCache<P> {
                 if self.object_size() > orig
                     && !self.check_bytes_and_report(
                         slab,
-                        obj,
                         "kmalloc Redzone",
                         obj + orig,
                         val,
                         self.object_size() - orig,
-                        ret,
                     )
                 {
                     ret = false;
@@ -710,12 +677,10 @@ impl<P: Platform> KmemCache<P> {
             && self.object_size() < self.inuse()
             && !self.check_bytes_and_report(
                 slab,
-                obj,
                 "Alignment padding",
                 obj + self.object_size(),
                 POISON_INUSE,
                 self.inuse() - self.object_size(),
-                ret,
             )
         {
             ret = false;
@@ -725,33 +690,46 @@ impl<P: Platform> KmemCache<P> {
                 if self.object_size() > 1
                     && !self.check_bytes_and_report(
                         slab,
-                        obj,
                         "Poison",
                         obj,
                         POISON_FREE,
                         self.object_size() - 1,
-                        ret,
                     )
                 {
                     ret = false;
                 }
                 if !self.check_bytes_and_report(
                     slab,
-                    obj,
                     "End Poison",
                     obj + self.object_size() - 1,
                     POISON_END,
                     1,
-                    ret,
                 ) {
                     ret = false;
                 }
             }
-            // Linux's check_pad_bytes always prints the object.
-            if !self.check_pad_bytes(slab, obj, true) {
+            if !self.check_pad_bytes(slab, obj) {
                 ret = false;
             }
         }
+        // Bad bytes so far: their trailer follows once, at the end.
+        let bytes_bad = !ret;
+        // A corrupt free pointer's report: with its own trailer (Linux's
+        // object_err) unless the one at the end will follow.
+        let fp_corrupt = |this: &Self| {
+            if bytes_bad {
+                this.count_error();
+                this.platform().warn(format_args!(
+                    "{}",
+                    Bug {
+                        name: this.name(),
+                        msg: format_args!("Freepointer corrupt")
+                    }
+                ));
+            } else {
+                this.object_err(slab, obj, format_args!("Freepointer corrupt"));
+            }
+        };
         if self.offset >= self.inuse() || val != SLUB_RED_ACTIVE {
             // SAFETY: obj is an object of the slab.
             let fp = unsafe { self.get_fp(obj) };
@@ -766,15 +744,27 @@ impl<P: Platform> KmemCache<P> {
                 // kfree_rcu), or a free pointer.
                 let marked = self.marks && (fp == self.allocated_mark() || fp == obj);
                 if !marked && !self.plausible_fp(fp) {
-                    self.object_err(slab, obj, format_args!("Freepointer corrupt"));
+                    fp_corrupt(self);
                     ret = false;
                 }
             } else if !self.check_valid_pointer(slab, fp) {
-                self.object_err(slab, obj, format_args!("Freepointer corrupt"));
+                fp_corrupt(self);
                 // SAFETY: as above.
                 unsafe { self.set_fp(obj, 0) };
                 ret = false;
             }
+        }
+        if bytes_bad {
+            // Linux 6.11 to 6.14: one trailer for every bad run, after the
+            // repairs.
+            self.platform().warn(format_args!(
+                "{}",
+                Trailer {
+                    cache: self,
+                    slab,
+                    obj
+                }
+            ));
         }
         ret
     }
