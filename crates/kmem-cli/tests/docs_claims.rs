@@ -1,7 +1,8 @@
 //! Claims the docs and `kmem tour` make, checked against what the code
 //! does (found wrong in review): the README's page-allocator example can
 //! use `?` with one error type, `tour --json`'s `min_free_kbytes` is
-//! `vm.min_free_kbytes`, and the tour's bounce-pool range holds the pool.
+//! `vm.min_free_kbytes`, the tour's bounce-pool range holds the pool, and
+//! the module docs' figures and defaults (each test names its claim).
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -113,4 +114,46 @@ fn tour_bounce_pool_line_holds_the_pool() {
     let (a, b) = (parse_hex(rest[6]), parse_hex(rest[8].trim_end_matches(',')));
     assert!(blocks >= 1 && mib > 0);
     assert!(b - a >= mib << 20, "{mib} MiB between {a:#x} and {b:#x}");
+}
+
+fn machine(nr_cpus: usize) -> kmem_host::Machine {
+    kmem_host::Machine::new(kmem_host::MachineConfig {
+        ram_bytes: 64 << 20,
+        nr_cpus,
+        ..Default::default()
+    })
+    .expect("machine")
+}
+
+/// The `kmem_cache` cache's object size with `nr_cpus` CPUs.
+fn kmem_cache_object_size(nr_cpus: usize) -> usize {
+    let m = machine(nr_cpus);
+    let s =
+        kmem::slab::SlabAllocator::new(m.pages(), kmem::slab::SlabConfig::default()).expect("slab");
+    let size = s
+        .find_cache("kmem_cache")
+        .expect("the bootstrap cache")
+        .object_size();
+    drop(s);
+    size
+}
+
+/// The slab module doc's drawback: a `kmem_cache` object grows by "N bytes
+/// per CPU". It said "about 200" while the per-CPU state was 320 bytes.
+#[test]
+fn slab_doc_per_cpu_bytes_of_a_kmem_cache() {
+    let doc = include_str!("../../kmem/src/slab/mod.rs");
+    let i = doc.find(" bytes per CPU").expect("the per-CPU size claim");
+    let n: usize = doc[..i]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a number before 'bytes per CPU'");
+    let (one, two, four) = (
+        kmem_cache_object_size(1),
+        kmem_cache_object_size(2),
+        kmem_cache_object_size(4),
+    );
+    assert_eq!((two - one, four - two), (n, 2 * n), "{one} {two} {four}");
 }

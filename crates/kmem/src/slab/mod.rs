@@ -130,7 +130,8 @@
 //! - kmem has no RCU of its own: `rcu_barrier` is the grace period, and the
 //!   caller vouches for it (see [`rcu`]).
 //! - A `kmem_cache` object holds the per-CPU state of every CPU inline, so
-//!   its size grows with `nr_cpus` (about 200 bytes per CPU).
+//!   its size grows with `nr_cpus` (320 bytes per CPU: the `kmem_cache`
+//!   cache's object size in slabinfo).
 //!
 //! ## Why `SlabAllocator<'a, P>` borrows the page allocator
 //! [`SlabAllocator`] holds `&'a PageAllocator<P>` and a pointer to its
