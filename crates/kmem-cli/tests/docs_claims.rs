@@ -157,3 +157,26 @@ fn slab_doc_per_cpu_bytes_of_a_kmem_cache() {
     );
     assert_eq!((two - one, four - two), (n, 2 * n), "{one} {two} {four}");
 }
+
+/// The kmalloc module doc: above KMALLOC_MAX_SIZE kmalloc warns once per
+/// page allocator, one warning shared with alloc_pages above
+/// MAX_PAGE_ORDER (it said "on every call").
+#[test]
+fn oversize_kmalloc_warns_once_per_allocator() {
+    let doc = include_str!("../../kmem/src/slab/kmalloc.rs");
+    assert!(doc.contains("once per page allocator"));
+    assert!(!doc.contains("on every\n//! call"));
+    let m = machine(2);
+    let s =
+        kmem::slab::SlabAllocator::new(m.pages(), kmem::slab::SlabConfig::default()).expect("slab");
+    let big = kmem::slab::KMALLOC_MAX_SIZE + 1;
+    assert!(s.kmalloc(big, kmem::gfp::GFP_KERNEL).is_err());
+    assert!(s.kmalloc(big, kmem::gfp::GFP_KERNEL).is_err());
+    assert!(m
+        .pages()
+        .alloc_pages(kmem::gfp::GFP_KERNEL, kmem::MAX_PAGE_ORDER + 1)
+        .is_err());
+    let log = m.platform().take_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].contains("KMALLOC_MAX_SIZE"), "{log:?}");
+}

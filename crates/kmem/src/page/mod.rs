@@ -130,7 +130,7 @@ pub struct PageAllocator<P: Platform> {
     pub(crate) shrinkers: lock_api::Mutex<P::Lock, reclaim::ShrinkerSet<P>>,
     pub(crate) stats: VmStats,
     /// Linux's `WARN_ON_ONCE` sites that have fired (bits of
-    /// [`alloc::NofailWarning`]).
+    /// `alloc::OnceSite`).
     pub(crate) warned_once: core::sync::atomic::AtomicU32,
 }
 

@@ -18,10 +18,11 @@
 //! in their head frame, so `kfree` and `ksize` recognise them and refuse
 //! anything the page allocator handed to someone else.
 //!
-//! Above 4 MiB kmalloc fails and warns (unless `__GFP_NOWARN`) on every
-//! call, naming the caller; Linux's warning comes from the page allocator's
-//! `WARN_ON_ONCE_GFP` and fires once per boot, so a kernel log shows only
-//! the first such caller.
+//! Above 4 MiB kmalloc fails and warns (unless `__GFP_NOWARN`), naming the
+//! caller, once per page allocator: as in Linux, where the warning is the
+//! page allocator's `WARN_ON_ONCE_GFP` (once per boot), it is one warning
+//! shared with `alloc_pages` of an order above `MAX_PAGE_ORDER`, so the log
+//! shows only the first such caller.
 
 use super::cpu::Fast;
 use super::rcu::{free_any, RCU_HEAD_SIZE};
