@@ -180,3 +180,14 @@ fn oversize_kmalloc_warns_once_per_allocator() {
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(log[0].contains("KMALLOC_MAX_SIZE"), "{log:?}");
 }
+
+/// The vmalloc module doc's diagram: a purge frees emptied page tables only
+/// with `VmallocConfig::free_page_tables`, which is off by default (the
+/// diagram said every purge frees them).
+#[test]
+fn vmalloc_purge_frees_tables_only_when_configured() {
+    assert!(!kmem::vmalloc::VmallocConfig::default().free_page_tables);
+    assert!(!kmem::vmalloc::VmallocConfig::range(0x1000, 0x2000).free_page_tables);
+    let doc = include_str!("../../kmem/src/vmalloc/mod.rs");
+    assert!(doc.contains("free emptied tables (only with `free_page_tables`, off by"));
+}

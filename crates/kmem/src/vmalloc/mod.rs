@@ -9,7 +9,8 @@
 //!    1. unlink from the busy tree                                  (state lock)
 //!    2. clear the entries, free the pages — no TLB flush yet
 //!    3. lazy list; past the threshold, purge: ONE flush for every lazy
-//!       area, free emptied tables, merge the ranges back into the free tree
+//!       area, free emptied tables (only with `free_page_tables`, off by
+//!       default), merge the ranges back into the free tree
 //! ```
 //!
 //! [`Vmalloc`] owns a virtual range (Linux's `VMALLOC_START..VMALLOC_END`),
