@@ -113,7 +113,8 @@
 //! user data mimics a free slot is about 2^-37 per free. The check and the
 //! marker's write are plain loads and stores: two CPUs freeing one object at
 //! the same instant can both pass (README). Without the mark only a
-//! free of the object at the head of a free list is caught (Linux's check).
+//! free of the object at the top of the CPU's sheaf or the head of a free
+//! list is caught (Linux's check).
 //! Debug caches check exactly by walking the free list under the node lock.
 //! Every refused free is reported through the platform and changes nothing.
 //!
