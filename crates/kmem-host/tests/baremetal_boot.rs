@@ -293,6 +293,22 @@ fn baremetal_kernel_boots_and_runs_kmem() {
             ));
         }
     }
+    // README.md quotes an excerpt of this log: each quoted line must be one
+    // the kernel prints (its counts and addresses drifted before).
+    let readme = include_str!("../../../README.md");
+    let excerpt = readme
+        .split_once("An excerpt of the log:")
+        .and_then(|(_, rest)| rest.split_once("```text\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("README.md has the bare-metal log excerpt");
+    for quoted in excerpt.lines() {
+        if !lines.contains(&quoted) {
+            fail(format!(
+                "README.md's log excerpt quotes a line the kernel did not print: {quoted:?}"
+            ));
+        }
+    }
     if let Some(l) = lines.iter().find(|l| l.contains("SKIPPED")) {
         fail(format!("a section was skipped: {l}"));
     }
