@@ -389,7 +389,7 @@ impl fmt::Display for DebugReport {
                 unmap_count,
             } => write!(
                 f,
-                "device driver frees DMA sg list with different entry count [device address={a}] [map count={map_count}] [unmap count={unmap_count}]"
+                "device driver frees DMA sg list with different entry count [map count={map_count}] [unmap count={unmap_count}]"
             )?,
             Violation::SyncWrongSgCount {
                 map_count,
