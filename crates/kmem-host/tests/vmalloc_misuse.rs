@@ -235,11 +235,11 @@ fn vmap_of_frames_that_are_not_ram() {
 /// vmalloc_node_range with an unaligned start: error, and nothing else is
 /// disturbed.
 #[test]
-
 fn node_range_unaligned_start() {
     let m = machine();
     let vm = vmap::vmalloc(&m).unwrap();
     let c = *vm.config();
+    let before = free_pages(&m);
     let r = vm.vmalloc_node_range(
         PAGE_SIZE,
         1,
@@ -250,14 +250,18 @@ fn node_range_unaligned_start() {
         VmFlags::empty(),
         -1,
     );
-    eprintln!("unaligned start: {r:?}");
-    if let Ok(p) = r {
-        assert_eq!(
-            p.as_ptr() as usize % PAGE_SIZE,
-            0,
-            "unaligned area returned"
-        );
-    }
+    assert_eq!(
+        r,
+        Err(VmallocError::BadRange {
+            start: c.start + 0x800,
+            end: c.end
+        }),
+        "an unaligned start is refused"
+    );
+    assert_eq!(free_pages(&m), before, "a refused call takes no page");
+    let mut areas = 0;
+    vm.for_each_area(|_| areas += 1);
+    assert_eq!(areas, 0, "a refused call leaves no area");
     vm.verify().unwrap();
     // An ordinary vmalloc must still work.
     let q = vm.vmalloc(PAGE_SIZE);
@@ -454,7 +458,14 @@ fn node_range_unaligned_start_in_memory() {
         VmFlags::empty(),
         -1,
     );
-    eprintln!("unaligned start: {r:?}");
+    assert_eq!(
+        r,
+        Err(VmallocError::BadRange {
+            start: c.start + 0x800,
+            end: c.end
+        }),
+        "an unaligned start is refused"
+    );
     vm.verify().unwrap();
     let q = vm.vmalloc(PAGE_SIZE);
     eprintln!("next vmalloc: {q:?}");
@@ -617,12 +628,15 @@ fn unmap_aliases_keeps_empty_block() {
     );
 }
 
-/// Internal flags accepted from the caller: an area nobody can free.
+/// Internal flags from the caller (here DEFERRED_FREE, which would make an
+/// area nobody can free) are refused with BadFlags naming them, and the
+/// refused call leaves nothing behind.
 #[test]
-fn internal_vm_flags_accepted() {
+fn internal_vm_flags_refused() {
     let m = machine();
     let vm = vmap::vmalloc(&m).unwrap();
     let c = *vm.config();
+    let before = free_pages(&m);
     let r = vm.vmalloc_node_range(
         PAGE_SIZE,
         1,
@@ -633,12 +647,18 @@ fn internal_vm_flags_accepted() {
         VmFlags::DEFERRED_FREE,
         -1,
     );
-    eprintln!("vmalloc_node_range(DEFERRED_FREE) = {r:?}");
-    if let Ok(p) = r {
-        let f = vm.vfree(p.as_ptr());
-        eprintln!("vfree = {f:?}");
-        assert!(f.is_ok(), "an area the caller cannot free: {f:?}");
-    }
+    assert_eq!(
+        r,
+        Err(VmallocError::BadFlags {
+            flags: VmFlags::DEFERRED_FREE
+        }),
+        "vmalloc_node_range(DEFERRED_FREE)"
+    );
+    let mut areas = 0;
+    vm.for_each_area(|_| areas += 1);
+    assert_eq!(areas, 0, "a refused call leaves no area");
+    assert_eq!(free_pages(&m), before, "a refused call takes no page");
+    vm.verify().unwrap();
 }
 
 /// Two CPUs unmapping the same `vm_map_ram` range at the same instant (a
