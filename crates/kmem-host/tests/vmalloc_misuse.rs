@@ -149,25 +149,38 @@ fn vm_unmap_ram_wrong_counts_name_what_is_there() {
     }
 }
 
-/// vmap with VM_ALLOC: then vfree frees the caller's pages.
+/// vmap with VM_ALLOC: an ALLOC area's pages are freed by vfree, so the
+/// caller's pages would be. The flag is one only vmalloc itself sets: vmap
+/// refuses it with BadFlags and a warning, maps nothing, and the pages stay
+/// the caller's.
 #[test]
 fn vmap_with_alloc_flag() {
     let m = machine();
     let vm = vmap::vmalloc(&m).unwrap();
     let pages = alloc_pages(&m, 2);
+    let before = free_pages(&m);
+    m.platform().take_log();
     let r = vm.vmap(&pages, VmFlags::MAP | VmFlags::ALLOC, PteFlags::KERNEL);
-    eprintln!("vmap(VM_ALLOC) = {r:?}");
-    if let Ok(p) = r {
-        let before = free_pages(&m);
-        vm.vfree(p.as_ptr()).unwrap();
-        let after = free_pages(&m);
-        eprintln!(
-            "free pages before {before} after {after}; owner {}",
-            m.pages().frame(pages[0]).unwrap().owner()
-        );
-        // The caller still holds the pages: freeing them now must work.
-        let e = m.pages().free_pages(pages[0], 0);
-        assert!(e.is_ok(), "caller's page was freed by vfree: {e:?}");
+    assert_eq!(
+        r,
+        Err(VmallocError::BadFlags {
+            flags: VmFlags::MAP | VmFlags::ALLOC
+        }),
+        "vmap(VM_ALLOC)"
+    );
+    let log = m.platform().take_log();
+    assert!(
+        log.iter().any(|l| l.contains("only vmalloc itself sets")),
+        "{log:?}"
+    );
+    let mut areas = 0;
+    vm.for_each_area(|_| areas += 1);
+    assert_eq!(areas, 0, "a refused vmap leaves no area");
+    assert_eq!(free_pages(&m), before, "a refused vmap takes no page");
+    vm.verify().unwrap();
+    // The caller still holds the pages: freeing them now must work.
+    for p in pages {
+        m.pages().free_pages(p, 0).unwrap();
     }
 }
 
