@@ -541,13 +541,11 @@ fn the_engine_faults_on_what_the_device_may_not_touch() {
     let mut port = PatternPort::new(5);
 
     // Unmapped.
-    let line = line!() + 1;
     let run = eng.run(&mut port);
     assert_eq!(run.failed, 0);
     let s = eng.post(DmaAddr(pfn.phys().0), 64, DESC_WRITE).unwrap();
     let line2 = line!() + 1;
     let run = eng.run(&mut port);
-    let _ = line;
     assert_eq!((run.completed, run.failed), (0, 1));
     assert_eq!(
         eng.desc(s).flags & (DESC_ERR | DESC_ERR_FAULT),
