@@ -94,6 +94,10 @@ fn sg_entry_longer_than_max_segment_is_caught() {
         "a {}-byte segment for a device with max_segment_size {PAGE_SIZE}, nothing reported: {r:?}",
         segs[0]
     );
+    // kmem's choice, Linux's check_sg_segment: reported, mapped anyway.
+    assert_eq!((r, errors), (Ok(1), 1));
+    assert!(log(&m)
+        .contains("mapping sg segment longer than device claims to support [len=8192] [max=4096]"));
 }
 
 #[test]
@@ -118,6 +122,9 @@ fn sg_entry_across_segment_boundary_is_caught() {
         r.is_err() || errors > 0 || !crosses,
         "segment {b:#x}+{l} crosses the device's 4 KiB boundary, nothing reported"
     );
+    // kmem's choice, Linux's check_sg_segment: reported, mapped anyway.
+    assert_eq!((r, errors, crosses), (Ok(1), 1, true));
+    assert!(log(&m).contains("mapping sg segment across boundary"));
 }
 
 /// Linux's swiotlb slot search honours the device's segment boundary
@@ -244,6 +251,9 @@ fn unmap_sg_of_an_unmapped_list_is_reported() {
         r.is_err() || dma.debug().errors() > 0,
         "silently accepted: {r:?}"
     );
+    // kmem's choice: reported once and refused.
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(dma.debug().errors(), 1);
 }
 
 /// Linux's check_sync for sg: "device driver syncs DMA sg list with
@@ -268,6 +278,11 @@ fn sync_sg_with_another_entry_count_is_reported() {
         r.is_err() || errs > 0,
         "sync of 1 entry of a 2-entry list: {r:?}"
     );
+    // kmem's choice: reported with Linux's line.
+    assert_eq!(errs, 1, "{r:?}");
+    assert!(log(&m).contains(
+        "device driver syncs DMA sg list with different entry count [map count=2] [sync count=1]"
+    ));
 }
 
 fn no_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
@@ -473,6 +488,8 @@ fn sync_with_dma_none_is_not_a_silent_noop() {
         "sync_for_cpu(DMA_NONE) returned {r:?} yet copied nothing (CPU holds {}, device wrote 2)",
         got[0]
     );
+    // kmem's choice: refused, like the map.
+    assert!(matches!(r, Err(DmaError::InvalidDirection)), "{r:?}");
 }
 
 /// A page and offset whose address does not fit in 64 bits, or a range

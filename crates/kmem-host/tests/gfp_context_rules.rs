@@ -11,7 +11,7 @@ use kmem::addr::PAGE_SIZE;
 use kmem::context::ContextPolicy;
 use kmem::error::AllocError;
 use kmem::gfp::{Gfp, __GFP_MEMALLOC, __GFP_NOFAIL, __GFP_NOWARN, GFP_KERNEL};
-use kmem::kvmalloc::KvAlloc;
+use kmem::kvmalloc::{KvAlloc, KvFreeError};
 use kmem::slab::{SlabAllocator, SlabConfig};
 use kmem_host::vmap;
 use kmem_host::{Machine, MachineConfig};
@@ -46,6 +46,16 @@ fn kvfree_rcu_mightsleep_small_object_in_reader_not_freed() {
         "kvfree_rcu_mightsleep returned {r:?} and freed the object while \
          the RCU reader was still inside its read-side section"
     );
+    // kmem's choice: a sleeping call inside the read-side section is
+    // refused (Linux's might_sleep), nothing freed; the caller frees it
+    // once out of the reader.
+    assert!(
+        matches!(r, Err(KvFreeError::NoGracePeriod { addr }) if addr == p as usize),
+        "{r:?}"
+    );
+    assert_eq!(live_in_reader, 8);
+    kv.kvfree(p).unwrap();
+    assert_eq!(slab.ksize(p), 0, "freed");
 }
 
 /// Linux's GFP_SLAB_BUG_MASK includes every bit outside __GFP_BITS_MASK:
