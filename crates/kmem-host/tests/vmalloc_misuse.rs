@@ -719,3 +719,95 @@ fn racing_double_vm_unmap_ram_lets_one_through() {
         m.pages().free_pages(pfn, 0).unwrap();
     }
 }
+
+/// x86 tables whose `unmap_range` panics once armed: a backend bug in the
+/// middle of a teardown.
+struct PanicsOnUnmap<'a> {
+    inner: kmem::paging::X86PageTables<'a, kmem_host::HostPlatform>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PageTables for PanicsOnUnmap<'_> {
+    fn map(
+        &self,
+        va: VirtAddr,
+        pa: kmem::addr::PhysAddr,
+        size: kmem::paging::PageSize,
+        flags: PteFlags,
+        gfp: kmem::Gfp,
+    ) -> Result<kmem::paging::Flush<'_, Self>, kmem::paging::MapError> {
+        self.inner
+            .map(va, pa, size, flags, gfp)
+            .map(|f| kmem::paging::Flush::new(self, f.addr()))
+    }
+    fn unmap(
+        &self,
+        va: VirtAddr,
+    ) -> Result<(kmem::paging::Translation, kmem::paging::Flush<'_, Self>), kmem::paging::UnmapError>
+    {
+        self.inner
+            .unmap(va)
+            .map(|(t, f)| (t, kmem::paging::Flush::new(self, f.addr())))
+    }
+    fn unmap_range(
+        &self,
+        start: VirtAddr,
+        end: VirtAddr,
+        on_leaf: &mut dyn FnMut(VirtAddr, kmem::addr::PhysAddr, kmem::paging::PageSize),
+    ) -> kmem::paging::FlushRange<'_, Self> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            panic!("backend bug in unmap_range");
+        }
+        let (s, e) = self.inner.unmap_range(start, end, on_leaf).range();
+        kmem::paging::FlushRange::new(self, s, e)
+    }
+    fn translate(
+        &self,
+        va: VirtAddr,
+    ) -> Result<kmem::paging::Translation, kmem::paging::TranslateError> {
+        self.inner.translate(va)
+    }
+    fn free_empty_tables(&self, start: VirtAddr, end: VirtAddr) -> usize {
+        self.inner.free_empty_tables(start, end)
+    }
+    fn flush_page(&self, va: VirtAddr) {
+        self.inner.flush_page(va)
+    }
+    fn flush_range(&self, start: VirtAddr, end: VirtAddr) {
+        self.inner.flush_range(start, end)
+    }
+    fn flush_all(&self) {
+        self.inner.flush_all()
+    }
+}
+
+/// A backend that panics in the middle of a vfree's teardown leaves the
+/// area on the lazy list; the purge after it (Vmalloc's Drop runs one
+/// while a panicking test unwinds) must still finish. It waited forever
+/// for the record's UNMAPPING flag, which the unwound teardown never
+/// cleared: a panic became a hang.
+#[test]
+fn a_panic_in_teardown_does_not_hang_the_purge() {
+    let m: &'static kmem_host::Machine = Box::leak(Box::new(machine()));
+    let tables = PanicsOnUnmap {
+        inner: kmem::paging::X86PageTables::new(m.pages()).unwrap(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let vm = kmem::vmalloc::Vmalloc::new(m.pages(), tables, kmem::vmalloc::VmallocConfig::x86_64())
+        .unwrap();
+    let vm: &'static _ = Box::leak(Box::new(vm));
+    let p = vm.vmalloc(3 * PAGE_SIZE).unwrap().as_ptr() as usize;
+    vm.tables()
+        .armed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.vfree(p as *const u8)));
+    assert!(r.is_err(), "the backend panicked");
+    // The purge on its own thread: a hang shows as a timeout, not as a
+    // test binary that never ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(vm.purge()).unwrap());
+    let n = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the purge waited forever for the torn-down area");
+    assert_eq!(n, 1, "the area was purged");
+}

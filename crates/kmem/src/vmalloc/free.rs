@@ -322,6 +322,10 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
                 (*rec).nr_pages.load(Relaxed),
             )
         };
+        // Clears UNMAPPING when dropped: below, or while unwinding from a
+        // backend that panicked mid-way (a purge, Vmalloc's Drop's
+        // included, waits for the flag and would spin forever).
+        let unmapped = Unmapped(rec);
         let owns = flags.intersects(VmFlags::ALLOC | VmFlags::MAP_PUT_PAGES);
         self.tables
             .unmap_range(VirtAddr(start), VirtAddr(end), &mut |_, pa, size| {
@@ -333,12 +337,8 @@ impl<'a, P: Platform, B: PageTables> Vmalloc<'a, P, B> {
         if flags.contains(VmFlags::ALLOC) && !flags.contains(VmFlags::UNINITIALIZED) {
             self.nr_vmalloc_pages.fetch_sub(nr as u64, Relaxed);
         }
-        // SAFETY: as above; the last access.
-        unsafe {
-            (*rec)
-                .vm_flags
-                .fetch_and(!VmFlags::UNMAPPING.bits(), Release)
-        };
+        // The last access to the record.
+        drop(unmapped);
         self.stats.lazy_frees.fetch_add(1, Relaxed);
         self.maybe_purge();
     }
@@ -739,4 +739,20 @@ pub(crate) fn classify(s: &State, a: usize) -> VfreeError {
         return VfreeError::DoubleFree { addr: a };
     }
     VfreeError::NotAllocated { addr: a }
+}
+
+/// A lazy record being torn down: dropping this clears its UNMAPPING flag
+/// (see [`Vmalloc::teardown`]), the record's last access by the teardown.
+struct Unmapped(*mut VmapArea);
+
+impl Drop for Unmapped {
+    fn drop(&mut self) {
+        // SAFETY: the record stays on the lazy list, readable, until this
+        // flag is cleared; nothing else writes it meanwhile.
+        unsafe {
+            (*self.0)
+                .vm_flags
+                .fetch_and(!VmFlags::UNMAPPING.bits(), Release)
+        };
+    }
 }
