@@ -613,11 +613,10 @@ fn direct_map<'m>(
         .iter()
         .flatten()
         .map(|r| (r.start.0.max(ISA_END), r.end.0, r.kind));
-    for (start, end, kind) in core::iter::once(isa).chain(ram) {
+    for (mut cur, end, kind) in core::iter::once(isa).chain(ram) {
         if kind != RegionKind::Usable {
             continue;
         }
-        let (mut cur, end) = (start, end);
         while cur < end {
             let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
                 .into_iter()
