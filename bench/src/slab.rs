@@ -80,8 +80,8 @@ Allocators: kmem (hosted machine, 1 GiB, 2 CPUs; SlabAllocator kmalloc/kfree
 with GFP_KERNEL; the baseline of every \"vs kmem\" column and of the goals);
 kmem-nomark (the same with SlabConfig::double_free_mark = false: Linux's
 CONFIG_SLAB_FREELIST_HARDENED exactly, encoded free pointers but no allocated
-mark in the object, so only a double free of the sheaf's (or free list's) top object is caught;
-the row prices kmem's mark), kmem-unhardened (also
+mark in the object, so only a double free of the sheaf's (or free list's)
+top object is caught; the row prices kmem's mark), kmem-unhardened (also
 SlabConfig::freelist_hardened = false: plain free pointers; the row prices the
 encoding), kmem-unclaimed (kmem's configuration on threads that claim no CPU:
 the shared paths, a compare-and-swap per operation, as a GlobalAlloc user's

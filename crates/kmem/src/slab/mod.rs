@@ -65,8 +65,8 @@
 //! the middle of the object (away from the edges that small overflows hit),
 //! or right after it when the contents must survive a free (constructor,
 //! `SLAB_TYPESAFE_BY_RCU`, poisoning); in objects of 1 KiB and more, without
-//! debugging, staggered by address over up to 32 positions a cache line or more apart
-//! ([`cache::fp_stagger`]). With hardening (the default) it is
+//! debugging, staggered by address over up to 32 positions a cache line or
+//! more apart ([`cache::fp_stagger`]). With hardening (the default) it is
 //! stored as `next ^ secret ^ swab(&slot)`, as Linux's
 //! `CONFIG_SLAB_FREELIST_HARDENED`.
 //!
