@@ -89,6 +89,10 @@ unpinned threads); talc, buddy_system_allocator, linked_list_allocator, rlsf,
 slabmalloc, each on its own 64 MiB arena, plain (&mut, no lock) and under a
 lock (+lock, the crate's own locked type where it has one); glibc malloc/free.
 W4 runs the thread-safe ones only: the kmem rows, the +lock rows and glibc.
+`--only loop-only` adds the harness itself: the same loops over a fake heap
+that hands out one fixed block and frees nothing. Its W4 row is what handing
+500 pointers a round to the other thread costs on those two CPUs, and its W4
+ratio how far the harness alone scales there.
 
 --touch uses every block: its first word is written right after allocation and
 checked right before the free, as code using the memory would (in W4 the
@@ -349,7 +353,9 @@ impl<H: Heap> HeapContender<H> {
 pub const LOOP_ONLY: &str = "loop-only";
 
 /// Not an allocator: hands out one fixed block, frees nothing. Run by
-/// `--callgrind` only, to show what the workload loops cost by themselves.
+/// `--callgrind`, to show what the workload loops cost by themselves, and
+/// timed when `--only loop-only` names it: its W4 row is what the hand-over
+/// between the two threads costs on their CPUs.
 pub struct LoopOnly;
 
 /// The block [`LoopOnly`] hands out.
@@ -509,7 +515,7 @@ fn build_shared(name: &str, touch: bool) -> Option<Result<Box<dyn Contender>, St
 
 /// The allocators `only` names (all if none), for W1-W3.
 fn single_contenders(only: &[String], touch: bool) -> Result<Vec<Box<dyn Contender>>, String> {
-    allocator_names()
+    timed_names(only)
         .into_iter()
         .filter(|n| selected(n, only))
         .map(|n| build_single(n, touch))
@@ -518,7 +524,7 @@ fn single_contenders(only: &[String], touch: bool) -> Result<Vec<Box<dyn Contend
 
 /// The thread-safe allocators `only` names (all if none), for W4.
 fn shared_contenders(only: &[String], touch: bool) -> Result<Vec<Box<dyn Contender>>, String> {
-    allocator_names()
+    timed_names(only)
         .into_iter()
         .filter(|n| selected(n, only))
         .filter_map(|n| build_shared(n, touch))
@@ -540,8 +546,19 @@ pub fn allocator_names() -> Vec<&'static str> {
     v
 }
 
+/// The rows a timing run may have: every allocator, and `loop-only` when
+/// `only` names it (never by default: it is the harness, not a heap).
+fn timed_names(only: &[String]) -> Vec<&'static str> {
+    let mut v = allocator_names();
+    if only.iter().any(|o| o == LOOP_ONLY) {
+        v.push(LOOP_ONLY);
+    }
+    v
+}
+
 fn check_names(only: &[String]) -> Result<(), String> {
-    let names = allocator_names();
+    let mut names = allocator_names();
+    names.push(LOOP_ONLY);
     match only.iter().find(|o| !names.contains(&o.as_str())) {
         Some(unknown) => Err(format!(
             "no allocator named {unknown:?}; there are: {}",
@@ -784,6 +801,27 @@ mod tests {
         assert!(summary(&cells, &rtt, true)
             .iter()
             .any(|l| l.contains("W4:")));
+    }
+
+    /// `loop-only` is timed only when named, on all four workloads (its
+    /// W4 row: the hand-over alone), and gets a W4 ratio like a heap.
+    #[test]
+    fn loop_only_is_timed_when_named() {
+        let (cells, rtt) = measure(&brief(&["kmem", LOOP_ONLY]), false).unwrap();
+        let rows: Vec<(usize, &str)> = cells.iter().map(|c| (c.workload, c.allocator)).collect();
+        for w in 0..WORKLOADS.len() {
+            assert!(
+                rows.contains(&(w, LOOP_ONLY)),
+                "no loop-only row for W{}",
+                w + 1
+            );
+            assert!(rows.contains(&(w, "kmem")), "no kmem row for W{}", w + 1);
+        }
+        assert_eq!(cells.len(), 8);
+        assert!(summary(&cells, &rtt, true)
+            .iter()
+            .any(|l| l.trim_start().starts_with(LOOP_ONLY)));
+        assert!(check_names(&["nonesuch".to_string()]).is_err());
     }
 
     /// `--touch`: the same rows on used blocks (every free checks the word
