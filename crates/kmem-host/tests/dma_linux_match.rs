@@ -11,6 +11,7 @@
 //!   end of the power-of-two block (`dma_coherent_ok` in `dma_direct_alloc`).
 
 mod dma_common;
+mod proptest_cases;
 
 use dma_common::*;
 use kmem::addr::{PhysAddr, PAGE_SIZE};
@@ -169,7 +170,7 @@ fn pool_case(size: usize, align: usize, boundary: usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases::cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn pool_blocks_are_linux_blocks(
@@ -373,7 +374,7 @@ fn swiotlb_case(pool_bytes: usize, ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases::cases(32), ..ProptestConfig::default() })]
 
     /// 1 MiB: two areas of two segments. 1.25 MiB: two areas of 320 slots,
     /// so an area ends inside a segment (as Linux's can).

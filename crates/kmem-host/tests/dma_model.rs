@@ -6,6 +6,7 @@
 //! bounce slot, debug entry and page comes back.
 
 mod dma_common;
+mod proptest_cases;
 
 use dma_common::*;
 use kmem::addr::{Pfn, PAGE_SIZE};
@@ -634,7 +635,7 @@ fn run_model(specs: Vec<BufSpec>, ops: Vec<Op>) -> Result<Summary, TestCaseError
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 96, max_shrink_iters: 2000, ..Config::default() })]
+    #![proptest_config(Config { cases: proptest_cases::cases(96), max_shrink_iters: 2000, ..Config::default() })]
 
     #[test]
     fn random_dma_sequences_never_lose_a_byte(

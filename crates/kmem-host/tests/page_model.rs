@@ -10,6 +10,7 @@
 //! the end everything is freed and every counter is back to its baseline.
 
 mod page_common;
+mod proptest_cases;
 
 use kmem::addr::{Pfn, VirtAddr, PAGE_SIZE};
 use kmem::error::FreeError;
@@ -289,7 +290,7 @@ fn run(ops: &[Op]) {
 
 proptest! {
     #![proptest_config(Config {
-        cases: 256,
+        cases: proptest_cases::cases(256),
         failure_persistence: None,
         ..Config::default()
     })]

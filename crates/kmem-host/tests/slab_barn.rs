@@ -11,6 +11,7 @@
 //! producer/consumer sequences and with two threads at once, that no object
 //! is handed out twice and no content is disturbed.
 
+mod proptest_cases;
 mod slab_common;
 
 use kmem::gfp::GFP_KERNEL;
@@ -409,7 +410,7 @@ fn run_model(ops: Vec<Op>, barn_sheaves: u32) -> (u64, u64) {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 32, ..Config::default() })]
+    #![proptest_config(Config { cases: proptest_cases::cases(32), ..Config::default() })]
 
     #[test]
     fn barn_model(ops in proptest::collection::vec(op(), 1..120), barn in 1u32..=2) {

@@ -12,6 +12,7 @@
 //! and must report no error. At the end everything is freed, every cache
 //! destroyed, the allocator dropped, and every page must be back.
 
+mod proptest_cases;
 use kmem::gfp::{Gfp, GFP_ATOMIC, GFP_KERNEL};
 use kmem::slab::kmalloc::kmalloc_size_roundup;
 use kmem::slab::{
@@ -596,7 +597,7 @@ fn run(ops: &[Op], cfg: SlabConfig) {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 48, max_shrink_iters: 2000, ..Config::default() })]
+    #![proptest_config(Config { cases: proptest_cases::cases(48), max_shrink_iters: 2000, ..Config::default() })]
 
     #[test]
     fn model_hardened(ops in prop::collection::vec(op(), 1..400)) {

@@ -14,6 +14,7 @@
 //! No test here claims a CPU; each uses its own machine and allocator, so
 //! they may run in parallel.
 
+mod proptest_cases;
 mod slab_common;
 
 use kmem::gfp::GFP_KERNEL;
@@ -957,7 +958,7 @@ fn run_model(ops: Vec<Op>, hardened: bool, mark: bool) {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 24, ..Config::default() })]
+    #![proptest_config(Config { cases: proptest_cases::cases(24), ..Config::default() })]
 
     #[test]
     fn sheaf_model_hardened(ops in proptest::collection::vec(op(), 1..250)) {

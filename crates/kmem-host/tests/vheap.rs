@@ -3,6 +3,7 @@
 //! alignment rules, zeroing on grow, kvmalloc's move from kmalloc to
 //! vmalloc, and random sequences over both heaps against a shadow model.
 
+mod proptest_cases;
 use allocator_api2::alloc::{Allocator, Layout};
 use allocator_api2::vec::Vec as AVec;
 use kmem::addr::PAGE_SIZE;
@@ -359,7 +360,7 @@ fn expect(b: &Live) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases::cases(24), ..ProptestConfig::default() })]
 
     #[test]
     fn random_sequences_against_a_shadow_model(ops in prop::collection::vec(op_strategy(), 1..40)) {

@@ -15,6 +15,7 @@
 //!   vmap-block flush) there are none at all;
 //! - at the end, every page comes back.
 
+mod proptest_cases;
 mod vmalloc_common;
 
 use kmem::addr::{Pfn, VirtAddr, PAGE_SIZE};
@@ -428,7 +429,7 @@ fn refill(p: *mut u8, size: usize, seed: u8) {
 
 proptest! {
     #![proptest_config(Config {
-        cases: 48,
+        cases: proptest_cases::cases(48),
         max_shrink_iters: 200,
         ..Config::default()
     })]
