@@ -4,7 +4,9 @@
 //! (buddyinfo, pagetypeinfo, zoneinfo, meminfo) and the page allocator's
 //! counters (vmstat, one `name value` per line). The machine is fresh, so
 //! this shows the state right after boot: every zone's free lists, its
-//! watermarks and lowmem reserves, its per-CPU list sizes.
+//! watermarks and lowmem reserves, its per-CPU list sizes. slabinfo needs
+//! a slab allocator: one is booted on the machine after the page files are
+//! read (so they show the machine without it) and shows its caches.
 //!
 //! With several files the text output puts a `==> name <==` header before
 //! each (as `head` does); with one it prints the file alone, so it can be
@@ -12,6 +14,7 @@
 
 use clap::{Args, ValueEnum};
 use kmem::page::PageAllocator;
+use kmem::slab::{SlabAllocator, SlabConfig};
 use kmem::Platform;
 use kmem_host::Machine;
 use serde_json::{Map, Value};
@@ -31,6 +34,13 @@ and prints its /proc files, in Linux's formats:
   meminfo       MemTotal, MemFree, MemAvailable
   vmstat        kmem's page-allocator counters (kmem's names), one `name value` per line
                 (fast path, slow path, reserves, reclaim, failures)
+  slabinfo      /proc/slabinfo (version 2.1) of a slab allocator booted on the
+                machine with SlabConfig::default(): every kmalloc cache (plain,
+                -cg accounted, -rcl reclaimable, dma-) and kmem_cache (the
+                caches' descriptors), with object size, objects per slab and
+                pages per slab (the order SLUB's rule picked). It is booted
+                after the other files are read, so they show the machine
+                without it.
 
 Name FILEs to print only those, e.g. `kmem stat buddyinfo zoneinfo`.
 --json prints one object: each /proc file's text under its name, and
@@ -61,16 +71,20 @@ pub enum ProcFile {
     /// kmem's page-allocator counters in /proc/vmstat's `name value`
     /// layout (the names are kmem's, not Linux's).
     Vmstat,
+    /// /proc/slabinfo (version 2.1) of a slab allocator booted on the
+    /// machine after the other files are read.
+    Slabinfo,
 }
 
 impl ProcFile {
     /// Every file, in the default order.
-    pub const ALL: [ProcFile; 5] = [
+    pub const ALL: [ProcFile; 6] = [
         ProcFile::Buddyinfo,
         ProcFile::Pagetypeinfo,
         ProcFile::Zoneinfo,
         ProcFile::Meminfo,
         ProcFile::Vmstat,
+        ProcFile::Slabinfo,
     ];
 
     /// The file's name, as under /proc.
@@ -81,10 +95,11 @@ impl ProcFile {
             ProcFile::Zoneinfo => "zoneinfo",
             ProcFile::Meminfo => "meminfo",
             ProcFile::Vmstat => "vmstat",
+            ProcFile::Slabinfo => "slabinfo",
         }
     }
 
-    /// Renders the file's text.
+    /// Renders a page-allocator file's text (slabinfo: see [`render`]).
     pub fn render<P: Platform>(self, pages: &PageAllocator<P>) -> String {
         let mut s = String::new();
         // Writing into a String cannot fail.
@@ -99,9 +114,27 @@ impl ProcFile {
                 }
                 Ok(())
             }
+            ProcFile::Slabinfo => Ok(()),
         };
         s
     }
+}
+
+/// The text of each of `files` on `pages`, in their order: the page
+/// allocator's files first, as the machine is; then, if slabinfo is among
+/// them, a slab allocator booted on it and its /proc/slabinfo.
+pub fn render<P: Platform>(
+    pages: &PageAllocator<P>,
+    files: &[ProcFile],
+) -> Result<Vec<String>, String> {
+    let mut texts: Vec<String> = files.iter().map(|f| f.render(pages)).collect();
+    if let Some(i) = files.iter().position(|&f| f == ProcFile::Slabinfo) {
+        let slab = SlabAllocator::new(pages, SlabConfig::default())
+            .map_err(|e| format!("SlabAllocator::new: {e}"))?;
+        // Writing into a String cannot fail.
+        let _ = kmem::slab::slabinfo::slabinfo(&slab, &mut texts[i]);
+    }
+    Ok(texts)
 }
 
 /// Runs `kmem stat`.
@@ -124,32 +157,40 @@ pub fn run(args: &StatArgs) -> ExitCode {
         }
     }
     let pages = m.pages();
+    // vmstat's numbers are taken before a slab allocator is booted, as its
+    // text is.
+    let vmstat: Map<String, Value> = pages
+        .vmstat()
+        .fields()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect();
+    let texts = match render(pages, &files) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kmem stat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if args.json {
         let mut obj = Map::new();
-        for f in &files {
+        for (f, text) in files.iter().zip(texts) {
             let v = match f {
-                ProcFile::Vmstat => Value::Object(
-                    pages
-                        .vmstat()
-                        .fields()
-                        .map(|(k, v)| (k.to_string(), Value::from(v)))
-                        .collect(),
-                ),
-                _ => Value::String(f.render(pages)),
+                ProcFile::Vmstat => Value::Object(vmstat.clone()),
+                _ => Value::String(text),
             };
             obj.insert(f.name().to_string(), v);
         }
         println!("{}", Value::Object(obj));
     } else {
         let many = files.len() > 1;
-        for (i, f) in files.iter().enumerate() {
+        for (i, (f, text)) in files.iter().zip(texts).enumerate() {
             if many {
                 if i > 0 {
                     println!();
                 }
                 println!("==> {} <==", f.name());
             }
-            print!("{}", f.render(pages));
+            print!("{text}");
         }
     }
     ExitCode::SUCCESS
@@ -162,11 +203,49 @@ mod tests {
     #[test]
     fn every_file_renders_something() {
         let m = Machine::default_machine().unwrap();
-        for f in ProcFile::ALL {
-            let text = f.render(m.pages());
+        let texts = render(m.pages(), &ProcFile::ALL).unwrap();
+        for (f, text) in ProcFile::ALL.iter().zip(&texts) {
             assert!(!text.is_empty(), "{} is empty", f.name());
         }
         assert!(ProcFile::Zoneinfo.render(m.pages()).contains("Normal"));
+    }
+
+    /// slabinfo is Linux's version 2.1 table of the booted caches; the
+    /// page files are the machine's as it was before the slab allocator
+    /// took its pages, whatever the order the files are asked in.
+    #[test]
+    fn slabinfo_shows_the_kmalloc_caches_and_leaves_the_page_files_alone() {
+        let fresh = Machine::default_machine().unwrap();
+        let mut alone = String::new();
+        kmem::procfs::buddyinfo(fresh.pages(), &mut alone).unwrap();
+        let m = Machine::default_machine().unwrap();
+        let texts = render(m.pages(), &[ProcFile::Slabinfo, ProcFile::Buddyinfo]).unwrap();
+        assert_eq!(texts[1], alone, "buddyinfo changed by the slab boot");
+        let slabinfo = &texts[0];
+        let mut lines = slabinfo.lines();
+        assert_eq!(lines.next(), Some("slabinfo - version: 2.1"));
+        assert!(lines.next().unwrap().starts_with("# name "));
+        let row = |name: &str| -> Vec<String> {
+            slabinfo
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("no {name} row in\n{slabinfo}"))
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        // name active num objsize objperslab pagesperslab ...
+        for (name, size) in [("kmalloc-64", 64), ("kmalloc-96", 96), ("kmalloc-8k", 8192)] {
+            let r = row(name);
+            assert_eq!(r[3], size.to_string(), "{name} objsize");
+            let per_slab: usize = r[4].parse().unwrap();
+            let pages: usize = r[5].parse().unwrap();
+            assert!(per_slab * size <= pages * 4096, "{name}: {r:?}");
+            assert!(per_slab > 0 && pages.is_power_of_two(), "{name}: {r:?}");
+        }
+        // The slab allocator's own cache holds the caches' descriptors.
+        let r = row("kmem_cache");
+        assert!(r[1].parse::<usize>().unwrap() > 0, "{r:?}");
     }
 
     #[test]
