@@ -1275,3 +1275,70 @@ fn slab_debug_kmalloc_node_thisnode_missing_node() {
         Err(e) => panic!("slab_debug kmalloc_node(100, THISNODE, 2) on a 1-node machine: {e:?}"),
     }
 }
+
+/// `kmem_cache_zalloc` from a cache with a constructor zeroes what the
+/// constructor built: warned once (Linux's plain WARN_ON_ONCE, so
+/// `__GFP_NOWARN` does not silence it; Linux checks when a slab is grown,
+/// kmem at the first such allocation). The object still comes back
+/// zeroed; plain allocations keep the constructor's bytes and never warn,
+/// nor does `kzalloc` (kmalloc caches have no constructor). The inlined
+/// fast path (`alloc` with `__GFP_ZERO`) warns too.
+#[test]
+fn zalloc_from_a_cache_with_a_constructor_warns_once() {
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    fn ctor(p: NonNull<u8>) {
+        unsafe { p.as_ptr().write_bytes(0xab, 40) };
+    }
+    let c = s
+        .kmem_cache_create("ctor_zero", 40, 8, SlabFlags::empty(), Some(ctor))
+        .unwrap();
+    log(&m);
+    let p = c.alloc(GFP_KERNEL).unwrap();
+    assert!(unsafe { std::slice::from_raw_parts(p.as_ptr(), 40) }
+        .iter()
+        .all(|&b| b == 0xab));
+    let q = s.kzalloc(40, GFP_KERNEL).unwrap();
+    assert_eq!(log(&m), "", "a plain alloc or a kzalloc warned");
+    let z = c.zalloc(GFP_KERNEL | Gfp::NOWARN).unwrap();
+    assert!(unsafe { std::slice::from_raw_parts(z.as_ptr(), 40) }
+        .iter()
+        .all(|&b| b == 0));
+    let l = log(&m);
+    assert!(
+        l.contains("WARNING: ctor_zero: a __GFP_ZERO allocation at")
+            && l.contains("undoes what the constructor built"),
+        "{l:?}"
+    );
+    // Once: more zeroed allocations, slabs grown for them, say nothing.
+    let more: Vec<_> = (0..300).map(|_| c.zalloc(GFP_KERNEL).unwrap()).collect();
+    assert_eq!(log(&m), "", "warned twice");
+    for o in more.into_iter().chain([p, z]) {
+        c.free(o).unwrap();
+    }
+    s.kfree(q.as_ptr()).unwrap();
+    c.destroy().unwrap();
+
+    // kmem_cache_alloc(__GFP_ZERO) from the sheaf, on an allocator that has
+    // not warned yet.
+    let m = machine();
+    let s = slab(&m, SlabConfig::default());
+    let c = s
+        .kmem_cache_create("ctor_zero", 40, 8, SlabFlags::empty(), Some(ctor))
+        .unwrap();
+    let p = c.alloc(GFP_KERNEL).unwrap();
+    c.free(p).unwrap();
+    log(&m);
+    let z = c.alloc(GFP_KERNEL | Gfp::ZERO).unwrap();
+    assert_eq!(z, p, "not the sheaf's object");
+    assert!(unsafe { std::slice::from_raw_parts(z.as_ptr(), 40) }
+        .iter()
+        .all(|&b| b == 0));
+    let l = log(&m);
+    assert!(
+        l.contains("WARNING: ctor_zero: a __GFP_ZERO allocation from a cache with a constructor"),
+        "{l:?}"
+    );
+    c.free(z).unwrap();
+    c.destroy().unwrap();
+}

@@ -639,4 +639,8 @@ pub(crate) enum OnceSite {
     /// An order above `MAX_PAGE_ORDER` (also kmalloc above
     /// `KMALLOC_MAX_SIZE`, which Linux hands to the page allocator).
     OrderTooLarge = 8,
+    /// A slab of a cache with a constructor grown for a `__GFP_ZERO`
+    /// allocation (Linux's `WARN_ON_ONCE(s->ctor && (flags & __GFP_ZERO))`
+    /// in `new_slab`).
+    SlabCtorZero = 16,
 }

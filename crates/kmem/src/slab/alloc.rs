@@ -34,6 +34,7 @@ use crate::addr::{Pfn, PAGE_SIZE};
 use crate::context::{ContextPolicy, ContextViolation, ExecContext};
 use crate::error::AllocError;
 use crate::gfp::Gfp;
+use crate::page::alloc::OnceSite;
 use crate::page::NUMA_NO_NODE;
 use crate::platform::Platform;
 use core::panic::Location;
@@ -141,6 +142,9 @@ impl<P: Platform> KmemCache<P> {
     #[inline(always)]
     unsafe fn fresh(&self, obj: usize, gfp: Gfp) -> NonNull<u8> {
         if gfp.contains(Gfp::ZERO) {
+            if self.ctor.is_some() {
+                self.zero_undoes_ctor(None);
+            }
             // SAFETY: a fresh object of object_size bytes.
             unsafe { core::ptr::write_bytes(obj as *mut u8, 0, self.object_size()) };
         }
@@ -234,6 +238,9 @@ impl<P: Platform> KmemCache<P> {
             self.alloc_fast(gfp, node, caller)?
         };
         if gfp.contains(Gfp::ZERO) {
+            if self.ctor.is_some() {
+                self.zero_undoes_ctor(Some(caller));
+            }
             let n = if self.flags.contains(super::SlabFlags::KMALLOC)
                 && self
                     .flags
@@ -248,6 +255,35 @@ impl<P: Platform> KmemCache<P> {
         }
         // SAFETY: object addresses are direct-map addresses, never 0.
         Ok(unsafe { NonNull::new_unchecked(obj as *mut u8) })
+    }
+
+    /// A `__GFP_ZERO` allocation from a cache with a constructor: the
+    /// zeroing undoes what the constructor built. Warned once per
+    /// allocator, whatever `__GFP_NOWARN` says (Linux's plain
+    /// `WARN_ON_ONCE(s->ctor && (flags & __GFP_ZERO))`; Linux checks in
+    /// `new_slab`, so only an allocation that grows a slab warns there,
+    /// where kmem warns at the first such allocation). The object is still
+    /// zeroed, as Linux's is.
+    #[cold]
+    #[inline(never)]
+    fn zero_undoes_ctor(&self, caller: Option<&'static Location<'static>>) {
+        if self
+            .pages()
+            .first_warning(OnceSite::SlabCtorZero, Gfp::empty())
+        {
+            let what = "from a cache with a constructor: \
+                        the zeroing undoes what the constructor built (warned once)";
+            match caller {
+                Some(at) => self.platform().warn(format_args!(
+                    "WARNING: {}: a __GFP_ZERO allocation at {at} {what}",
+                    self.name()
+                )),
+                None => self.platform().warn(format_args!(
+                    "WARNING: {}: a __GFP_ZERO allocation {what}",
+                    self.name()
+                )),
+            }
+        }
     }
 
     /// The context check, taken only in atomic context: NMI refused, a
