@@ -157,13 +157,15 @@ pub fn run(args: &StatArgs) -> ExitCode {
         }
     }
     let pages = m.pages();
-    // vmstat's numbers are taken before a slab allocator is booted, as its
-    // text is.
-    let vmstat: Map<String, Value> = pages
-        .vmstat()
-        .fields()
-        .map(|(k, v)| (k.to_string(), Value::from(v)))
-        .collect();
+    // JSON's vmstat numbers are taken before a slab allocator is booted,
+    // as the text is.
+    let mut vmstat = args.json.then(|| -> Map<String, Value> {
+        pages
+            .vmstat()
+            .fields()
+            .map(|(k, v)| (k.to_string(), Value::from(v)))
+            .collect()
+    });
     let texts = match render(pages, &files) {
         Ok(t) => t,
         Err(e) => {
@@ -175,7 +177,8 @@ pub fn run(args: &StatArgs) -> ExitCode {
         let mut obj = Map::new();
         for (f, text) in files.iter().zip(texts) {
             let v = match f {
-                ProcFile::Vmstat => Value::Object(vmstat.clone()),
+                // Files are listed once: taken at its one use.
+                ProcFile::Vmstat => Value::Object(vmstat.take().unwrap_or_default()),
                 _ => Value::String(text),
             };
             obj.insert(f.name().to_string(), v);

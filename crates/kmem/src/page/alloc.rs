@@ -624,8 +624,10 @@ impl<P: Platform> PageAllocator<P> {
     }
 }
 
-/// The page allocator's `WARN_ON_ONCE_GFP` sites (bits of
-/// `PageAllocator::warned_once`): each warns the first time only.
+/// Linux's `WARN_ON_ONCE` sites (bits of `PageAllocator::warned_once`):
+/// each warns the first time only. The page allocator's are
+/// `WARN_ON_ONCE_GFP` (see [`PageAllocator::first_warning`]); the slab's
+/// is a plain one (its caller passes no `__GFP_NOWARN`).
 #[derive(Clone, Copy, Debug)]
 #[repr(u32)]
 pub(crate) enum OnceSite {
@@ -639,8 +641,8 @@ pub(crate) enum OnceSite {
     /// An order above `MAX_PAGE_ORDER` (also kmalloc above
     /// `KMALLOC_MAX_SIZE`, which Linux hands to the page allocator).
     OrderTooLarge = 8,
-    /// A slab of a cache with a constructor grown for a `__GFP_ZERO`
-    /// allocation (Linux's `WARN_ON_ONCE(s->ctor && (flags & __GFP_ZERO))`
-    /// in `new_slab`).
+    /// A `__GFP_ZERO` allocation from a cache with a constructor (Linux's
+    /// `WARN_ON_ONCE(s->ctor && (flags & __GFP_ZERO))`, which Linux checks
+    /// in `new_slab`; kmem at every such allocation).
     SlabCtorZero = 16,
 }
